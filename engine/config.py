@@ -1,0 +1,422 @@
+"""The run configuration: a YAML file checked against ``SCHEMA``, plus ``--set key=value``.
+
+``SCHEMA`` is a nested dict: a dict value is a section, a ``Key`` is a setting with a type, a
+default and optional allowed values / range. ``load_config(path, overrides)`` reads the file,
+checks every key, applies the overrides (dotted paths, values parsed as YAML) and returns a plain
+nested dict with every default filled in; ``dump(cfg)`` gives back the resolved YAML. Any unknown
+or ill-typed key raises ``ConfigError`` before any work is done; its message names the source
+(file or ``--set``), the dotted key, what is allowed and, for unknown keys or values, the closest
+match.
+
+Typing rules: a bool is never an int or a float (YAML reads ``yes``/``no``/``on``/``off`` as
+booleans); an int is accepted where a float is expected (and converted); ``5e-4`` is a float
+(YAML 1.1, which PyYAML follows, would read it as a string); a null section is an empty one.
+
+Other parts extend the schema with ``register_section('log', {...})`` (or by adding a section
+below) and cross-key checks with ``CHECKS.append(fn)``.
+"""
+import argparse
+import copy
+import difflib
+import math
+import re
+import sys
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems; ``errors`` lists them, one line each."""
+
+    def __init__(self, errors):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        if len(self.errors) == 1:
+            message = self.errors[0]
+        else:
+            message = f"{len(self.errors)} problems in the configuration:\n  " + \
+                "\n  ".join(self.errors)
+        super().__init__(message)
+
+
+class Key:
+    """A setting: ``type`` is one of int, float, number (int or float, kept as given), bool,
+    str, mapping (free-form dict); ``choices`` lists allowed values; ``low``/``high`` bound
+    numbers (inclusive unless ``low_open``/``high_open``); ``nullable`` allows null."""
+
+    TYPES = ("int", "float", "number", "bool", "str", "mapping")
+
+    def __init__(self, type, default, choices=None, low=None, high=None, low_open=False,
+                 high_open=False, nullable=False):
+        if type not in self.TYPES:
+            raise ValueError(f"Key type {type!r} is not one of {self.TYPES}")
+        self.type = type
+        self.default = default
+        self.choices = tuple(choices) if choices is not None else None
+        self.low, self.high = low, high
+        self.low_open, self.high_open = low_open, high_open
+        self.nullable = nullable
+
+    def describe(self):
+        """What is allowed, e.g. 'float in [0, 1)', 'int >= 1 or null', 'one of: cpu, gpu'."""
+        if self.choices is not None:
+            text = "one of: " + ", ".join(str(c) for c in self.choices)
+        else:
+            text = {"bool": "bool (true/false)", "mapping": "mapping (key: value, ...)"}.get(
+                self.type, self.type)
+            if self.low is not None and self.high is not None:
+                text += f" in {'(' if self.low_open else '['}{self.low:g}, " \
+                        f"{self.high:g}{')' if self.high_open else ']'}"
+            elif self.low is not None:
+                text += f" {'>' if self.low_open else '>='} {self.low:g}"
+            elif self.high is not None:
+                text += f" {'<' if self.high_open else '<='} {self.high:g}"
+        return text + (" or null" if self.nullable else "")
+
+    def check(self, value):
+        """``(converted value, None)`` if ``value`` is allowed, else ``(None, problem)``."""
+        if value is None:
+            if self.nullable:
+                return None, None
+            if self.type == "mapping":
+                return {}, None
+            return None, f"expected {self.describe()}, got null"
+        is_bool = isinstance(value, bool)
+        ok = {"int": isinstance(value, int) and not is_bool,
+              "float": isinstance(value, (int, float)) and not is_bool,
+              "number": isinstance(value, (int, float)) and not is_bool,
+              "bool": is_bool,
+              "str": isinstance(value, str),
+              "mapping": isinstance(value, dict)}[self.type]
+        if not ok:
+            hint = " (YAML reads yes/no/on/off as booleans)" if is_bool else ""
+            return None, f"expected {self.describe()}, got {_show(value)}{hint}"
+        if self.type == "float":
+            value = float(value)
+        if self.type in ("float", "number") and not math.isfinite(value):
+            return None, f"expected a finite {self.describe()}, got {value}"
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(str(c) for c in self.choices)
+            return None, (f"{_show(value)} is not allowed; allowed values: {allowed}"
+                          f"{_suggest_value(value, self.choices)}")
+        if (self.low is not None and (value < self.low or (self.low_open and value == self.low))) \
+                or (self.high is not None and
+                    (value > self.high or (self.high_open and value == self.high))):
+            return None, f"{value!r} is out of range; allowed: {self.describe()}"
+        return (copy.deepcopy(value) if self.type == "mapping" else value), None
+
+
+def _show(value):
+    """'str 'abc'', 'bool True', 'list [1, 2]' for messages."""
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _suggest_value(value, choices):
+    if not isinstance(value, str):
+        return ""
+    names = [c for c in choices if isinstance(c, str)]
+    same = [c for c in names if c.lower() == value.lower()]
+    close = same or difflib.get_close_matches(value, names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# -- the schema -----------------------------------------------------------------------------
+SCHEMA = {
+    "model": Key("str", "inception_small", choices=("mlp", "inception_small", "googlenet")),
+    "model_options": Key("mapping", {}),   # free-form; the model factory validates it
+    "dtype": Key("str", "float32", choices=("float32", "float64")),
+    "seed": Key("int", 0, low=0),
+    "device": Key("str", "cpu", choices=("cpu", "gpu")),
+    "blas_threads": Key("int", None, low=1, nullable=True),   # null: all cores
+    "batch_size": Key("int", 128, low=1),                     # per worker
+    "epochs": Key("number", 10, low=0, low_open=True),
+    "max_steps": Key("int", None, low=1, nullable=True),
+    "optimizer": {
+        "name": Key("str", "sgd", choices=("sgd", "adagrad")),
+        "lr": Key("float", 0.05, low=0, low_open=True),
+        "momentum": Key("float", 0.9, low=0, high=1, high_open=True),
+        "nesterov": Key("bool", False),
+        "weight_decay": Key("float", 5e-4, low=0),
+    },
+    "lr_schedule": {
+        "policy": Key("str", "constant", choices=("constant", "step", "poly", "cosine")),
+        "step_size": Key("number", 30, low=0, low_open=True),   # epochs, for 'step'
+        "gamma": Key("float", 0.1, low=0, low_open=True),       # for 'step'
+        "power": Key("float", 0.5, low=0, low_open=True),       # for 'poly'
+        "final_lr": Key("float", 0.0, low=0),                   # for 'cosine'
+        "warmup_epochs": Key("number", 0, low=0),
+        "warmup_start": Key("float", 0.1, low=0),               # fraction of optimizer.lr
+    },
+    "data": {
+        "dataset": Key("str", "synthetic", choices=("synthetic",)),   # generated in memory
+        "num_train": Key("int", 1024, low=1),
+        "num_val": Key("int", 256, low=1),
+        "image_size": Key("int", 32, low=1),
+        "channels": Key("int", 3, low=1),
+        "num_classes": Key("int", 10, low=2),
+        "noise": Key("float", 0.5, low=0),
+    },
+    "on_nonfinite": Key("str", "stop", choices=("stop", "skip")),
+    "print_every": Key("int", 10, low=1),         # steps
+    "eval_every": Key("int", 1, low=1),           # epochs
+    "sync_rule": Key("str", "BSP", choices=("BSP", "EASGD", "DOWNPOUR", "GOSSIP", "LOCAL")),
+    "avg_freq": Key("int", 1, low=1),
+}
+
+
+def _nesterov_needs_sgd_momentum(cfg):
+    opt = cfg["optimizer"]
+    if opt["nesterov"] and (opt["name"] != "sgd" or opt["momentum"] == 0):
+        yield "optimizer.nesterov", (f"true needs optimizer.name sgd and optimizer.momentum > 0, "
+                                     f"got name {opt['name']!r}, momentum {opt['momentum']}")
+
+
+# Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
+CHECKS = [_nesterov_needs_sgd_momentum]
+
+
+def register_section(name, keys):
+    """Add a top-level section ``name`` (a dict of ``Key`` or nested sections) to ``SCHEMA``."""
+    if name in SCHEMA:
+        raise ValueError(f"config section {name!r} already exists")
+    SCHEMA[name] = keys
+
+
+# -- YAML -----------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (YAML 1.2) and rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def parse_value(text):
+    """A ``--set`` value as YAML: '0.1' -> 0.1, 'true' -> True, 'null' -> None, '[1, 2]'."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def dump(cfg, path=None):
+    """The resolved config as YAML text (keys in schema order); also written to ``path``."""
+    text = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+    if path is not None:
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
+# -- validation -----------------------------------------------------------------------------
+def _join(prefix, key):
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _leaf_paths(schema, prefix=""):
+    for key, node in schema.items():
+        path = _join(prefix, key)
+        if isinstance(node, dict):
+            yield from _leaf_paths(node, path)
+        else:
+            yield path
+
+
+def _unknown(key, section, prefix, root):
+    """'unknown key ...; allowed keys ...; did you mean ...?' for ``key`` in ``section``."""
+    where = f"in '{prefix}'" if prefix else "at the top level"
+    message = f"unknown key '{_join(prefix, key)}'; allowed keys {where}: {', '.join(section)}"
+    name = str(key)
+    close = difflib.get_close_matches(name, list(section), n=1)
+    if close:
+        return f"{message}; did you mean '{_join(prefix, close[0])}'?"
+    paths = list(_leaf_paths(root))
+    leaves = {}
+    for path in paths:
+        leaves.setdefault(path.rsplit(".", 1)[-1], path)
+    close = difflib.get_close_matches(name, list(leaves), n=1)
+    if close:
+        return f"{message}; did you mean '{leaves[close[0]]}'?"
+    return message
+
+
+def _check_section(raw, section, prefix, source, errors, root):
+    """The user's values for ``section`` (no defaults), checked; problems go to ``errors``."""
+    out = {}
+    for key, value in raw.items():
+        path = _join(prefix, key)
+        node = section.get(key) if isinstance(key, str) else None
+        if node is None:
+            errors.append(f"{source}: {_unknown(key, section, prefix, root)}")
+        elif isinstance(node, dict):
+            if value is None:
+                value = {}
+            if isinstance(value, dict):
+                out[key] = _check_section(value, node, path, source, errors, root)
+            else:
+                errors.append(f"{source}: {path}: expected a section with keys "
+                              f"{', '.join(node)}, got {_show(value)}")
+        else:
+            checked, problem = node.check(value)
+            if problem:
+                errors.append(f"{source}: {path}: {problem}")
+            else:
+                out[key] = checked
+    return out
+
+
+def _merge(dst, src, section):
+    for key, value in src.items():
+        if isinstance(section[key], dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, section[key])
+        else:
+            dst[key] = value
+
+
+def _apply_override(values, text, errors, root):
+    """Apply one ``dotted.key=value`` to the checked values; problems go to ``errors``."""
+    source = f"--set {text}"
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not sep or not all(parts):
+        errors.append(f"{source}: expected KEY=VALUE with a dotted KEY, e.g. optimizer.lr=0.1")
+        return
+    try:
+        value = parse_value(raw)
+    except yaml.YAMLError as e:
+        errors.append(f"{source}: cannot parse {raw!r} as a YAML value: "
+                      f"{getattr(e, 'problem', None) or e}")
+        return
+    section, target = root, values
+    for i, part in enumerate(parts):
+        prefix, path, last = ".".join(parts[:i]), ".".join(parts[:i + 1]), i == len(parts) - 1
+        node = section.get(part)
+        if node is None:
+            errors.append(f"{source}: {_unknown(part, section, prefix, root)}")
+            return
+        if isinstance(node, dict):
+            if not last:
+                section, target = node, target.setdefault(part, {})
+                continue
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                errors.append(f"{source}: {path}: expected a section with keys "
+                              f"{', '.join(node)}, got {_show(value)}")
+                return
+            checked = _check_section(value, node, path, source, errors, root)
+            _merge(target.setdefault(part, {}), checked, node)
+            return
+        if last:
+            checked, problem = node.check(value)
+            if problem:
+                errors.append(f"{source}: {path}: {problem}")
+            else:
+                target[part] = checked
+            return
+        if node.type != "mapping":
+            errors.append(f"{source}: '{path}' is a setting ({node.describe()}), not a section, "
+                          f"so '{key}' does not exist")
+            return
+        mapping = target.get(part)
+        if mapping is None:
+            mapping = target[part] = copy.deepcopy(node.default)
+        for sub in parts[i + 1:-1]:
+            if not isinstance(mapping.get(sub), dict):
+                mapping[sub] = {}
+            mapping = mapping[sub]
+        mapping[parts[-1]] = value
+        return
+
+
+def _fill(values, section):
+    out = {}
+    for key, node in section.items():
+        if isinstance(node, dict):
+            out[key] = _fill(values.get(key, {}), node)
+        else:
+            out[key] = values[key] if key in values else copy.deepcopy(node.default)
+    return out
+
+
+def resolve(raw, overrides=(), source="<config>"):
+    """Check a loaded config dict (``None`` = empty), apply ``--set`` overrides and fill the
+    defaults; raises ``ConfigError`` listing every problem, each prefixed with ``source``."""
+    root = SCHEMA
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level "
+                          f"(allowed: {', '.join(root)}), got {_show(raw)}")
+    errors = []
+    values = _check_section(raw, root, "", source, errors, root)
+    for text in overrides or ():
+        _apply_override(values, text, errors, root)
+    if errors:
+        raise ConfigError(errors)
+    cfg = _fill(values, root)
+    errors = [f"{source}: {path}: {problem}" for check in CHECKS for path, problem in check(cfg)]
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load_config(path=None, overrides=()):
+    """The resolved config dict from the YAML file at ``path`` (``None``: defaults only) and
+    ``--set`` overrides such as ``['optimizer.lr=0.1', 'data.num_train=512']``."""
+    if path is None:
+        return resolve({}, overrides, source="<defaults>")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e}") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = ": ".join(str(p) for p in (getattr(e, "context", None),
+                                           getattr(e, "problem", None)) if p) or str(e)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    return resolve(raw, overrides, source=str(path))
+
+
+def add_arguments(parser, default="config.yaml"):
+    """Add the positional config path and ``--set KEY=VALUE`` (repeatable) to ``parser``."""
+    parser.add_argument("config", nargs="?", default=default,
+                        help=f"YAML run config (default: {default})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key by dotted path, e.g. --set optimizer.lr=0.1")
+    return parser
+
+
+def main(argv=None):
+    """``python -m engine.config [config.yaml] [--set k=v ...]``: print the resolved config."""
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="python -m engine.config", description="Check a run config and print it resolved."))
+    args = parser.parse_args(argv)
+    try:
+        print(dump(load_config(args.config, args.set)), end="")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

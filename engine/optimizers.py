@@ -1,0 +1,245 @@
+"""Optimizers that update a model's flat 1-D ``params`` buffer from its flat ``grads`` buffer.
+
+Each ``step(params, grads, lr=None)`` is a few in-place ufunc calls (``out=``) over the whole
+buffer; state (momentum velocity, Adagrad's sum of squares) and one or two scratch buffers are
+allocated on the first step and reused, so a step allocates nothing afterwards. ``grads`` is only
+read. Works on NumPy or CuPy buffers alike (``xp`` comes from ``params``).
+
+Equations, with g = grad + weight_decay * p (L2 regularization folded into the gradient):
+
+- SGD (PyTorch convention, lr outside the velocity, so changing lr does not rescale v)::
+
+      v = mu * v + g
+      p = p - lr * v                 (heavy ball)
+      p = p - lr * (g + mu * v)      (nesterov, Sutskever et al. 2013 in this form)
+
+  With mu = 0 there is no velocity: p = p - lr * g.
+- Adagrad (Duchi, Hazan, Singer 2011)::
+
+      s = s + g^2
+      p = p - lr * g / (sqrt(s) + eps)
+"""
+import math
+
+import numpy as np
+
+from layers.base import get_array_module
+
+
+def _to_host(array):
+    """A NumPy copy of a NumPy or CuPy array."""
+    return array.get() if hasattr(array, "get") else np.array(array, copy=True)
+
+
+def _number(name, value, low, low_open=False, high=None):
+    """``value`` as a float, checked to lie in [low, high) (or (low, high) if low_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (low_open and value == low) or \
+            (high is not None and value >= high):
+        interval = ("(" if low_open else "[") + f"{low}, " + (f"{high})" if high is not None
+                                                               else "inf)")
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class: flat-buffer checks, the lr override, state buffers and checkpoints.
+
+    Subclasses set ``name`` and ``buffer_names`` (the persistent per-element state) and
+    implement ``_update(params, grads, lr)``.
+    """
+
+    name = None
+    buffer_names = ()
+
+    def __init__(self, lr, weight_decay=0.0):
+        self.lr = _number("lr", lr, 0.0, low_open=True)
+        self.weight_decay = _number("weight_decay", weight_decay, 0.0)
+        self.steps = 0
+        self._state = {}    # name -> array like params, checkpointed
+        self._scratch = {}  # name -> array like params, reused across steps
+
+    def hyperparameters(self):
+        """The constructor arguments, as a dict."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def step(self, params, grads, lr=None):
+        """Update ``params`` in place from ``grads``; ``lr`` overrides ``self.lr`` (schedules)."""
+        if getattr(params, "ndim", None) != 1 or getattr(grads, "shape", None) != params.shape \
+                or grads.dtype != params.dtype:
+            raise ValueError(
+                f"{type(self).__name__}.step: expected flat 1-D params and grads of the same "
+                f"shape and dtype, got params {getattr(params, 'shape', type(params).__name__)} "
+                f"{getattr(params, 'dtype', '')} and grads "
+                f"{getattr(grads, 'shape', type(grads).__name__)} {getattr(grads, 'dtype', '')}")
+        lr = self.lr if lr is None else _number("lr", lr, 0.0)
+        self._update(params, grads, lr)
+        self.steps += 1
+
+    def _update(self, params, grads, lr):
+        raise NotImplementedError
+
+    # -- buffers ----------------------------------------------------------------------------
+    def _state_buffer(self, key, params):
+        """Persistent state like ``params``: zeros on first use; a loaded checkpoint's array is
+        moved to the parameters' device and dtype."""
+        buf = self._state.get(key)
+        xp = get_array_module(params)
+        if buf is not None and buf.shape != params.shape:
+            raise ValueError(f"{type(self).__name__}: state '{key}' has shape {buf.shape}, "
+                             f"the parameters have shape {params.shape}")
+        if buf is None:
+            buf = xp.zeros_like(params)
+        elif buf.dtype != params.dtype or get_array_module(buf) is not xp:
+            buf = xp.asarray(buf, dtype=params.dtype)
+        self._state[key] = buf
+        return buf
+
+    def _scratch_buffer(self, key, params):
+        buf = self._scratch.get(key)
+        xp = get_array_module(params)
+        if buf is None or buf.shape != params.shape or buf.dtype != params.dtype or \
+                get_array_module(buf) is not xp:
+            buf = xp.empty_like(params)
+            self._scratch[key] = buf
+        return buf
+
+    def _decayed_grad(self, params, grads):
+        """g = grads + weight_decay * params, in the scratch buffer 'g' (``grads`` if wd = 0)."""
+        if not self.weight_decay:
+            return grads
+        xp = get_array_module(params)
+        g = self._scratch_buffer("g", params)
+        xp.multiply(params, self.weight_decay, out=g)
+        xp.add(g, grads, out=g)
+        return g
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self):
+        """``{'name', 'steps', 'hyperparameters', 'buffers': {key: NumPy copy}}``."""
+        return {"name": self.name, "steps": self.steps,
+                "hyperparameters": self.hyperparameters(),
+                "buffers": {key: _to_host(buf) for key, buf in self._state.items()}}
+
+    def load_state_dict(self, state):
+        """Restore the step count and state buffers saved by ``state_dict``.
+
+        Hyperparameters are not restored: those of this optimizer (from the config) apply.
+        The buffers move to the parameters' device and dtype on the next step.
+        """
+        if state.get("name") != self.name:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state is for optimizer "
+                             f"{state.get('name')!r}, not {self.name!r}")
+        unknown = set(state.get("buffers", {})) - set(self.buffer_names)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: unknown buffers "
+                             f"{sorted(unknown)}; allowed: {list(self.buffer_names)}")
+        self.steps = int(state.get("steps", 0))
+        self._state = {key: np.array(buf, copy=True)
+                       for key, buf in state.get("buffers", {}).items()}
+
+
+class SGD(Optimizer):
+    """SGD with optional (Nesterov) momentum and L2 weight decay::
+
+        g = grad + weight_decay * p
+        v = momentum * v + g
+        p -= lr * v                       (nesterov=False)
+        p -= lr * (g + momentum * v)      (nesterov=True)
+    """
+
+    name = "sgd"
+    buffer_names = ("velocity",)
+
+    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.momentum = _number("momentum", momentum, 0.0, high=1.0)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.nesterov = bool(nesterov)
+
+    def hyperparameters(self):
+        return dict(super().hyperparameters(), momentum=self.momentum, nesterov=self.nesterov)
+
+    def _update(self, params, grads, lr):
+        xp = get_array_module(params)
+        mu = self.momentum
+        g = self._decayed_grad(params, grads)
+        tmp = g if g is not grads else self._scratch_buffer("g", params)
+        if mu == 0.0:
+            xp.multiply(g, lr, out=tmp)
+            xp.subtract(params, tmp, out=params)
+            return
+        v = self._state_buffer("velocity", params)
+        xp.multiply(v, mu, out=v)
+        xp.add(v, g, out=v)
+        if self.nesterov:
+            xp.multiply(g, lr, out=tmp)
+            xp.subtract(params, tmp, out=params)
+            xp.multiply(v, lr * mu, out=tmp)
+        else:
+            xp.multiply(v, lr, out=tmp)
+        xp.subtract(params, tmp, out=params)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al. 2011) with L2 weight decay::
+
+        g = grad + weight_decay * p
+        s += g^2
+        p -= lr * g / (sqrt(s) + eps)
+    """
+
+    name = "adagrad"
+    buffer_names = ("sum_sq",)
+
+    def __init__(self, lr, eps=1e-10, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.eps = _number("eps", eps, 0.0, low_open=True)
+
+    def hyperparameters(self):
+        return dict(super().hyperparameters(), eps=self.eps)
+
+    def _update(self, params, grads, lr):
+        xp = get_array_module(params)
+        g = self._decayed_grad(params, grads)
+        s = self._state_buffer("sum_sq", params)
+        tmp = self._scratch_buffer("tmp", params)
+        xp.multiply(g, g, out=tmp)
+        xp.add(s, tmp, out=s)
+        xp.sqrt(s, out=tmp)
+        xp.add(tmp, self.eps, out=tmp)
+        xp.divide(g, tmp, out=tmp)
+        xp.multiply(tmp, lr, out=tmp)
+        xp.subtract(params, tmp, out=params)
+
+
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad}
+# keys a config section may hold, and which optimizer uses each
+_SECTION_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay", "eps"}
+_USES = {"sgd": {"lr", "momentum", "nesterov", "weight_decay"},
+         "adagrad": {"lr", "eps", "weight_decay"}}
+
+
+def build_optimizer(cfg):
+    """An optimizer from a config section, e.g.
+    ``{name: sgd, lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 5e-4}``.
+
+    Keys the chosen optimizer does not use (``momentum``/``nesterov`` for adagrad, ``eps`` for
+    sgd) are ignored, so one section can switch optimizers by name; other keys are an error.
+    """
+    name = cfg.get("name")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name: {name!r} is not one of {sorted(OPTIMIZERS)}")
+    unknown = set(cfg) - _SECTION_KEYS
+    if unknown:
+        raise ValueError(f"optimizer: unknown keys {sorted(unknown)}; "
+                         f"allowed: {sorted(_SECTION_KEYS)}")
+    if "lr" not in cfg:
+        raise ValueError("optimizer.lr is required")
+    kwargs = {key: value for key, value in cfg.items() if key in _USES[name]}
+    return OPTIMIZERS[name](**kwargs)

@@ -1,0 +1,143 @@
+"""Training driver: ``python -m engine.train config.yaml [--set key=value ...]``.
+
+One process trains the configured model with SGD/Adagrad under a learning-rate policy,
+evaluating top-1/top-5 on the validation set after each epoch. A non-finite loss stops the
+run (naming the step and the last finite loss) or skips the step, as ``on_nonfinite`` says.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from engine import blas
+from engine.config import ConfigError, load_config
+from engine.metrics import topk_correct
+from engine.models import build_model
+from engine.optimizers import build_optimizer
+from engine.schedules import build_schedule
+
+SINGLE_PROCESS_RULES = ("BSP", "LOCAL")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def load_data(cfg):
+    data = cfg["data"]
+    from data.synthetic import make_dataset
+    return make_dataset(data["num_train"], data["num_val"], data["channels"],
+                        data["image_size"], data["num_classes"], data["noise"],
+                        seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
+
+
+def model_options(cfg):
+    """The model's keyword arguments: input geometry from ``data``, then ``model_options``."""
+    data = cfg["data"]
+    options = {"in_channels": data["channels"], "num_classes": data["num_classes"]}
+    if cfg["model"] in ("mlp", "googlenet"):
+        options["image_size"] = data["image_size"]
+    options.update(cfg["model_options"] or {})
+    return options
+
+
+def evaluate(model, x, y, batch_size):
+    """Mean loss, top-1 and top-5 accuracy of the main head over (x, y)."""
+    correct1 = correct5 = 0
+    loss_sum = 0.0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        logits = model.forward(xb, train=False)
+        loss_sum += float(model.loss.forward(logits, yb)) * len(xb)
+        counts = topk_correct(logits, yb, ks=(1, 5))
+        correct1, correct5 = correct1 + counts[1], correct5 + counts[5]
+    n = len(x)
+    return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n}
+
+
+def train(cfg, out=sys.stdout):
+    """Run the job described by the resolved config ``cfg``; returns the final metrics."""
+    if cfg["sync_rule"] not in SINGLE_PROCESS_RULES:
+        raise ConfigError(f"sync_rule: {cfg['sync_rule']} needs MPI workers; this driver runs "
+                          f"one process, allowed here: {', '.join(SINGLE_PROCESS_RULES)}")
+    threads = blas.set_threads(cfg["blas_threads"])
+    (x_train, y_train), (x_val, y_val) = load_data(cfg)
+    model = build_model(cfg["model"], model_options(cfg), cfg["dtype"], cfg["seed"])
+    optimizer = build_optimizer(cfg["optimizer"])
+    batch = cfg["batch_size"]
+    steps_per_epoch = len(x_train) // batch
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size: {batch} is larger than the {len(x_train)} "
+                          f"training images")
+    schedule = build_schedule(cfg["lr_schedule"], cfg["optimizer"]["lr"], cfg["epochs"])
+    total_steps = int(round(cfg["epochs"] * steps_per_epoch))
+    if cfg["max_steps"]:
+        total_steps = min(total_steps, cfg["max_steps"])
+    print(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}, "
+          f"{threads} BLAS threads; {len(x_train)} train / {len(x_val)} val images, "
+          f"batch {batch}, {total_steps} steps", file=out, flush=True)
+
+    rng = np.random.default_rng(cfg["seed"])
+    last_finite, skipped, step, history = None, 0, 0, []
+    start = time.perf_counter()
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        order = rng.permutation(len(x_train))
+        tick, seen = time.perf_counter(), 0
+        for b in range(steps_per_epoch):
+            if step >= total_steps:
+                break
+            idx = np.sort(order[b * batch:(b + 1) * batch])
+            lr = schedule.lr_at(step / steps_per_epoch)
+            loss, _ = model.forward_loss(x_train[idx], y_train[idx])
+            loss = float(loss)
+            step += 1
+            if not np.isfinite(loss):
+                if cfg["on_nonfinite"] == "stop":
+                    raise NonFiniteLoss(f"loss became {loss} at step {step} (epoch "
+                                        f"{epoch + 1}); last finite loss: {last_finite}")
+                skipped += 1
+                continue
+            last_finite = loss
+            model.backward()
+            optimizer.step(model.params, model.grads, lr=lr)
+            seen += batch
+            if step % cfg["print_every"] == 0:
+                rate = seen / (time.perf_counter() - tick)
+                print(f"epoch {epoch + 1} step {step}/{total_steps} loss {loss:.4f} "
+                      f"lr {lr:.4g} {rate:.1f} img/s", file=out, flush=True)
+                tick, seen = time.perf_counter(), 0
+        if (epoch + 1) % cfg["eval_every"] and step < total_steps:
+            continue
+        metrics = evaluate(model, x_val, y_val, batch)
+        metrics.update(epoch=epoch + 1, step=step, train_loss=last_finite,
+                       time=time.perf_counter() - start)
+        history.append(metrics)
+        print(f"epoch {epoch + 1} val loss {metrics['loss']:.4f} top1 {metrics['top1']:.4f} "
+              f"top5 {metrics['top5']:.4f} ({metrics['time']:.1f} s)", file=out, flush=True)
+    final = dict(history[-1], skipped_steps=skipped, history=history)
+    print(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} after {step} steps, "
+          f"{final['time']:.1f} s, {skipped} skipped", file=out, flush=True)
+    return final
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__)
+    parser.add_argument("config", help="YAML run configuration")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path), e.g. --set optimizer.lr=0.1")
+    args = parser.parse_args(argv)
+    try:
+        train(load_config(args.config, args.set))
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The layer protocol, the flat parameter buffers and shape/dtype checks.
+
+A layer declares its parameters (``param_shapes`` and ``initializers``); ``bind_flat`` allocates
+one contiguous ``params`` and one ``grads`` buffer for a list of layers and makes every layer's
+``params[name]`` and ``grads[name]`` a view into them, in a fixed order (depth-first over the
+layer tree, then parameter declaration order). ``backward`` overwrites ``grads`` in place.
+
+State that must not be averaged across workers (BatchNorm running statistics) lives in
+``layer.state``, outside the flat buffers.
+"""
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def get_array_module(x):
+    """numpy or cupy, whichever owns ``x`` (cupy is imported only if it is already loaded)."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+class Layer:
+    """Base class. Subclasses define ``forward(x, train=True) -> y`` (keeping what backward
+    needs) and ``backward(dy) -> dx`` (writing ``grads`` in place)."""
+
+    def __init__(self):
+        self.param_shapes = {}   # name -> shape, declared by the layer
+        self.initializers = {}   # name -> callable(rng, array) filling it in place
+        self.params = {}         # name -> view into the model's flat params buffer
+        self.grads = {}          # name -> view into the model's flat grads buffer
+        self.state = {}          # name -> array kept outside the flat buffers
+        self.forward_flops = 0   # 2 x multiply-adds of the last forward (GEMM layers set it)
+        self._work = {}
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+    def children(self):
+        """Sub-layers of a container, in parameter order; empty for a leaf."""
+        return []
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def workspace(self, key, shape, dtype, xp=np):
+        """A buffer kept across calls: reused while ``shape`` and ``dtype`` stay the same."""
+        buf = self._work.get(key)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or \
+                get_array_module(buf) is not xp:
+            buf = xp.empty(shape, dtype=dtype)
+            self._work[key] = buf
+        return buf
+
+    def check_input(self, x, ndim, channels=None, axis=1):
+        """Raise ValueError naming the layer, the expected and the given shape/dtype."""
+        expected = ["N"] + ["*"] * (ndim - 1)
+        if channels is not None:
+            expected[axis] = str(channels)
+        want = "(" + ", ".join(expected) + ")"
+        if getattr(x, "ndim", None) != ndim or (channels is not None and x.shape[axis] != channels):
+            raise ValueError(f"{self.name}: expected input of shape {want}, "
+                             f"got {getattr(x, 'shape', type(x).__name__)}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{self.name}: expected a float32 or float64 input of shape {want}, "
+                            f"got dtype {x.dtype}")
+        if self.params:
+            pdtype = next(iter(self.params.values())).dtype
+            if x.dtype != pdtype:
+                raise TypeError(f"{self.name}: input dtype {x.dtype} does not match the "
+                                f"parameters' dtype {pdtype} (input shape {x.shape})")
+
+    def build(self, dtype=np.float32, seed=0, xp=np):
+        """Give a standalone layer (or container) its own flat buffers; returns ``self``."""
+        bind_flat([self], dtype, np.random.default_rng(seed), xp)
+        return self
+
+
+def leaves(layers):
+    """Depth-first leaf layers of ``layers`` (containers are expanded), in parameter order."""
+    for layer in layers:
+        kids = layer.children()
+        if kids:
+            yield from leaves(kids)
+        else:
+            yield layer
+
+
+def param_slots(layers):
+    """``[(layer, name, shape, offset)]`` for every parameter of ``layers``, in buffer order."""
+    slots, offset = [], 0
+    for layer in leaves(layers):
+        for name, shape in layer.param_shapes.items():
+            slots.append((layer, name, tuple(shape), offset))
+            offset += int(np.prod(shape))
+    return slots, offset
+
+
+def bind_flat(layers, dtype, rng, xp=np):
+    """Allocate the flat ``params``/``grads`` buffers for ``layers`` and bind every layer to them.
+
+    Parameters are initialized (in float64 on the host, then cast) with each layer's
+    initializer, drawing from ``rng`` in buffer order, so the result depends only on the seed.
+    """
+    slots, total = param_slots(layers)
+    host = np.empty(total, dtype=np.float64)
+    for layer, name, shape, offset in slots:
+        view = host[offset:offset + int(np.prod(shape))].reshape(shape)
+        layer.initializers[name](rng, view)
+    params = xp.asarray(host.astype(dtype))
+    grads = xp.zeros(total, dtype=dtype)
+    for layer, name, shape, offset in slots:
+        size = int(np.prod(shape))
+        layer.params[name] = params[offset:offset + size].reshape(shape)
+        layer.grads[name] = grads[offset:offset + size].reshape(shape)
+    for layer in leaves(layers):
+        for key, value in list(layer.state.items()):
+            layer.state[key] = xp.asarray(value, dtype=dtype)
+    return params, grads

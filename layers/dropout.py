@@ -1,0 +1,46 @@
+"""Inverted dropout (Srivastava et al. 2014).
+
+Training: y = x * m / (1 - ratio) with m ~ Bernoulli(1 - ratio) drawn per element; evaluation:
+y = x (the input itself is returned). Backward: dx = dy * m / (1 - ratio).
+
+The layer keeps its own ``numpy.random.Generator`` (``self.rng``); ``reseed(seed)`` restarts
+it, so a test can reproduce a mask.
+"""
+import numpy as np
+
+from layers.base import Layer, get_array_module
+
+
+class Dropout(Layer):
+    def __init__(self, ratio, seed=None):
+        super().__init__()
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"Dropout: ratio must be in [0, 1), got {ratio}")
+        self.ratio = float(ratio)
+        self.reseed(seed)
+
+    def reseed(self, seed):
+        """Restart the mask generator from ``seed`` (None: fresh OS entropy)."""
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x, train=True):
+        self.check_input(x, max(getattr(x, "ndim", 0), 1))
+        self.train = train
+        if not train:
+            return x
+        xp = get_array_module(x)
+        if xp is np:
+            mask = self.workspace("mask", x.shape, x.dtype)
+            self.rng.random(out=mask, dtype=x.dtype)
+        else:
+            mask = xp.asarray(self.rng.random(x.shape, dtype=x.dtype))
+        # mask = [u >= ratio] / (1 - ratio), u ~ U[0, 1)
+        xp.greater_equal(mask, self.ratio, out=mask)
+        mask *= 1.0 / (1.0 - self.ratio)
+        self.mask = mask
+        return x * mask
+
+    def backward(self, dy):
+        if self.train:
+            dy *= self.mask
+        return dy

@@ -1,0 +1,57 @@
+"""Softmax followed by the cross-entropy loss, averaged over the batch.
+
+Unlike the other layers this one takes the labels and returns a scalar:
+
+    loss = layer.forward(logits, labels)   # logits (N, K) float, labels (N,) int in [0, K)
+    dlogits = layer.backward(scale=1.0)    # (softmax(logits) - onehot(labels)) / N * scale
+
+loss = -1/N sum_n log softmax(z_n)[l_n], computed as log-sum-exp of the max-shifted logits
+(z - max z), so huge logits neither overflow nor lose the loss. ``scale`` weights this loss in a
+sum of losses (e.g. 0.3 for a GoogLeNet auxiliary head). After ``forward``, ``probs`` holds the
+softmax (N, K) and ``labels`` the labels; ``accuracy(k)`` is the top-k accuracy of that batch.
+"""
+from layers.base import Layer, get_array_module
+
+
+class SoftmaxCrossEntropy(Layer):
+    def forward(self, logits, labels, train=True):
+        self.check_input(logits, 2)
+        xp = get_array_module(logits)
+        n, k = logits.shape
+        if getattr(labels, "shape", None) != (n,):
+            got = getattr(labels, "shape", type(labels).__name__)
+            raise ValueError(f"{self.name}: expected labels of shape ({n},) for logits of shape "
+                             f"{logits.shape}, got {got}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"{self.name}: expected integer labels of shape ({n},), "
+                            f"got dtype {labels.dtype}")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise ValueError(f"{self.name}: labels must lie in [0, {k}) for logits of shape "
+                             f"{logits.shape}, got values in [{int(labels.min())}, "
+                             f"{int(labels.max())}]")
+        rows = xp.arange(n)
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = xp.exp(z)
+        total = probs.sum(axis=1, keepdims=True)
+        probs /= total
+        self.probs, self.labels, self.rows = probs, labels, rows
+        # -log p[l] = log(sum exp z) - z[l], with z[l] <= 0 <= log(sum exp z)
+        return float((xp.log(total[:, 0]) - z[rows, labels]).sum()) / max(n, 1)
+
+    def backward(self, scale=1.0):
+        dlogits = self.probs.copy()
+        dlogits[self.rows, self.labels] -= 1.0
+        dlogits *= scale / max(len(self.labels), 1)
+        return dlogits
+
+    def accuracy(self, k=1):
+        """Fraction of the last batch whose label is among the k largest probabilities (a tie
+        with the label counts in its favour)."""
+        xp = get_array_module(self.probs)
+        n, classes = self.probs.shape
+        if k >= classes:
+            return 1.0
+        mine = self.probs[self.rows, self.labels][:, None]
+        # rank = number of classes strictly more probable than the label
+        rank = (self.probs > mine).sum(axis=1)
+        return float((rank < k).sum()) / max(n, 1)

@@ -1,0 +1,14 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="parallel-training",
+    version="0.1.0",
+    description="Framework-free data-parallel deep-learning training engine (NumPy/CuPy + MPI)",
+    packages=find_packages(include=["engine*", "layers*", "sync*", "data*", "run*"]),
+    python_requires=">=3.9",
+    install_requires=["numpy>=2.0", "pyyaml>=5.4", "threadpoolctl>=3.1"],
+    extras_require={
+        "gpu": ["cupy-cuda12x"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+    },
+)

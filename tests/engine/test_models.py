@@ -1,0 +1,117 @@
+"""Whole-model checks: gradients by finite differences (float64), flat buffers, overfitting."""
+import numpy as np
+import pytest
+
+from engine.models import build_model
+from engine.optimizers import SGD
+from layers.base import leaves
+from layers.dropout import Dropout
+
+TINY = {
+    "mlp": ({"in_channels": 2, "image_size": 5, "num_classes": 4, "hidden": [7, 6]}, (3, 2, 5, 5)),
+    "inception_small": ({"in_channels": 2, "num_classes": 5, "width": 0.1}, (4, 2, 28, 28)),
+    "googlenet": ({"in_channels": 3, "num_classes": 6, "image_size": 64}, (2, 3, 64, 64)),
+}
+
+
+def reseed_dropout(model):
+    """Same dropout masks in every forward pass of a finite-difference probe."""
+    drops = [layer for layer in model.leaves() if isinstance(layer, Dropout)]
+
+    def reset():
+        for i, layer in enumerate(drops):
+            layer.reseed(100 + i)
+    return reset
+
+
+def model_gradient_check(model, x, labels, directions=3, eps=1e-5, rtol=1e-4):
+    """Directional derivatives of the training loss w.r.t. the flat parameters and the input."""
+    reset = reseed_dropout(model)
+    rng = np.random.default_rng(0)
+
+    def loss():
+        reset()
+        return float(model.forward_loss(x, labels)[0])
+
+    loss()
+    dx = model.backward().copy()
+    grads = model.grads.copy()
+    for array, grad in ((model.params, grads), (x, dx)):
+        for _ in range(directions):
+            d = rng.standard_normal(array.shape)
+            saved = array.copy()
+            array += eps * d
+            plus = loss()
+            array[...] = saved - eps * d
+            minus = loss()
+            array[...] = saved
+            numeric, exact = (plus - minus) / (2 * eps), float(np.sum(grad * d))
+            assert abs(numeric - exact) <= 1e-8 + rtol * max(abs(numeric), abs(exact)), \
+                f"{model.name}: directional derivative {exact} vs finite differences {numeric}"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_model_gradients_match_finite_differences(name):
+    options, shape = TINY[name]
+    model = build_model(name, options, dtype="float64", seed=3)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    labels = rng.integers(0, options["num_classes"], size=shape[0])
+    model_gradient_check(model, x, labels)
+
+
+def test_googlenet_aux_heads_add_parameters_and_loss():
+    options, shape = TINY["googlenet"]
+    with_aux = build_model("googlenet", options, dtype="float64", seed=0)
+    without = build_model("googlenet", dict(options, aux_heads=False), dtype="float64", seed=0)
+    assert with_aux.num_params > without.num_params
+    assert len(with_aux.heads) == 2 and not without.heads
+    x = np.random.default_rng(0).standard_normal(shape)
+    labels = np.array([0, 1])
+    reseed_dropout(with_aux)()
+    total, _ = with_aux.forward_loss(x, labels)
+    main = with_aux.loss.forward(with_aux.forward(x, train=False), labels)
+    assert total > main  # aux losses (weight 0.3 each) are added in training
+
+
+def test_full_size_googlenet_has_the_papers_parameter_count():
+    model = build_model("googlenet", {"aux_heads": False}, dtype="float32")
+    # Szegedy et al. 2014: about 6.8 million parameters (without the auxiliary heads).
+    assert 6.5e6 < model.num_params < 7.1e6
+
+
+def test_flat_buffers_are_shared_views_in_a_fixed_order():
+    options, _ = TINY["inception_small"]
+    a = build_model("inception_small", options, dtype="float32", seed=5)
+    b = build_model("inception_small", options, dtype="float32", seed=5)
+    np.testing.assert_array_equal(a.params, b.params)
+    first = next(layer for layer in a.leaves() if layer.params)
+    name = next(iter(first.params))
+    assert np.shares_memory(first.params[name], a.params)
+    assert np.shares_memory(first.grads[name], a.grads)
+    a.params[:] = 7.0
+    assert np.all(first.params[name] == 7.0)
+    sizes = sum(p.size for layer in leaves(a.layers()) for p in layer.params.values())
+    assert sizes == a.num_params
+
+
+def test_unknown_model_option_is_refused():
+    from engine.config import ConfigError
+    with pytest.raises(ConfigError, match="widht.*allowed.*width"):
+        build_model("inception_small", {"widht": 0.5})
+
+
+def test_inception_small_overfits_a_fixed_batch():
+    """Zhang et al. 2017: the network can fit (even random) labels: 100% training accuracy."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, size=32)
+    model = build_model("inception_small", {"in_channels": 1, "num_classes": 10, "width": 0.25},
+                        seed=0)
+    optimizer = SGD(lr=0.05, momentum=0.9)
+    for _ in range(60):
+        model.forward_loss(x, labels)
+        model.backward()
+        optimizer.step(model.params, model.grads)
+    predictions = model.forward(x, train=False).argmax(axis=1)
+    assert np.mean(predictions == labels) == 1.0

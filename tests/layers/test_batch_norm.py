@@ -1,0 +1,153 @@
+import numpy as np
+import pytest
+
+from layers.batch_norm import BatchNorm2D
+from tests.gradient_check import check_backward
+
+
+def make(ch, dtype=np.float64, seed=0, block_elems=None):
+    layer = BatchNorm2D(ch).build(dtype)
+    rng = np.random.default_rng(seed)
+    layer.params["gamma"][...] = rng.uniform(0.5, 2.0, ch)
+    layer.params["beta"][...] = rng.standard_normal(ch)
+    if block_elems is not None:
+        layer.block_elems = block_elems
+    return layer
+
+
+def reference(x, gamma, beta, eps=1e-5, mean=None, var=None):
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    x = x.astype(np.float64)
+    if mean is None:
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+    xhat = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+    return xhat * gamma.reshape(shape) + beta.reshape(shape)
+
+
+SHAPES = [(4, 3, 5, 6), (3, 5, 2, 3), (2, 7, 1, 1), (6, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("block_elems", [None, 7])
+def test_train_forward_matches_formula(shape, block_elems):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape) * 3 + 2
+    layer = make(shape[1], block_elems=block_elems)
+    np.testing.assert_allclose(layer.forward(x),
+                               reference(x, layer.params["gamma"], layer.params["beta"]),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_float32_forward():
+    x = (np.random.default_rng(2).standard_normal((8, 5, 7, 7)) * 4 - 3).astype(np.float32)
+    layer = make(5, np.float32)
+    y = layer.forward(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, reference(x, layer.params["gamma"], layer.params["beta"]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_large_mean_is_recentred():
+    # mean / std = 1000: E[x^2] - E[x]^2 in float32 row sums would lose the variance entirely
+    x = (np.random.default_rng(3).standard_normal((16, 3, 9, 9)) + 1000).astype(np.float32)
+    layer = make(3, np.float32)
+    y = layer.forward(x)
+    np.testing.assert_allclose(y, reference(x, layer.params["gamma"], layer.params["beta"]),
+                               rtol=0, atol=2e-3)
+    var = x.astype(np.float64).var(axis=(0, 2, 3))
+    m = x.size // 3
+    np.testing.assert_allclose(layer.state["running_var"], 0.9 + 0.1 * var * m / (m - 1),
+                               rtol=1e-5)
+
+
+def test_running_statistics():
+    rng = np.random.default_rng(4)
+    layer = make(3)
+    x1 = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
+    x2 = rng.standard_normal((4, 3, 5, 5)) - 3
+    layer.forward(x1)
+    layer.forward(x2)
+    m = 4 * 5 * 5
+    rm, rv = np.zeros(3), np.ones(3)
+    for x in (x1, x2):
+        rm = 0.9 * rm + 0.1 * x.mean(axis=(0, 2, 3))
+        rv = 0.9 * rv + 0.1 * x.var(axis=(0, 2, 3)) * m / (m - 1)
+    np.testing.assert_allclose(layer.state["running_mean"], rm, rtol=1e-12)
+    np.testing.assert_allclose(layer.state["running_var"], rv, rtol=1e-12)
+    # evaluation uses them and leaves them alone
+    x3 = rng.standard_normal((2, 3, 4, 4))
+    y = layer.forward(x3, train=False)
+    np.testing.assert_allclose(y, reference(x3, layer.params["gamma"], layer.params["beta"],
+                                            mean=rm, var=rv), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.state["running_mean"], rm, rtol=1e-12)
+
+
+def test_state_takes_the_model_dtype():
+    layer = BatchNorm2D(4).build(np.float32)
+    assert layer.state["running_mean"].dtype == np.float32
+    layer.forward(np.ones((2, 4, 3, 3), np.float32))
+    assert layer.state["running_var"].dtype == np.float32
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("block_elems", [None, 5])
+def test_gradient_train(shape, block_elems):
+    x = np.random.default_rng(5).standard_normal(shape) * 2 + 1
+    check_backward(make(shape[1], block_elems=block_elems), x)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradient_eval(shape):
+    rng = np.random.default_rng(6)
+    layer = make(shape[1])
+    layer.state["running_mean"][...] = rng.standard_normal(shape[1])
+    layer.state["running_var"][...] = rng.uniform(0.5, 2.0, shape[1])
+    check_backward(layer, rng.standard_normal(shape), train=False)
+
+
+def test_backward_compact_form_and_parameter_gradients():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 3, 4, 4)) + 0.5
+    dy = rng.standard_normal(x.shape)
+    layer = make(3, block_elems=10)
+    layer.forward(x)
+    dx = layer.backward(dy.copy())
+    mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+    std = np.sqrt(var + 1e-5)
+    xhat, n = (x - mean) / std, 5 * 16
+    gamma = layer.params["gamma"].reshape(1, 3, 1, 1)
+    expect = gamma / (n * std) * (n * dy - dy.sum(axis=(0, 2, 3), keepdims=True)
+                                 - xhat * (dy * xhat).sum(axis=(0, 2, 3), keepdims=True))
+    np.testing.assert_allclose(dx, expect, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["gamma"], (dy * xhat).sum(axis=(0, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(layer.grads["beta"], dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+    layer.backward(dy.copy())        # gradients are overwritten, not accumulated
+    np.testing.assert_allclose(layer.grads["beta"], dy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_float32_backward_matches_float64():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((16, 6, 8, 8)) * 3 + 10
+    dy = rng.standard_normal(x.shape)
+    l64, l32 = make(6), make(6, np.float32)
+    l64.forward(x)
+    dx64 = l64.backward(dy.copy())
+    l32.forward(x.astype(np.float32))
+    dx32 = l32.backward(dy.astype(np.float32))
+    assert dx32.dtype == np.float32
+    scale = np.abs(dx64).max()
+    np.testing.assert_allclose(dx32, dx64, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(l32.grads["gamma"], l64.grads["gamma"], rtol=1e-4, atol=1e-3)
+
+
+def test_bad_input():
+    layer = BatchNorm2D(3).build(np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm2D.*\(N, 3, \*, \*\).*\(2, 4, 5, 5\)"):
+        layer.forward(np.zeros((2, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2D.*\(N, 3, \*, \*\).*\(2, 3, 5\)"):
+        layer.forward(np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2D.*\(N, 3\).*\(2, 4\)"):
+        layer.forward(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match=r"BatchNorm2D.*float64.*float32.*\(2, 3, 5, 5\)"):
+        layer.forward(np.zeros((2, 3, 5, 5), np.float64))

@@ -1,0 +1,16 @@
+import numpy as np
+
+from layers.relu import ReLU
+from tests.gradient_check import check_backward
+
+
+def test_relu_forward_matches_definition():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(ReLU().forward(x), np.where(x > 0, x, 0))
+
+
+def test_relu_gradient():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5, 4))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    check_backward(ReLU(), x)
