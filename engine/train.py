@@ -56,8 +56,9 @@ def evaluate(model, x, y, batch_size):
     return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n}
 
 
-def train(cfg, out=sys.stdout):
+def train(cfg, out=None):
     """Run the job described by the resolved config ``cfg``; returns the final metrics."""
+    out = out or sys.stdout
     if cfg["sync_rule"] not in SINGLE_PROCESS_RULES:
         raise ConfigError(f"sync_rule: {cfg['sync_rule']} needs MPI workers; this driver runs "
                           f"one process, allowed here: {', '.join(SINGLE_PROCESS_RULES)}")
@@ -129,7 +130,8 @@ def main(argv=None):
                         help="override a config key (dotted path), e.g. --set optimizer.lr=0.1")
     args = parser.parse_args(argv)
     try:
-        train(load_config(args.config, args.set))
+        with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
+            train(load_config(args.config, args.set))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

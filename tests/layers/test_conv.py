@@ -57,12 +57,16 @@ def test_forward_matches_loops(shape):
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, Conv2D.chunk_bytes])
+@pytest.mark.parametrize("transposed_dx", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient(shape, chunk_bytes):
+def test_gradient(shape, chunk_bytes, transposed_dx):
+    """Both ways to dx (col2im, or the transposed convolution where stride is 1), with one
+    sample per chunk and with the whole batch in one chunk."""
     n, c, h, w, o, k, s, p = shape
     x = np.random.default_rng(3).standard_normal((n, c, h, w))
     layer = make(c, o, k, s, p, np.float64)
     layer.chunk_bytes = chunk_bytes
+    layer.transposed_dx_ratio = np.inf if transposed_dx else 0.0
     check_backward(layer, x)
 
 
@@ -75,7 +79,8 @@ def test_gradient_without_bias():
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (5, 1, 2), (3, 2, 1), (2, 2, 0), (3, 1, 0), (3, 1, 3)])
+@pytest.mark.parametrize("k,s,p",
+                         [(3, 1, 1), (5, 1, 2), (3, 2, 1), (2, 2, 0), (3, 1, 0), (3, 1, 3)])
 @pytest.mark.parametrize("contiguous_dx", [True, False])
 def test_im2col_matches_windows_and_col2im_is_its_adjoint(k, s, p, contiguous_dx):
     """col rows are tap-major windows of the padded input, and <im2col(x), c> == <x, col2im(c)>
@@ -104,18 +109,23 @@ def test_im2col_rejects_a_strided_col():
         im2col(np.zeros((2, 1, 5, 5)), 3, 1, 1, col)
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 3 * 2 * 9 * 36 * 8, 1 << 30])
-def test_chunking_does_not_change_results(chunk_bytes):
-    """One sample per chunk, a chunk size that leaves a short last chunk, one chunk."""
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 19 * 36 * 8, 1 << 30])
+@pytest.mark.parametrize("transposed_dx", [False, True])
+def test_chunking_and_dx_method_do_not_change_results(chunk_bytes, transposed_dx):
+    """One sample per chunk, chunks of 3 that leave a short last chunk, one chunk; dx by col2im
+    or by the transposed convolution."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((7, 2, 6, 6))
     dy = rng.standard_normal((7, 3, 6, 6))
     ref = make(2, 3, 3, 1, 1, np.float64)
+    ref.transposed_dx_ratio = 0.0
     y_ref, dx_ref = ref.forward(x), ref.backward(dy.copy())
     layer = make(2, 3, 3, 1, 1, np.float64)
     layer.chunk_bytes = chunk_bytes
+    layer.transposed_dx_ratio = np.inf if transposed_dx else 0.0
     np.testing.assert_allclose(layer.forward(x), y_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.backward(dy.copy()), dx_ref, rtol=1e-12, atol=1e-12)
+    assert ("dycol" in layer._work) == transposed_dx      # the im2col of dy was used
     for name in ("W", "b"):
         np.testing.assert_allclose(layer.grads[name], ref.grads[name], rtol=1e-12, atol=1e-12)
 
@@ -155,9 +165,10 @@ def test_forward_returns_new_arrays():
     np.testing.assert_array_equal(y1, y1_copy)
 
 
-@pytest.mark.parametrize("shape", [(4, 16, 14, 14, 24, 3, 1, 1), (4, 16, 14, 14, 24, 1, 1, 0),
-                                   (4, 3, 15, 15, 8, 7, 2, 3)])
+@pytest.mark.parametrize("shape", [(4, 16, 14, 14, 24, 3, 1, 1), (4, 16, 14, 14, 8, 3, 1, 1),
+                                   (4, 16, 14, 14, 24, 1, 1, 0), (4, 3, 15, 15, 8, 7, 2, 3)])
 def test_float32(shape):
+    """col2im dx, transposed-convolution dx (O <= C/2), 1x1, and a strided 7x7."""
     n, c, h, w, o, k, s, p = shape
     rng = np.random.default_rng(9)
     x = rng.standard_normal((n, c, h, w))

@@ -1,0 +1,73 @@
+"""Average pooling with Caffe's geometry and divisor:
+
+    y[n, c, oh, ow] = sum over the window's real pixels of x / pool_size,
+    pool_size = (min(hs + k, H + pad) - hs) * (min(ws + k, W + pad) - ws),  hs = oh*s - pad,
+
+i.e. padding counts as zeros that are included in the divisor, but the part of a ceil-mode
+window that runs past the padded input is not (Caffe's AVE pooling). Output size as in
+:func:`layers.max_pool.pool_out_size`. Backward: every pixel of a window gets dy / pool_size.
+
+CPU method: k*k strided slice adds over a zero-padded workspace (used by GoogLeNet's auxiliary
+heads only, so it is kept simple).
+"""
+from layers.base import Layer, get_array_module
+from layers.max_pool import check_pool_args, pool_geometry
+
+
+def _sizes(out, k, stride, pad, size, xp, dtype):
+    """Per output index along one axis: the window length clipped to the padded input."""
+    start = xp.arange(out) * stride - pad
+    return (xp.minimum(start + k, size + pad) - start).astype(dtype)
+
+
+class AvgPool2D(Layer):
+    """Average pooling, NCHW, Caffe geometry and divisor (see the module docstring)."""
+
+    def __init__(self, ksize, stride, pad=0, ceil_mode=True):
+        super().__init__()
+        check_pool_args("AvgPool2D", ksize, stride, pad)
+        self.k, self.stride, self.pad, self.ceil_mode = ksize, stride, pad, ceil_mode
+        self.x_shape = None
+        self._zeroed = None   # (workspace, H, W) last zeroed: its border is 0
+
+    def _windows(self, a, oh, ow):
+        """The k*k strided (N, C, OH, OW) views of the padded array ``a``, one per tap."""
+        s = self.stride
+        return [a[:, :, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s]
+                for i in range(self.k) for j in range(self.k)]
+
+    def forward(self, x, train=True):
+        self.check_input(x, 4)
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        k, s, p = self.k, self.stride, self.pad
+        oh, ow, hp, wp = pool_geometry(self, x)
+        xpad = self.workspace("xpad", (n, c, hp, wp), x.dtype, xp)
+        if self._zeroed is None or self._zeroed[0] is not xpad or self._zeroed[1:] != (h, w):
+            xpad.fill(0)                       # the interior is overwritten, the border stays
+            self._zeroed = (xpad, h, w)
+        xpad[:, :, p:p + h, p:p + w] = x
+        views = self._windows(xpad, oh, ow)
+        y = views[0].copy()
+        for v in views[1:]:
+            y += v
+        self.inv_size = 1 / (_sizes(oh, k, s, p, h, xp, x.dtype)[:, None] *
+                             _sizes(ow, k, s, p, w, xp, x.dtype))
+        y *= self.inv_size
+        self.x_shape = x.shape if train else None
+        self.geometry = (oh, ow, hp, wp)
+        return y
+
+    def backward(self, dy):
+        if self.x_shape is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
+        xp = get_array_module(dy)
+        n, c, h, w = self.x_shape
+        p = self.pad
+        oh, ow, hp, wp = self.geometry
+        dpad = self.workspace("dxpad", (n, c, hp, wp), dy.dtype, xp)
+        dpad.fill(0)
+        dy *= self.inv_size
+        for v in self._windows(dpad, oh, ow):
+            v += dy
+        return dpad[:, :, p:p + h, p:p + w].copy()

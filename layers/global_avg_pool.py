@@ -1,0 +1,24 @@
+"""Global average pooling: y[n, c] = mean over (h, w) of x[n, c]; dx = dy[n, c] / (H W)."""
+from layers.base import Layer, get_array_module
+
+
+class GlobalAvgPool(Layer):
+    """(N, C, H, W) -> (N, C)."""
+
+    def __init__(self):
+        super().__init__()
+        self.x_shape = None
+
+    def forward(self, x, train=True):
+        self.check_input(x, 4)
+        self.x_shape = x.shape if train else None
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        if self.x_shape is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
+        xp = get_array_module(dy)
+        n, c, h, w = self.x_shape
+        dx = xp.empty(self.x_shape, dtype=dy.dtype)
+        dx[...] = (dy * (1.0 / (h * w)))[:, :, None, None]
+        return dx

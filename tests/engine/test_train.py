@@ -1,0 +1,73 @@
+"""The training driver end to end: learning, NaN guard, config errors, exit codes."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from engine.config import ConfigError, load_config
+from engine.train import NonFiniteLoss, main, train
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model=mlp", "model_options={hidden: [32]}", "data.num_train=512", "data.num_val=256",
+        "data.image_size=8", "data.channels=1", "data.noise=0.5", "batch_size=32", "epochs=3",
+        "optimizer.lr=0.05", "print_every=1000", "blas_threads=1"]
+
+
+def test_mlp_learns_the_synthetic_classes(capsys):
+    result = train(load_config(None, TINY))
+    assert result["top1"] > 0.9          # chance is 0.1
+    assert result["top5"] >= result["top1"]
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    assert "final: top1" in capsys.readouterr().out
+
+
+def test_inception_small_trains_a_few_steps():
+    cfg = load_config(None, ["model=inception_small", "model_options={width: 0.125}",
+                             "data.image_size=28", "data.channels=1", "data.num_train=64",
+                             "data.num_val=32", "batch_size=16", "max_steps=3",
+                             "print_every=1", "blas_threads=1"])
+    result = train(cfg)
+    assert result["step"] == 3 and np.isfinite(result["loss"])
+
+
+def test_nonfinite_loss_stops_with_the_step_and_last_finite_loss():
+    cfg = load_config(None, TINY + ["optimizer.lr=1e12", "optimizer.momentum=0"])
+    with pytest.raises(NonFiniteLoss, match=r"at step \d+ .*last finite loss: \d"):
+        train(cfg)
+
+
+def test_nonfinite_loss_can_skip_steps():
+    cfg = load_config(None, TINY + ["optimizer.lr=1e12", "on_nonfinite=skip", "epochs=1"])
+    assert train(cfg)["skipped_steps"] > 0
+
+
+def test_rules_that_need_mpi_are_refused_in_one_process():
+    with pytest.raises(ConfigError, match="sync_rule: EASGD needs MPI"):
+        train(load_config(None, TINY + ["sync_rule=EASGD"]))
+
+
+def test_main_reports_config_errors_before_any_work(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"modle": "mlp"}))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "modle" in err and "did you mean 'model'" in err
+
+
+def test_main_names_a_missing_config_file(capsys):
+    assert main(["/nonexistent/run.yaml"]) == 2
+    assert "/nonexistent/run.yaml" in capsys.readouterr().err
+
+
+def test_main_exit_status_for_a_diverging_run(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("print_every: 1000\n")
+    args = [str(path)] + [a for item in TINY + ["optimizer.lr=1e12"] for a in ("--set", item)]
+    assert main(args) == 1
+    assert "training stopped: loss became" in capsys.readouterr().err
+
+
+def test_default_config_is_valid():
+    cfg = load_config(str(ROOT / "config.yaml"))
+    assert cfg["sync_rule"] == "BSP" and cfg["model"] == "inception_small"
