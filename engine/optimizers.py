@@ -78,9 +78,6 @@ class Optimizer:
         self._update(params, grads, lr)
         self.steps += 1
 
-    def _update(self, params, grads, lr):
-        raise NotImplementedError
-
     # -- buffers ----------------------------------------------------------------------------
     def _state_buffer(self, key, params):
         """Persistent state like ``params``: zeros on first use; a loaded checkpoint's array is

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from engine import blas
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError, add_arguments, load_config
 from engine.metrics import topk_correct
 from engine.models import build_model
 from engine.optimizers import build_optimizer
@@ -21,7 +21,7 @@ SINGLE_PROCESS_RULES = ("BSP", "LOCAL")
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The training loss became NaN or infinite (with ``on_nonfinite: stop``)."""
 
 
 def load_data(cfg):
@@ -124,10 +124,8 @@ def train(cfg, out=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__)
-    parser.add_argument("config", help="YAML run configuration")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted path), e.g. --set optimizer.lr=0.1")
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="python -m engine.train", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
     try:
         with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported

@@ -16,7 +16,7 @@ from layers.sequential import Sequential
 
 
 def ConvReLU(in_ch, out_ch, ksize, stride=1, pad=0, init="xavier"):
-    return Sequential(Conv2D(in_ch, out_ch, ksize, stride, pad, init=init), ReLU())
+    return Sequential(Conv2D(in_ch, out_ch, ksize, stride, pad, init=init), ReLU(inplace=True))
 
 
 def Inception(in_ch, c1, c3r, c3, c5r, c5, pool_proj, init="xavier"):
@@ -32,7 +32,7 @@ def Inception(in_ch, c1, c3r, c3, c5r, c5, pool_proj, init="xavier"):
 def ConvBNReLU(in_ch, out_ch, ksize, stride=1, pad=0):
     """Conv (no bias: BatchNorm's beta replaces it) -> BatchNorm -> ReLU."""
     return Sequential(Conv2D(in_ch, out_ch, ksize, stride, pad, bias=False),
-                      BatchNorm2D(out_ch), ReLU())
+                      BatchNorm2D(out_ch), ReLU(inplace=True))
 
 
 def InceptionSmall(in_ch, c1, c3):

@@ -14,3 +14,11 @@ def test_relu_gradient():
     x = rng.standard_normal((2, 3, 5, 4))
     x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
     check_backward(ReLU(), x)
+
+
+def test_inplace_relu_overwrites_its_input_with_the_same_result():
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 4))
+    expected = ReLU().forward(x.copy())
+    y = ReLU(inplace=True).forward(x)
+    assert y is x
+    np.testing.assert_array_equal(y, expected)
