@@ -37,10 +37,29 @@ def conv_loops(x, W, b, stride, pad):
     return y
 
 
-def make(c, o, k, s, p, dtype, bias=True, seed=0):
+# Output-side route shapes (N, C, H, W, O, k, pad), stride 1: O < C and O > C, k 3 and 5, pad 0
+# (output smaller than the input), pad (k-1)/2 ("same": the flat path), pad 1 with k 5, and
+# pad > (k-1)/2 (output larger than the input), odd and non-square sizes.
+OUTPUT_SIDE = [
+    (2, 5, 7, 7, 3, 3, 1),
+    (2, 3, 6, 7, 5, 3, 1),
+    (1, 4, 9, 7, 2, 5, 2),
+    (2, 4, 7, 6, 3, 3, 0),
+    (2, 3, 8, 7, 4, 5, 1),
+    (1, 3, 6, 5, 2, 3, 2),
+    (2, 6, 5, 5, 2, 5, 4),
+]
+# (forward, backward) output-side ratios: input-side, output-side, and each mixed with the other.
+ROUTES = {"input": (0.0, 0.0), "output": (np.inf, np.inf), "output-fwd": (np.inf, 0.0),
+          "output-bwd": (0.0, np.inf)}
+
+
+def make(c, o, k, s, p, dtype, bias=True, seed=0, route=None):
     layer = Conv2D(c, o, k, stride=s, pad=p, bias=bias).build(dtype, seed=seed)
     if bias:
         layer.params["b"][...] = np.random.default_rng(seed + 1).standard_normal(o)
+    if route is not None:
+        layer.output_side_forward, layer.output_side_backward = ROUTES[route]
     return layer
 
 
@@ -57,17 +76,66 @@ def test_forward_matches_loops(shape):
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, Conv2D.chunk_bytes])
-@pytest.mark.parametrize("transposed_dx", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradient(shape, chunk_bytes, transposed_dx):
-    """Both ways to dx (col2im, or the transposed convolution where stride is 1), with one
-    sample per chunk and with the whole batch in one chunk."""
+def test_gradient(shape, chunk_bytes):
+    """The input-side route (im2col of x, col2im for dx), with one sample per chunk and with
+    the whole batch in one chunk."""
     n, c, h, w, o, k, s, p = shape
     x = np.random.default_rng(3).standard_normal((n, c, h, w))
-    layer = make(c, o, k, s, p, np.float64)
+    layer = make(c, o, k, s, p, np.float64, route="input")
     layer.chunk_bytes = chunk_bytes
-    layer.transposed_dx_ratio = np.inf if transposed_dx else 0.0
     check_backward(layer, x)
+    assert "Wf" not in layer._work
+
+
+@pytest.mark.parametrize("shape", OUTPUT_SIDE)
+def test_output_side_forward_matches_loops(shape):
+    n, c, h, w, o, k, p = shape
+    x = np.random.default_rng(10).standard_normal((n, c, h, w))
+    layer = make(c, o, k, 1, p, np.float64, route="output")
+    y = layer.forward(x)
+    assert "Wf" in layer._work and "col" not in layer._work       # no im2col of x
+    np.testing.assert_allclose(y, conv_loops(x, layer.params["W"], layer.params["b"], 1, p),
+                               rtol=1e-12, atol=1e-12)
+    assert layer.forward_flops == 2 * n * o * c * k * k * y.shape[2] * y.shape[3]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, Conv2D.chunk_bytes])
+@pytest.mark.parametrize("route", ["output", "output-fwd", "output-bwd"])
+@pytest.mark.parametrize("shape", OUTPUT_SIDE)
+def test_output_side_gradient(shape, route, chunk_bytes):
+    """Output-side forward and/or backward, one sample per chunk or the batch in one chunk."""
+    n, c, h, w, o, k, p = shape
+    x = np.random.default_rng(11).standard_normal((n, c, h, w))
+    layer = make(c, o, k, 1, p, np.float64, route=route)
+    layer.chunk_bytes = chunk_bytes
+    check_backward(layer, x)
+    assert ("col" in layer._work) == (route != "output")    # some step took the input side
+
+
+@pytest.mark.parametrize("shape,forward,backward", [
+    ((2, 96, 28, 28, 32, 3, 1, 1), True, True),     # O < C, same padding
+    ((2, 64, 28, 28, 64, 3, 1, 1), True, True),     # O = C
+    ((2, 64, 28, 28, 96, 3, 1, 1), False, True),    # C < O <= 1.5 C: backward only
+    ((2, 64, 28, 28, 128, 3, 1, 1), False, False),
+    ((2, 96, 13, 13, 64, 5, 1, 0), False, True),    # 64*13*13 > 96*9*9 (wasted GEMM columns)
+    ((2, 96, 13, 13, 80, 5, 1, 0), False, False),   # 80*13*13 > 1.5*96*9*9
+    ((2, 96, 13, 13, 48, 3, 1, 0), True, True),     # 48*13*13 <= 96*11*11
+    ((2, 96, 28, 28, 32, 3, 2, 1), False, False),   # stride 2
+    ((2, 96, 9, 9, 32, 3, 1, 3), False, False),     # pad >= k
+    ((2, 96, 9, 9, 32, 1, 1, 1), False, False),     # k = 1 with padding (pad >= k)
+    ((2, 96, 9, 9, 32, 1, 1, 0), False, False),     # 1x1: the pointwise route
+])
+def test_route_selection(shape, forward, backward):
+    n, c, h, w, o, k, s, p = shape
+    layer = make(c, o, k, s, p, np.float32)
+    x = np.random.default_rng(12).standard_normal((n, c, h, w)).astype(np.float32)
+    layer.forward(x)
+    assert ("Wf" in layer._work) == forward
+    layer._work.clear()
+    layer.backward(np.ones((n, o, conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)),
+                           np.float32))
+    assert ("Wf" in layer._work) == backward
 
 
 def test_gradient_without_bias():
@@ -109,23 +177,24 @@ def test_im2col_rejects_a_strided_col():
         im2col(np.zeros((2, 1, 5, 5)), 3, 1, 1, col)
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 3 * 19 * 36 * 8, 1 << 30])
-@pytest.mark.parametrize("transposed_dx", [False, True])
-def test_chunking_and_dx_method_do_not_change_results(chunk_bytes, transposed_dx):
-    """One sample per chunk, chunks of 3 that leave a short last chunk, one chunk; dx by col2im
-    or by the transposed convolution."""
+@pytest.mark.parametrize("chunks", [7, 3, 1])
+@pytest.mark.parametrize("route", ["input", "output"])
+def test_chunking_and_route_do_not_change_results(chunks, route):
+    """7 samples in chunks of 1, of 3 (a short last chunk) or all in one, on either route,
+    against the input-side route with the whole batch in one chunk."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((7, 2, 6, 6))
     dy = rng.standard_normal((7, 3, 6, 6))
-    ref = make(2, 3, 3, 1, 1, np.float64)
-    ref.transposed_dx_ratio = 0.0
+    ref = make(2, 3, 3, 1, 1, np.float64, route="input")
+    ref.chunk_bytes = 1 << 30
     y_ref, dx_ref = ref.forward(x), ref.backward(dy.copy())
-    layer = make(2, 3, 3, 1, 1, np.float64)
-    layer.chunk_bytes = chunk_bytes
-    layer.transposed_dx_ratio = np.inf if transposed_dx else 0.0
+    layer = make(2, 3, 3, 1, 1, np.float64, route=route)
+    rows = 3 * 9 if route == "output" else 2 * 9 + 1     # k*k*O rows of Z, or k*k*C + 1 of col
+    layer.chunk_bytes = rows * 36 * 8 * (7 // chunks)
+    assert layer._chunk(7, rows, 36, 8)[1] == range(0, 7, 7 // chunks)
     np.testing.assert_allclose(layer.forward(x), y_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.backward(dy.copy()), dx_ref, rtol=1e-12, atol=1e-12)
-    assert ("dycol" in layer._work) == transposed_dx      # the im2col of dy was used
+    assert ("Wf" in layer._work) == (route == "output")
     for name in ("W", "b"):
         np.testing.assert_allclose(layer.grads[name], ref.grads[name], rtol=1e-12, atol=1e-12)
 
@@ -166,9 +235,11 @@ def test_forward_returns_new_arrays():
 
 
 @pytest.mark.parametrize("shape", [(4, 16, 14, 14, 24, 3, 1, 1), (4, 16, 14, 14, 8, 3, 1, 1),
-                                   (4, 16, 14, 14, 24, 1, 1, 0), (4, 3, 15, 15, 8, 7, 2, 3)])
+                                   (4, 16, 14, 14, 24, 1, 1, 0), (4, 3, 15, 15, 8, 7, 2, 3),
+                                   (4, 16, 14, 14, 40, 3, 1, 1)])
 def test_float32(shape):
-    """col2im dx, transposed-convolution dx (O <= C/2), 1x1, and a strided 7x7."""
+    """Default routes: input-side forward with output-side backward (C < O <= 1.5 C), output
+    side (O < C), 1x1, a strided 7x7, input side (O > 1.5 C)."""
     n, c, h, w, o, k, s, p = shape
     rng = np.random.default_rng(9)
     x = rng.standard_normal((n, c, h, w))
