@@ -79,48 +79,64 @@ def train(cfg, out=None):
           f"{threads} BLAS threads; {len(x_train)} train / {len(x_val)} val images, "
           f"batch {batch}, {total_steps} steps", file=out, flush=True)
 
+    progress = Progress(total_steps, steps_per_epoch)
     rng = np.random.default_rng(cfg["seed"])
-    last_finite, skipped, step, history = None, 0, 0, []
-    start = time.perf_counter()
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        order = rng.permutation(len(x_train))
-        tick, seen = time.perf_counter(), 0
-        for b in range(steps_per_epoch):
-            if step >= total_steps:
-                break
-            idx = np.sort(order[b * batch:(b + 1) * batch])
-            lr = schedule.lr_at(step / steps_per_epoch)
-            loss, _ = model.forward_loss(x_train[idx], y_train[idx])
-            loss = float(loss)
-            step += 1
-            if not np.isfinite(loss):
-                if cfg["on_nonfinite"] == "stop":
-                    raise NonFiniteLoss(f"loss became {loss} at step {step} (epoch "
-                                        f"{epoch + 1}); last finite loss: {last_finite}")
-                skipped += 1
+    start, history = time.perf_counter(), []
+    with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
+        while progress.step < total_steps:
+            epoch = progress.step // steps_per_epoch + 1
+            train_epoch(model, optimizer, schedule, x_train, y_train,
+                        rng.permutation(len(x_train)), cfg, progress, out)
+            if epoch % cfg["eval_every"] and progress.step < total_steps:
                 continue
-            last_finite = loss
-            model.backward()
-            optimizer.step(model.params, model.grads, lr=lr)
-            seen += batch
-            if step % cfg["print_every"] == 0:
-                rate = seen / (time.perf_counter() - tick)
-                print(f"epoch {epoch + 1} step {step}/{total_steps} loss {loss:.4f} "
-                      f"lr {lr:.4g} {rate:.1f} img/s", file=out, flush=True)
-                tick, seen = time.perf_counter(), 0
-        if (epoch + 1) % cfg["eval_every"] and step < total_steps:
-            continue
-        metrics = evaluate(model, x_val, y_val, batch)
-        metrics.update(epoch=epoch + 1, step=step, train_loss=last_finite,
-                       time=time.perf_counter() - start)
-        history.append(metrics)
-        print(f"epoch {epoch + 1} val loss {metrics['loss']:.4f} top1 {metrics['top1']:.4f} "
-              f"top5 {metrics['top5']:.4f} ({metrics['time']:.1f} s)", file=out, flush=True)
-    final = dict(history[-1], skipped_steps=skipped, history=history)
-    print(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} after {step} steps, "
-          f"{final['time']:.1f} s, {skipped} skipped", file=out, flush=True)
+            metrics = evaluate(model, x_val, y_val, batch)
+            metrics.update(epoch=epoch, step=progress.step, train_loss=progress.last_finite,
+                           time=time.perf_counter() - start)
+            history.append(metrics)
+            print(f"epoch {epoch} val loss {metrics['loss']:.4f} top1 {metrics['top1']:.4f} "
+                  f"top5 {metrics['top5']:.4f} ({metrics['time']:.1f} s)", file=out, flush=True)
+    final = dict(history[-1], skipped_steps=progress.skipped, history=history)
+    print(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} after {progress.step} "
+          f"steps, {final['time']:.1f} s, {progress.skipped} skipped", file=out, flush=True)
     return final
+
+
+class Progress:
+    """Where the run is: steps done, the last finite loss, steps skipped for a bad loss."""
+
+    def __init__(self, total_steps, steps_per_epoch):
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.step, self.last_finite, self.skipped = 0, None, 0
+
+
+def train_epoch(model, optimizer, schedule, x, y, order, cfg, progress, out):
+    """One pass over ``order`` (or what is left of the run): forward, non-finite guard,
+    backward, update, and a progress line every ``print_every`` steps."""
+    batch = cfg["batch_size"]
+    epoch = progress.step // progress.steps_per_epoch + 1
+    tick, seen = time.perf_counter(), 0
+    for b in range(progress.steps_per_epoch):
+        if progress.step >= progress.total_steps:
+            return
+        idx = np.sort(order[b * batch:(b + 1) * batch])
+        lr = schedule.lr_at(progress.step / progress.steps_per_epoch)
+        loss = float(model.forward_loss(x[idx], y[idx])[0])
+        progress.step += 1
+        if not np.isfinite(loss):
+            if cfg["on_nonfinite"] == "stop":
+                raise NonFiniteLoss(f"loss became {loss} at step {progress.step} (epoch "
+                                    f"{epoch}); last finite loss: {progress.last_finite}")
+            progress.skipped += 1
+            continue
+        progress.last_finite = loss
+        model.backward()
+        optimizer.step(model.params, model.grads, lr=lr)
+        seen += batch
+        if progress.step % cfg["print_every"] == 0:
+            rate = seen / (time.perf_counter() - tick)
+            print(f"epoch {epoch} step {progress.step}/{progress.total_steps} loss {loss:.4f} "
+                  f"lr {lr:.4g} {rate:.1f} img/s", file=out, flush=True)
+            tick, seen = time.perf_counter(), 0
 
 
 def main(argv=None):
@@ -128,8 +144,7 @@ def main(argv=None):
         prog="python -m engine.train", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
     try:
-        with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
-            train(load_config(args.config, args.set))
+        train(load_config(args.config, args.set))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -198,3 +198,15 @@ def test_bad_geometry(cls):
     for args in [(0, 1), (3, 0), (3, 1, 3), (3, 1, -1), (3.0, 2)]:
         with pytest.raises(ValueError, match=cls.__name__):
             cls(*args)
+
+
+def test_max_tie_across_rows_goes_to_the_first_in_row_order():
+    """A tie between (0, 2) and (1, 0) of one window: only (0, 2) receives the gradient."""
+    x = np.zeros((3, 2, 3, 3))
+    x[:, :, 0, 2] = x[:, :, 1, 0] = 4.0
+    layer = MaxPool2D(3, 2)
+    np.testing.assert_array_equal(layer.forward(x), np.full((3, 2, 1, 1), 4.0))
+    dx = layer.backward(np.full((3, 2, 1, 1), 1.5))
+    expected = np.zeros_like(x)
+    expected[:, :, 0, 2] = 1.5
+    np.testing.assert_array_equal(dx, expected)
