@@ -14,7 +14,8 @@ def _probe(forward, dy):
     return lambda: float(np.sum(forward() * dy))
 
 
-def _numeric_directional(probe, array, direction, eps):
+def numeric_directional(probe, array, direction, eps):
+    """(probe(array + eps d) - probe(array - eps d)) / (2 eps), restoring ``array``."""
     saved = array.copy()
     array += eps * direction
     plus = probe()
@@ -67,7 +68,7 @@ def check_backward(layer, x, train=True, eps=1e-6, rtol=1e-5, atol=1e-7, directi
         assert grad.shape == array.shape, f"{key}: gradient shape {grad.shape} != {array.shape}"
         for _ in range(directions):
             d = rng.standard_normal(array.shape)
-            numeric = _numeric_directional(probe, array, d, eps)
+            numeric = numeric_directional(probe, array, d, eps)
             exact = float(np.sum(grad * d))
             assert abs(numeric - exact) <= atol + rtol * max(abs(numeric), abs(exact)) * 10, \
                 f"{layer.name} d/d{key}: directional {exact} vs finite differences {numeric}"

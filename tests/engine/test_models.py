@@ -6,6 +6,7 @@ from engine.models import build_model
 from engine.optimizers import SGD
 from layers.base import leaves
 from layers.dropout import Dropout
+from tests.gradient_check import numeric_directional
 
 TINY = {
     "mlp": ({"in_channels": 2, "image_size": 5, "num_classes": 4, "hidden": [7, 6]}, (3, 2, 5, 5)),
@@ -48,13 +49,8 @@ def model_gradient_check(model, x, labels, eps=1e-6, rtol=1e-4, atol=1e-9):
     for what, array, grad in checks:
         d = rng.standard_normal(array.shape)
         d /= np.linalg.norm(d)
-        saved = array.copy()
-        array += eps * d
-        plus = loss()
-        array[...] = saved - eps * d
-        minus = loss()
-        array[...] = saved
-        numeric, exact = (plus - minus) / (2 * eps), float(np.sum(grad * d))
+        numeric = numeric_directional(loss, array, d, eps)
+        exact = float(np.sum(grad * d))
         assert abs(numeric - exact) <= atol + rtol * max(abs(numeric), abs(exact)), \
             f"{model.name} d loss/d {what}: analytic {exact} vs finite differences {numeric}"
 
