@@ -127,7 +127,7 @@ SCHEMA = {
     "model_options": Key("mapping", {}),   # free-form; the model factory validates it
     "dtype": Key("str", "float32", choices=("float32", "float64")),
     "seed": Key("int", 0, low=0),
-    "device": Key("str", "cpu", choices=("cpu", "gpu")),
+    "device": Key("str", "cpu", choices=("cpu",)),   # "gpu" comes with the GPU issue
     "blas_threads": Key("int", None, low=1, nullable=True),   # null: all cores
     "batch_size": Key("int", 128, low=1),                     # per worker
     "epochs": Key("number", 10, low=0, low_open=True),
@@ -138,6 +138,7 @@ SCHEMA = {
         "momentum": Key("float", 0.9, low=0, high=1, high_open=True),
         "nesterov": Key("bool", False),
         "weight_decay": Key("float", 5e-4, low=0),
+        "eps": Key("float", 1e-10, low=0, low_open=True),        # for 'adagrad'
     },
     "lr_schedule": {
         "policy": Key("str", "constant", choices=("constant", "step", "poly", "cosine")),

@@ -51,6 +51,12 @@ class Model:
         return {f"{i}.{name}": value for i, layer in enumerate(self.leaves())
                 for name, value in layer.state.items()}
 
+    def load_state(self, state):
+        """Copy ``state`` (as returned by ``state()``) into the layers' buffers."""
+        for i, layer in enumerate(self.leaves()):
+            for name, value in layer.state.items():
+                value[...] = state[f"{i}.{name}"]
+
     def forward(self, x, train=False):
         """Main-head logits. In training mode the auxiliary heads run too (see ``loss``)."""
         self._taps = []

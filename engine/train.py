@@ -63,9 +63,15 @@ def train(cfg, out=None):
         raise ConfigError(f"sync_rule: {cfg['sync_rule']} needs MPI workers; this driver runs "
                           f"one process, allowed here: {', '.join(SINGLE_PROCESS_RULES)}")
     threads = blas.set_threads(cfg["blas_threads"])
-    (x_train, y_train), (x_val, y_val) = load_data(cfg)
-    model = build_model(cfg["model"], model_options(cfg), cfg["dtype"], cfg["seed"])
+    try:
+        model = build_model(cfg["model"], model_options(cfg), cfg["dtype"], cfg["seed"])
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"model_options: model '{cfg['model']}' cannot be built with "
+                          f"{model_options(cfg)}: {err}") from None
     optimizer = build_optimizer(cfg["optimizer"])
+    (x_train, y_train), (x_val, y_val) = load_data(cfg)
     batch = cfg["batch_size"]
     steps_per_epoch = len(x_train) // batch
     if steps_per_epoch == 0:
@@ -75,6 +81,9 @@ def train(cfg, out=None):
     total_steps = int(round(cfg["epochs"] * steps_per_epoch))
     if cfg["max_steps"]:
         total_steps = min(total_steps, cfg["max_steps"])
+    if total_steps == 0:
+        raise ConfigError(f"epochs: {cfg['epochs']} epochs of {steps_per_epoch} steps is less "
+                          f"than one step")
     print(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}, "
           f"{threads} BLAS threads; {len(x_train)} train / {len(x_val)} val images, "
           f"batch {batch}, {total_steps} steps", file=out, flush=True)
@@ -120,12 +129,15 @@ def train_epoch(model, optimizer, schedule, x, y, order, cfg, progress, out):
             return
         idx = np.sort(order[b * batch:(b + 1) * batch])
         lr = schedule.lr_at(progress.step / progress.steps_per_epoch)
+        saved = {k: v.copy() for k, v in model.state().items()} \
+            if cfg["on_nonfinite"] == "skip" else None
         loss = float(model.forward_loss(x[idx], y[idx])[0])
         progress.step += 1
         if not np.isfinite(loss):
-            if cfg["on_nonfinite"] == "stop":
+            if saved is None:
                 raise NonFiniteLoss(f"loss became {loss} at step {progress.step} (epoch "
                                     f"{epoch}); last finite loss: {progress.last_finite}")
+            model.load_state(saved)   # the bad batch's BatchNorm statistics are dropped
             progress.skipped += 1
             continue
         progress.last_finite = loss

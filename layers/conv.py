@@ -299,7 +299,7 @@ class Conv2D(Layer):
         part = self.workspace("dWpart", (o, rows), x.dtype, xp)
         dyt = self.workspace("dyt", (o, g * l), x.dtype, xp) if g > 1 else None
         dxt = self.workspace("dxt", (c * g * h * w,), x.dtype, xp) if g > 1 else None
-        dx = xp.empty_like(x)
+        dx = xp.empty(x.shape, x.dtype)
         last = starts[-1]
         for n0 in reversed(starts):
             m = min(g, n - n0)
@@ -339,7 +339,7 @@ class Conv2D(Layer):
         dwf = self.workspace("dWf", (kd, c), x.dtype, xp)
         part = self.workspace("dWpart", (kd, c), x.dtype, xp)
         dxt = self.workspace("dxt", (c * g * h * w,), x.dtype, xp) if g > 1 else None
-        dx = xp.empty_like(x)
+        dx = xp.empty(x.shape, x.dtype)
         if "b" in self.grads:
             dy.sum(axis=(0, 2, 3), out=self.grads["b"])
         for n0 in reversed(starts):
@@ -367,7 +367,7 @@ class Conv2D(Layer):
         w2d, dw = self.params["W"].reshape(o, c), self.grads["W"].reshape(o, c)
         if "b" in self.grads:
             dy3.sum(axis=(0, 2), out=self.grads["b"])
-        dx = xp.empty_like(x)
+        dx = xp.empty(x.shape, x.dtype)
         xp.matmul(w2d.T, dy3, out=dx.reshape(n, c, l))
         g, starts = self._chunk(n, c, l, x.dtype.itemsize)
         part = self.workspace("dWpart", (o, c), x.dtype, xp)

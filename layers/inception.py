@@ -41,5 +41,7 @@ def InceptionSmall(in_ch, c1, c3):
 
 
 def Downsample(in_ch, c3):
-    """Output channels c3 + in_ch, spatial size floor((H - 3) / 2) + 1."""
-    return Concat(ConvBNReLU(in_ch, c3, 3, stride=2), MaxPool2D(3, 2, ceil_mode=False))
+    """Output channels c3 + in_ch, spatial size ceil(H / 2) (both branches padded by 1:
+    28 -> 14 -> 7, where the paper's network ends in a 7x7 mean pool)."""
+    return Concat(ConvBNReLU(in_ch, c3, 3, stride=2, pad=1),
+                  MaxPool2D(3, 2, pad=1, ceil_mode=False))

@@ -13,6 +13,7 @@ class ReLU(Layer):
         self.inplace = inplace
 
     def forward(self, x, train=True):
+        self.check_input(x, max(getattr(x, "ndim", 0), 1))
         xp = get_array_module(x)
         self.y = xp.maximum(x, 0, out=x if self.inplace else None)
         return self.y

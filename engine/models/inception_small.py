@@ -2,7 +2,8 @@
 generalization", appendix Fig. 3), for CIFAR-sized inputs (28x28 crops):
 
 conv 3x3 96 -> inc(32,32) -> inc(32,48) -> down(80) -> inc(112,48) -> inc(96,64) -> inc(80,80)
--> inc(48,96) -> down(96) -> inc(176,160) -> inc(176,160) -> global mean pool -> fc classes.
+-> inc(48,96) -> down(96) -> inc(176,160) -> inc(176,160) -> mean pool (7x7 for 28x28 input)
+-> fc classes. The downsample modules keep "same" padding: 28 -> 14 -> 7.
 
 ``width`` scales every channel count (at least 1 channel per branch), for a narrower network.
 """

@@ -25,7 +25,7 @@ def reseed_dropout(model):
     return reset
 
 
-def model_gradient_check(model, x, labels, eps=1e-6, rtol=1e-4, atol=1e-9):
+def model_gradient_check(model, x, labels, eps=1e-7, rtol=1e-4, atol=1e-9):
     """Directional derivatives of the training loss along a random unit direction in every
     layer's parameters (one layer at a time, so that a small step crosses no ReLU or max-pool
     kink) and in the input, against central finite differences."""
@@ -65,7 +65,7 @@ def test_model_gradients_match_finite_differences(name):
     model_gradient_check(model, x, labels)
 
 
-def test_googlenet_aux_heads_add_parameters_and_loss():
+def test_googlenet_aux_heads_add_parameters_and_weighted_losses():
     options, shape = TINY["googlenet"]
     with_aux = build_model("googlenet", options, dtype="float64", seed=0)
     without = build_model("googlenet", dict(options, aux_heads=False), dtype="float64", seed=0)
@@ -75,8 +75,11 @@ def test_googlenet_aux_heads_add_parameters_and_loss():
     labels = np.array([0, 1])
     reseed_dropout(with_aux)()
     total, _ = with_aux.forward_loss(x, labels)
-    main = with_aux.loss.forward(with_aux.forward(x, train=False), labels)
-    assert total > main  # aux losses (weight 0.3 each) are added in training
+    main = with_aux.loss.forward(with_aux._taps[-1], labels)
+    aux = [h.loss.forward(logits, labels)
+           for h, logits in zip(with_aux.heads, with_aux._head_logits)]
+    assert total == pytest.approx(main + 0.3 * aux[0] + 0.3 * aux[1], rel=1e-12)
+    assert min(aux) > 0
 
 
 def test_full_size_googlenet_has_the_papers_parameter_count():

@@ -31,15 +31,39 @@ def test_inception_small_trains_a_few_steps():
     assert result["step"] == 3 and np.isfinite(result["loss"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("epochs=0.001", "less than one step"),
+    ("model_options={width: abc}", "model_options: model 'inception_small' cannot be built"),
+    ("model_options={widht: 0.5}", "widht.*allowed.*width"),
+])
+def test_impossible_runs_stop_with_a_config_error(override, message):
+    cfg = load_config(None, TINY + ["model=inception_small", "model_options={}", override])
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
+
 def test_nonfinite_loss_stops_with_the_step_and_last_finite_loss():
     cfg = load_config(None, TINY + ["optimizer.lr=1e12", "optimizer.momentum=0"])
     with pytest.raises(NonFiniteLoss, match=r"at step \d+ .*last finite loss: \d"):
         train(cfg)
 
 
-def test_nonfinite_loss_can_skip_steps():
-    cfg = load_config(None, TINY + ["optimizer.lr=1e12", "on_nonfinite=skip", "epochs=1"])
-    assert train(cfg)["skipped_steps"] > 0
+def test_skipped_nonfinite_batches_leave_batchnorm_statistics_finite(monkeypatch):
+    import engine.train as driver
+    load = driver.load_data
+
+    def one_nan_image(cfg):
+        (x, y), val = load(cfg)
+        x[0, 0, 0, 0] = np.nan
+        return (x, y), val
+    monkeypatch.setattr(driver, "load_data", one_nan_image)
+    cfg = load_config(None, ["model=inception_small", "model_options={width: 0.125}",
+                             "data.image_size=28", "data.channels=1", "data.num_train=64",
+                             "data.num_val=32", "batch_size=16", "epochs=2",
+                             "on_nonfinite=skip", "blas_threads=1"])
+    result = train(cfg)
+    assert result["skipped_steps"] == 2          # the batch holding image 0, once per epoch
+    assert np.isfinite(result["loss"])           # evaluation uses the running statistics
 
 
 def test_rules_that_need_mpi_are_refused_in_one_process():
