@@ -1,11 +1,10 @@
-"""BLAS thread count (through threadpoolctl, which finds whichever BLAS numpy loaded)."""
+"""How many cores the layers use: ``n`` worker threads, each calling BLAS single-threaded
+(see layers/parallel.py for why)."""
 import os
 
-from threadpoolctl import threadpool_limits
+from layers import parallel
 
 
 def set_threads(n=None):
-    """Limit BLAS to ``n`` threads (None: all cores); returns the number set."""
-    n = n or os.cpu_count() or 1
-    threadpool_limits(limits=n, user_api="blas")
-    return n
+    """Use ``n`` cores (None: all); returns the number set."""
+    return parallel.set_workers(n or os.cpu_count() or 1)
