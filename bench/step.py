@@ -16,22 +16,25 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from engine import blas  # noqa: E402
 from engine.models import build_model  # noqa: E402
 from engine.optimizers import SGD  # noqa: E402
+from layers import parallel  # noqa: E402
 
 INPUT = {"mlp": (3, 32), "inception_small": (3, 28), "googlenet": (3, 224)}
 
 
-def gemm_gflops(dtype, size=2048, repeats=5):
-    """Best-of-``repeats`` rate of one (size x size) @ (size x size) product."""
+def gemm_gflops(dtype, threads, size=2048, repeats=5):
+    """Best-of-``repeats`` rate of one (size x size) @ (size x size) product on ``threads``
+    BLAS threads: the machine's GEMM rate on that many cores."""
     a = np.random.default_rng(0).standard_normal((size, size)).astype(dtype)
     b, c = a.copy(), np.empty_like(a)
-    np.matmul(a, b, out=c)
-    best = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(repeats))
+    with threadpool_limits(limits=threads, user_api="blas"):
+        np.matmul(a, b, out=c)
+        best = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(repeats))
     return 2 * size ** 3 / best / 1e9
 
 
@@ -60,13 +63,14 @@ def main(argv=None):
     parser.add_argument("--model", default="inception_small", choices=sorted(INPUT))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up)")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="cores: layer worker threads (and BLAS threads for the GEMM rate)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--width", type=float, help="inception_small width multiplier")
     parser.add_argument("--profile", action="store_true", help="per-layer-type time table")
     args = parser.parse_args(argv)
 
-    blas.set_threads(args.threads)
+    parallel.set_workers(args.threads)
     channels, size = INPUT[args.model]
     options = {"width": args.width} if args.width else {}
     model = build_model(args.model, options, dtype=args.dtype, seed=0)
@@ -95,10 +99,10 @@ def main(argv=None):
     step_time = sum(med.values())
     flops = 3 * model.forward_flops
     achieved = flops / step_time / 1e9
-    gemm = gemm_gflops(args.dtype)
+    gemm = gemm_gflops(args.dtype, args.threads)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
-    print(f"model {args.model} batch {args.batch} {args.dtype}, {args.threads} BLAS threads, "
+    print(f"model {args.model} batch {args.batch} {args.dtype}, {args.threads} cores, "
           f"{model.num_params:,} parameters, {flops / args.batch / 1e9:.3f} GFLOP/image/step")
     print(f"forward {med['forward'] * 1e3:.1f} ms  backward {med['backward'] * 1e3:.1f} ms  "
           f"update {med['update'] * 1e3:.1f} ms  step {step_time * 1e3:.1f} ms (median of "

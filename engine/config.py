@@ -128,7 +128,7 @@ SCHEMA = {
     "dtype": Key("str", "float32", choices=("float32", "float64")),
     "seed": Key("int", 0, low=0),
     "device": Key("str", "cpu", choices=("cpu",)),   # "gpu" comes with the GPU issue
-    "blas_threads": Key("int", None, low=1, nullable=True),   # null: all cores
+    "threads": Key("int", None, low=1, nullable=True),   # null: all cores
     "batch_size": Key("int", 128, low=1),                     # per worker
     "epochs": Key("number", 10, low=0, low_open=True),
     "max_steps": Key("int", None, low=1, nullable=True),

@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from engine import blas
 from engine.config import ConfigError, add_arguments, load_config
 from engine.metrics import topk_correct
 from engine.models import build_model
 from engine.optimizers import build_optimizer
 from engine.schedules import build_schedule
+from layers import parallel
 
 SINGLE_PROCESS_RULES = ("BSP", "LOCAL")
 
@@ -62,7 +62,7 @@ def train(cfg, out=None):
     if cfg["sync_rule"] not in SINGLE_PROCESS_RULES:
         raise ConfigError(f"sync_rule: {cfg['sync_rule']} needs MPI workers; this driver runs "
                           f"one process, allowed here: {', '.join(SINGLE_PROCESS_RULES)}")
-    threads = blas.set_threads(cfg["blas_threads"])
+    threads = parallel.set_workers(cfg["threads"])
     try:
         model = build_model(cfg["model"], model_options(cfg), cfg["dtype"], cfg["seed"])
     except (TypeError, ValueError) as err:
@@ -85,7 +85,7 @@ def train(cfg, out=None):
         raise ConfigError(f"epochs: {cfg['epochs']} epochs of {steps_per_epoch} steps is less "
                           f"than one step")
     print(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}, "
-          f"{threads} BLAS threads; {len(x_train)} train / {len(x_val)} val images, "
+          f"{threads} worker threads; {len(x_train)} train / {len(x_val)} val images, "
           f"batch {batch}, {total_steps} steps", file=out, flush=True)
 
     progress = Progress(total_steps, steps_per_epoch)

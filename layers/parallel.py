@@ -11,6 +11,7 @@ BLAS thread spins waiting while another worker copies.
 
 Each worker index gets its own workspaces (``Layer.workspace(key + (worker,), ...)``).
 """
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import threadpool_limits
@@ -19,10 +20,11 @@ _pool = None
 _workers = 1
 
 
-def set_workers(n):
-    """Use ``n`` worker threads (1: run inline), each calling BLAS with one thread."""
+def set_workers(n=None):
+    """Use ``n`` worker threads (None: one per core; 1: run inline), each calling BLAS with
+    one thread; returns the number set."""
     global _pool, _workers
-    n = max(1, int(n))
+    n = max(1, int(n or os.cpu_count() or 1))
     if n != _workers:
         if _pool is not None:
             _pool.shutdown()

@@ -17,7 +17,7 @@ def test_defaults_filled_for_every_schema_key(tmp_path):
     assert cfg["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
                                 "weight_decay": 5e-4, "eps": 1e-10}
     assert cfg["sync_rule"] == "BSP" and cfg["avg_freq"] == 1
-    assert cfg["blas_threads"] is None and cfg["max_steps"] is None
+    assert cfg["threads"] is None and cfg["max_steps"] is None
     assert cfg["model_options"] == {}
 
     def keys(schema):
@@ -54,7 +54,7 @@ def test_overrides_are_typed(tmp_path):
     path = _write(tmp_path, "optimizer:\n  lr: 0.05\n")
     cfg = load_config(path, overrides=["optimizer.lr=0.1", "optimizer.weight_decay=1e-4",
                                        "optimizer.nesterov=true", "batch_size=32",
-                                       "epochs=0.5", "max_steps=null", "blas_threads=2",
+                                       "epochs=0.5", "max_steps=null", "threads=2",
                                        "data.num_train=64", "sync_rule=EASGD",
                                        "model_options.width=64", "model_options.a.b=[1, 2]",
                                        "lr_schedule={policy: cosine, warmup_epochs: 1}"])
@@ -62,7 +62,7 @@ def test_overrides_are_typed(tmp_path):
     assert cfg["optimizer"]["weight_decay"] == 1e-4
     assert cfg["optimizer"]["nesterov"] is True
     assert cfg["batch_size"] == 32 and cfg["epochs"] == 0.5 and cfg["max_steps"] is None
-    assert cfg["blas_threads"] == 2
+    assert cfg["threads"] == 2
     assert cfg["data"]["num_train"] == 64
     assert cfg["sync_rule"] == "EASGD"
     assert cfg["model_options"] == {"width": 64, "a": {"b": [1, 2]}}
@@ -148,7 +148,7 @@ def test_wrong_type(tmp_path, text, key, allowed):
     ("batch_size: 0\n", "batch_size", "int >= 1"),
     ("seed: -1\n", "seed", "int >= 0"),
     ("data:\n  num_classes: 1\n", "data.num_classes", "int >= 2"),
-    ("blas_threads: 0\n", "blas_threads", "int >= 1 or null"),
+    ("threads: 0\n", "threads", "int >= 1 or null"),
     ("epochs: 0\n", "epochs", "number > 0"),
     ("avg_freq: 0\n", "avg_freq", "int >= 1"),
     ("lr_schedule:\n  warmup_epochs: -1\n", "lr_schedule.warmup_epochs", "number >= 0"),

@@ -11,7 +11,7 @@ from engine.train import NonFiniteLoss, main, train
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=mlp", "model_options={hidden: [32]}", "data.num_train=512", "data.num_val=256",
         "data.image_size=8", "data.channels=1", "data.noise=0.5", "batch_size=32", "epochs=3",
-        "optimizer.lr=0.05", "print_every=1000", "blas_threads=1"]
+        "optimizer.lr=0.05", "print_every=1000", "threads=1"]
 
 
 def test_mlp_learns_the_synthetic_classes(capsys):
@@ -26,7 +26,7 @@ def test_inception_small_trains_a_few_steps():
     cfg = load_config(None, ["model=inception_small", "model_options={width: 0.125}",
                              "data.image_size=28", "data.channels=1", "data.num_train=64",
                              "data.num_val=32", "batch_size=16", "max_steps=3",
-                             "print_every=1", "blas_threads=1"])
+                             "print_every=1", "threads=1"])
     result = train(cfg)
     assert result["step"] == 3 and np.isfinite(result["loss"])
 
@@ -60,7 +60,7 @@ def test_skipped_nonfinite_batches_leave_batchnorm_statistics_finite(monkeypatch
     cfg = load_config(None, ["model=inception_small", "model_options={width: 0.125}",
                              "data.image_size=28", "data.channels=1", "data.num_train=64",
                              "data.num_val=32", "batch_size=16", "epochs=2",
-                             "on_nonfinite=skip", "blas_threads=1"])
+                             "on_nonfinite=skip", "threads=1"])
     result = train(cfg)
     assert result["skipped_steps"] == 2          # the batch holding image 0, once per epoch
     assert np.isfinite(result["loss"])           # evaluation uses the running statistics
