@@ -27,15 +27,22 @@ from layers import parallel  # noqa: E402
 INPUT = {"mlp": (3, 32), "inception_small": (3, 28), "googlenet": (3, 224)}
 
 
-def gemm_gflops(dtype, threads, size=2048, repeats=5):
-    """Best-of-``repeats`` rate of one (size x size) @ (size x size) product on ``threads``
-    BLAS threads: the machine's GEMM rate on that many cores."""
-    a = np.random.default_rng(0).standard_normal((size, size)).astype(dtype)
-    b, c = a.copy(), np.empty_like(a)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        np.matmul(a, b, out=c)
-        best = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
+class Gemm:
+    """The machine's float32 GEMM rate on ``threads`` cores: one (size x size) @ (size x size)
+    product on ``threads`` BLAS threads, best of ``repeats``. Measured right after every step,
+    so that each step is compared with the rate the machine gave at that moment (this VM's
+    speed drifts by 30% from minute to minute)."""
+
+    def __init__(self, dtype, threads, size=2048):
+        self.a = np.random.default_rng(0).standard_normal((size, size)).astype(dtype)
+        self.b, self.c = self.a.copy(), np.empty_like(self.a)
+        self.threads, self.flops = threads, 2 * size ** 3
+
+    def gflops(self, repeats=2):
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            best = min(_timed(lambda: np.matmul(self.a, self.b, out=self.c))
+                       for _ in range(repeats))
+        return self.flops / best / 1e9
 
 
 def _timed(fn):
@@ -80,7 +87,9 @@ def main(argv=None):
     optimizer = SGD(lr=0.01, momentum=0.9, weight_decay=5e-4)
     table = defaultdict(float)
 
-    times = defaultdict(list)
+    gemm = Gemm(args.dtype, args.threads)
+    gemm.gflops()
+    times, gemm_rates = defaultdict(list), []
     for step in range(args.steps + 2):
         if step == 2 and args.profile:
             profile_layers(model, table)
@@ -95,20 +104,23 @@ def main(argv=None):
             times["forward"].append(t1 - t0)
             times["backward"].append(t2 - t1)
             times["update"].append(t3 - t2)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    step_time = sum(med.values())
+            gemm_rates.append(gemm.gflops())
     flops = 3 * model.forward_flops
+    steps = np.sum([times[k] for k in ("forward", "backward", "update")], axis=0)
+    ratio = float(np.median(flops / steps / 1e9 / np.array(gemm_rates)))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    step_time = float(np.median(steps))
     achieved = flops / step_time / 1e9
-    gemm = gemm_gflops(args.dtype, args.threads)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
     print(f"model {args.model} batch {args.batch} {args.dtype}, {args.threads} cores, "
           f"{model.num_params:,} parameters, {flops / args.batch / 1e9:.3f} GFLOP/image/step")
     print(f"forward {med['forward'] * 1e3:.1f} ms  backward {med['backward'] * 1e3:.1f} ms  "
-          f"update {med['update'] * 1e3:.1f} ms  step {step_time * 1e3:.1f} ms (median of "
+          f"update {med['update'] * 1e3:.1f} ms  step {step_time * 1e3:.1f} ms (medians of "
           f"{args.steps})")
-    print(f"step {achieved:.1f} GFLOP/s; GEMM {gemm:.1f} GFLOP/s; peak RSS {peak_gb:.2f} GB")
-    print(f"ratio {achieved / gemm:.3f}")
+    print(f"step {achieved:.1f} GFLOP/s; GEMM {np.median(gemm_rates):.1f} GFLOP/s (median, "
+          f"range {min(gemm_rates):.0f}-{max(gemm_rates):.0f}); peak RSS {peak_gb:.2f} GB")
+    print(f"ratio {ratio:.3f}")
     print(f"{args.batch / step_time:.1f} img/s")
     if args.profile:
         total = sum(table.values())

@@ -8,8 +8,10 @@ window that runs past the padded input is not (Caffe's AVE pooling). Output size
 :func:`layers.max_pool.pool_out_size`. Backward: every pixel of a window gets dy / pool_size.
 
 CPU method: k*k strided slice adds over a zero-padded workspace (used by GoogLeNet's auxiliary
-heads only, so it is kept simple).
+heads only, so it is kept simple), large inputs split into sample ranges over
+``parallel.workers()`` threads.
 """
+from layers import parallel
 from layers.base import Layer, get_array_module
 from layers.max_pool import check_pool_args, pool_geometry
 
@@ -46,14 +48,19 @@ class AvgPool2D(Layer):
         if self._zeroed is None or self._zeroed[0] is not xpad or self._zeroed[1:] != (h, w):
             xpad.fill(0)                       # the interior is overwritten, the border stays
             self._zeroed = (xpad, h, w)
-        xpad[:, :, p:p + h, p:p + w] = x
-        views = self._windows(xpad, oh, ow)
-        y = views[0].copy()
-        for v in views[1:]:
-            y += v
         self.inv_size = 1 / (_sizes(oh, k, s, p, h, xp, x.dtype)[:, None] *
                              _sizes(ow, k, s, p, w, xp, x.dtype))
-        y *= self.inv_size
+        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+
+        def run(start, stop, worker):
+            xpad[start:stop, :, p:p + h, p:p + w] = x[start:stop]
+            views = self._windows(xpad[start:stop], oh, ow)
+            yw = y[start:stop]
+            yw[...] = views[0]
+            for v in views[1:]:
+                yw += v
+            yw *= self.inv_size
+        parallel.split_work(xp, n, run, x.nbytes)
         self.x_shape = x.shape if train else None
         self.geometry = (oh, ow, hp, wp)
         return y
@@ -66,8 +73,14 @@ class AvgPool2D(Layer):
         p = self.pad
         oh, ow, hp, wp = self.geometry
         dpad = self.workspace("dxpad", (n, c, hp, wp), dy.dtype, xp)
-        dpad.fill(0)
-        dy *= self.inv_size
-        for v in self._windows(dpad, oh, ow):
-            v += dy
-        return dpad[:, :, p:p + h, p:p + w].copy()
+        dx = xp.empty(self.x_shape, dtype=dy.dtype)
+
+        def run(start, stop, worker):
+            dw, dyw = dpad[start:stop], dy[start:stop]
+            dw.fill(0)
+            dyw *= self.inv_size
+            for v in self._windows(dw, oh, ow):
+                v += dyw
+            dx[start:stop] = dw[:, :, p:p + h, p:p + w]
+        parallel.split_work(xp, n, run, dx.nbytes)
+        return dx

@@ -22,11 +22,17 @@ forward reads x twice and writes y once, and backward reads x and dy twice and w
 dy's memory, with
     dx = a * dy + b * x + c,   a = gamma / std,   b = -a * sum(dy * xhat) / (M * std),
     c = -a * sum(dy) / M - b * mean.
+
+All of this is per channel, so on the CPU a large input is split into contiguous channel
+ranges over ``parallel.workers()`` threads, each with its own tables and scratch: the result
+does not depend on the number of workers (up to the recentring test, taken per range).
 """
 import numpy as np
 
 from engine.initializers import Constant
+from layers import parallel
 from layers.base import Layer, get_array_module
+
 
 
 def _row_sums(xp, a, out):
@@ -80,23 +86,23 @@ class BatchNorm2D(Layer):
                                  (nb, cb, l))
         return self._tiling[key]
 
-    def _table(self, key, per_channel, x3, xp):
+    def _table(self, key, per_channel, x3, xp, worker=0):
         """per_channel (C,) expanded to a (C, L) table in x's dtype."""
-        table = self.workspace(key, x3.shape[1:], x3.dtype, xp)
+        table = self.workspace((key, worker), x3.shape[1:], x3.dtype, xp)
         table[...] = per_channel[:, None]
         return table
 
-    def _scratch(self, x3, block, xp):
+    def _scratch(self, x3, block, xp, worker=0):
         """Two (N, C) arrays of per-row partial sums and a block-sized buffer."""
-        return (self.workspace("rows1", x3.shape[:2], x3.dtype, xp),
-                self.workspace("rows2", x3.shape[:2], x3.dtype, xp),
-                self.workspace("block", block, x3.dtype, xp))
+        return (self.workspace(("rows1", worker), x3.shape[:2], x3.dtype, xp),
+                self.workspace(("rows2", worker), x3.shape[:2], x3.dtype, xp),
+                self.workspace(("block", worker), block, x3.dtype, xp))
 
-    def _moments(self, x3, center, xp):
+    def _moments(self, x3, center, xp, worker):
         """Per-channel means of v and v^2, v = x3 - center (center a table or None), float64."""
         n, _, l = x3.shape
         blocks, block = self._blocks(x3.shape, xp)
-        sums, sqsums, work = self._scratch(x3, block, xp)
+        sums, sqsums, work = self._scratch(x3, block, xp, worker)
         for ns, cs in blocks:
             vb = x3[ns, cs]
             if center is not None:
@@ -106,13 +112,13 @@ class BatchNorm2D(Layer):
         m = n * l
         return sums.sum(axis=0, dtype=np.float64) / m, sqsums.sum(axis=0, dtype=np.float64) / m
 
-    def _batch_stats(self, x3, xp):
+    def _batch_stats(self, x3, xp, worker=0):
         """Per-channel mean and biased variance of x3 (N, C, L), in float64."""
-        mean, sq = self._moments(x3, None, xp)
+        mean, sq = self._moments(x3, None, xp, worker)
         var = sq - mean * mean
         if bool(xp.any(mean * mean > self.recentre * var)):
-            center = self._table("center", mean, x3, xp)
-            shift, sq = self._moments(x3, center, xp)
+            center = self._table("center", mean, x3, xp, worker)
+            shift, sq = self._moments(x3, center, xp, worker)
             mean = center[:, 0].astype(np.float64) + shift
             var = sq - shift * shift
         return mean, xp.maximum(var, 0.0)
@@ -121,57 +127,71 @@ class BatchNorm2D(Layer):
         self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
         xp = get_array_module(x)
         x3 = x.reshape(x.shape[0], self.ch, -1)
+        m = x3.shape[0] * x3.shape[2]
         if train:
-            mean, var = self._batch_stats(x3, xp)
-            m = x3.shape[0] * x3.shape[2]
+            mean, var = xp.empty(self.ch, np.float64), xp.empty(self.ch, np.float64)
+        else:
+            mean = self.state["running_mean"].astype(np.float64)
+            var = self.state["running_var"].astype(np.float64)
+        invstd = xp.empty(self.ch, np.float64)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        y = xp.empty(x3.shape, dtype=x.dtype)
+
+        def run(c0, c1, worker):
+            xc, yc = x3[:, c0:c1], y[:, c0:c1]
+            if train:
+                mean[c0:c1], var[c0:c1] = self._batch_stats(xc, xp, worker)
+            invstd[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + self.eps)
+            scale = gamma[c0:c1] * invstd[c0:c1]
+            scale_t = self._table("scale", scale, xc, xp, worker)
+            offset_t = self._table("offset", beta[c0:c1] - mean[c0:c1] * scale, xc, xp, worker)
+            for ns, cs in self._blocks(xc.shape, xp)[0]:
+                yb = yc[ns, cs]
+                xp.multiply(xc[ns, cs], scale_t[cs], out=yb)
+                yb += offset_t[cs]
+        parallel.split_work(xp, x3.shape[1], run, x3.nbytes)
+        if train:
             rm, rv = self.state["running_mean"], self.state["running_var"]
             rm *= self.momentum
             rm += (1.0 - self.momentum) * mean
             rv *= self.momentum
             rv += (1.0 - self.momentum) * m / max(m - 1, 1) * var
-        else:
-            mean = self.state["running_mean"].astype(np.float64)
-            var = self.state["running_var"].astype(np.float64)
-        self.x3, self.train, self.mean = x3, train, mean
-        self.invstd = 1.0 / xp.sqrt(var + self.eps)
-        scale = self.params["gamma"] * self.invstd
-        scale_t = self._table("scale", scale, x3, xp)
-        offset_t = self._table("offset", self.params["beta"] - mean * scale, x3, xp)
-        y = xp.empty(x3.shape, dtype=x.dtype)
-        for ns, cs in self._blocks(x3.shape, xp)[0]:
-            yb = y[ns, cs]
-            xp.multiply(x3[ns, cs], scale_t[cs], out=yb)
-            yb += offset_t[cs]
+        self.x3, self.train, self.mean, self.invstd = x3, train, mean, invstd
         return y.reshape(x.shape)
 
     def backward(self, dy):
         xp = get_array_module(dy)
         x3 = self.x3
-        n, _, l = x3.shape
+        m = x3.shape[0] * x3.shape[2]
         dy3 = dy.reshape(x3.shape)
-        blocks, block = self._blocks(x3.shape, xp)
-        sums, dots, work = self._scratch(x3, block, xp)
-        for ns, cs in blocks:
-            dyb = dy3[ns, cs]
-            _row_sums(xp, dyb, sums[ns, cs])
-            _row_dots(xp, dyb, x3[ns, cs], dots[ns, cs])
-        sum_dy = sums.sum(axis=0, dtype=np.float64)
-        sum_dy_xhat = (dots.sum(axis=0, dtype=np.float64) - self.mean * sum_dy) * self.invstd
-        self.grads["beta"][...] = sum_dy
-        self.grads["gamma"][...] = sum_dy_xhat
-        a = self.params["gamma"] * self.invstd
-        a_t = self._table("scale", a, x3, xp)
-        if not self.train:
-            dy3 *= a_t
-            return dy3.reshape(dy.shape)
-        m = n * l
-        b = -a * self.invstd * sum_dy_xhat / m
-        b_t = self._table("offset", b, x3, xp)
-        c_t = self._table("offset2", -a * sum_dy / m - b * self.mean, x3, xp)
-        for ns, cs in blocks:
-            dyb, xb = dy3[ns, cs], x3[ns, cs]
-            wb = xp.multiply(xb, b_t[cs], out=work[:xb.shape[0], :xb.shape[1]])
-            wb += c_t[cs]
-            dyb *= a_t[cs]
-            dyb += wb
+
+        def run(c0, c1, worker):
+            xc, dyc = x3[:, c0:c1], dy3[:, c0:c1]
+            mean, invstd = self.mean[c0:c1], self.invstd[c0:c1]
+            blocks, block = self._blocks(xc.shape, xp)
+            sums, dots, work = self._scratch(xc, block, xp, worker)
+            for ns, cs in blocks:
+                dyb = dyc[ns, cs]
+                _row_sums(xp, dyb, sums[ns, cs])
+                _row_dots(xp, dyb, xc[ns, cs], dots[ns, cs])
+            sum_dy = sums.sum(axis=0, dtype=np.float64)
+            sum_dy_xhat = (dots.sum(axis=0, dtype=np.float64) - mean * sum_dy) * invstd
+            self.grads["beta"][c0:c1] = sum_dy
+            self.grads["gamma"][c0:c1] = sum_dy_xhat
+            a = self.params["gamma"][c0:c1] * invstd
+            a_t = self._table("scale", a, xc, xp, worker)
+            if not self.train:
+                for ns, cs in blocks:
+                    dyc[ns, cs] *= a_t[cs]
+                return
+            b = -a * invstd * sum_dy_xhat / m
+            b_t = self._table("offset", b, xc, xp, worker)
+            c_t = self._table("offset2", -a * sum_dy / m - b * mean, xc, xp, worker)
+            for ns, cs in blocks:
+                dyb, xb = dyc[ns, cs], xc[ns, cs]
+                wb = xp.multiply(xb, b_t[cs], out=work[:xb.shape[0], :xb.shape[1]])
+                wb += c_t[cs]
+                dyb *= a_t[cs]
+                dyb += wb
+        parallel.split_work(xp, x3.shape[1], run, x3.nbytes)
         return dy3.reshape(dy.shape)

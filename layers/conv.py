@@ -17,9 +17,14 @@ col2im is k*k shifted 1-D adds (numpy adds on contiguous memory run ~5x faster t
 
 The batch is processed in chunks of g samples whose col (k*k*C, g*OH*OW) takes at most
 ``chunk_bytes``: col stays in cache between im2col and the GEMM, and one small workspace per
-layer suffices. Backward recomputes col chunk by chunk (writing a large col to memory once and
-reading it back costs more than rebuilding it in cache), except for the last chunk, which
-forward left in the workspace.
+worker suffices. Backward recomputes col chunk by chunk (writing a large col to memory once and
+reading it back costs more than rebuilding it in cache), except for each worker's last chunk,
+which forward left in that worker's workspace.
+
+On the CPU every route splits the samples over ``parallel.workers()`` threads (layers/parallel.py):
+each worker takes a contiguous range, chunks it with its own workspaces and writes its samples of
+y or dx; in backward it sums its own [dW | db] partial, and the partials are added in worker order
+(deterministic). g is capped at one worker's share of the batch, so every worker gets samples.
 
 Output-side route (stride 1, pad < k, O not much above C; see Conv2D). A stride-1 convolution
 is also the transposed convolution (pad k-1-p) of the flipped kernel. With the stack
@@ -36,11 +41,14 @@ positions); both backward GEMMs share D. With "same" padding (OW == W) im2col an
 their flat path, every tap one shifted 1-D copy or add.
 
 A 1x1, stride-1, unpadded convolution needs no im2col: x is viewed as (N, C, H*W) and
-y[n] = W2d @ x[n] for every n in one batched matmul.
+y[n] = W2d @ x[n] for every n of a worker's range in one batched matmul.
 """
 from functools import lru_cache
 
+import numpy as np
+
 from engine import initializers
+from layers import parallel
 from layers.base import Layer, get_array_module
 
 
@@ -150,14 +158,18 @@ class Conv2D(Layer):
     ('gaussian', std), or a callable); the bias starts at 0.
 
     Class attributes (may be set per instance): ``chunk_bytes`` bounds one chunk's col (a chunk
-    holds at least one sample); a stride-1 layer with pad < k takes the output-side route (see
-    the module docstring) in forward when O*H*W <= ``output_side_forward`` * C*OH*OW, in
-    backward when O*H*W <= ``output_side_backward`` * C*OH*OW (its GEMMs run over the H*W input
-    positions, the input-side ones over OH*OW). Measured on 2 cores, float32: the forward breaks
+    holds at least one sample); with several workers ``worker_chunk_bytes`` bounds each worker's
+    too (measured on 2 cores with 4 MiB L2 each: 2 MiB per worker beats 8 MiB by 1.1-1.6x, while
+    one GEMM on 2 BLAS threads splits an 8 MiB col between the cores); a stride-1 layer with
+    pad < k takes the output-side route (see the module docstring) in forward when
+    O*H*W <= ``output_side_forward`` * C*OH*OW, in backward when
+    O*H*W <= ``output_side_backward`` * C*OH*OW (its GEMMs run over the H*W input positions,
+    the input-side ones over OH*OW). Measured on 2 cores, float32: the forward breaks
     even at O = C, the backward (which saves col2im over k*k*C rows) near O = 2C.
     """
 
     chunk_bytes = 8 << 20
+    worker_chunk_bytes = 2 << 20
     output_side_forward = 1.0
     output_side_backward = 1.5
 
@@ -174,7 +186,7 @@ class Conv2D(Layer):
             self.param_shapes["b"] = (out_ch,)
             self.initializers["b"] = initializers.Constant(0.0)
         self.x = None
-        self._col_of = None   # the x whose last chunk's col forward left in the workspace
+        self._col_of = None   # (x, g, workers): forward left each worker's last col chunk
 
     def _output_side(self, ratio, x_shape):
         """Whether the output-side route is used: stride 1, pad < k, O*H*W <= ratio * C*OH*OW."""
@@ -183,9 +195,30 @@ class Conv2D(Layer):
         return not self.pointwise and self.stride == 1 and p < k and self.out_ch * h * w <= \
             ratio * c * conv_out_size(h, k, 1, p) * conv_out_size(w, k, 1, p)
 
-    def _chunk(self, n, rows, l, itemsize):
-        g = max(1, min(n, self.chunk_bytes // max(1, rows * l * itemsize)))
-        return g, range(0, n, g)
+    @staticmethod
+    def _workers(xp):
+        """Worker threads to split samples over: parallel.workers() on the CPU, else 1."""
+        return parallel.workers() if xp is np else 1
+
+    def _chunk(self, n, rows, l, itemsize, workers=1):
+        """Samples per chunk: as many as keep a (rows, g*l) buffer within ``chunk_bytes``, or
+        with several workers within ``worker_chunk_bytes`` too (at least one), and at most one
+        worker's share of the n samples."""
+        share = -(-n // max(1, min(workers, n)))
+        limit = self.chunk_bytes if workers == 1 else min(self.chunk_bytes, self.worker_chunk_bytes)
+        return max(1, min(share, limit // max(1, rows * l * itemsize)))
+
+    def _ws(self, name, worker, shape, dtype, xp):
+        """Worker ``worker``'s own workspace ``name``."""
+        return self.workspace((name, worker), shape, dtype, xp)
+
+    @staticmethod
+    def _sum_parts(parts):
+        """Add the workers' partial sums into the first, in worker order; returns it."""
+        total = parts[0]
+        for part in parts[1:]:
+            total += part
+        return total
 
     def _tap_major_weight(self, xp, dtype):
         """[Wt | b]: W.transpose(0, 2, 3, 1) as (O, k*k*C), then the bias as a last column
@@ -232,30 +265,46 @@ class Conv2D(Layer):
         self.x = x if train else None
         self._col_of = None
         if self.pointwise:
-            xp.matmul(self.params["W"].reshape(o, c), x.reshape(n, c, l), out=y3)
-            if "b" in self.params:
-                y3 += self.params["b"][:, None]
+            self._forward_pointwise(x, y3, xp)
             return y
         if self._output_side(self.output_side_forward, x.shape):
             self._forward_output_side(x, y, xp)
             return y
         wt = self._tap_major_weight(xp, x.dtype)
-        rows = wt.shape[1]
-        g, starts = self._chunk(n, rows, l, x.dtype.itemsize)
-        buf = self.workspace("col", (rows * g * l,), x.dtype, xp)
-        yt = self.workspace("yt", (o, g * l), x.dtype, xp) if g > 1 else None
-        for n0 in starts:
-            m = min(g, n - n0)
-            col = buf[:rows * m * l].reshape(rows, m * l)
-            im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk])
-            col[kk:] = 1                                       # the bias row, if any
-            if m == 1:
-                xp.matmul(wt, col, out=y3[n0])
-            else:
-                xp.matmul(wt, col, out=yt[:, :m * l])
-                y3[n0:n0 + m] = yt[:, :m * l].reshape(o, m, l).transpose(1, 0, 2)
-        self._col_of = x
+        rows, workers = wt.shape[1], self._workers(xp)
+        g = self._chunk(n, rows, l, x.dtype.itemsize, workers)
+
+        def work(start, stop, worker):
+            buf = self._ws("col", worker, (rows * g * l,), x.dtype, xp)
+            yt = self._ws("yt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
+            for n0 in range(start, stop, g):
+                m = min(g, stop - n0)
+                col = buf[:rows * m * l].reshape(rows, m * l)
+                im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk])
+                col[kk:] = 1                                   # the bias row, if any
+                if m == 1:
+                    xp.matmul(wt, col, out=y3[n0])
+                else:
+                    xp.matmul(wt, col, out=yt[:, :m * l])
+                    y3[n0:n0 + m] = yt[:, :m * l].reshape(o, m, l).transpose(1, 0, 2)
+
+        parallel.split_work(xp, n, work)
+        self._col_of = (x, g, workers)
         return y
+
+    def _forward_pointwise(self, x, y3, xp):
+        """1x1: y[n] = W2d @ x[n] (+ b), one batched matmul per worker's range of samples."""
+        n, c = x.shape[:2]
+        w2d, x3 = self.params["W"].reshape(self.out_ch, c), x.reshape(n, c, -1)
+        b = self.params["b"][:, None] if "b" in self.params else None
+
+        def work(start, stop, worker):
+            ym = y3[start:stop]
+            xp.matmul(w2d, x3[start:stop], out=ym)
+            if b is not None:
+                ym += b
+
+        parallel.split_work(xp, n, work)
 
     def _forward_output_side(self, x, y, xp):
         """Z = Wf @ X and y = col2im(Z, k, 1, k-1-p) + b, a chunk of samples at a time."""
@@ -263,20 +312,25 @@ class Conv2D(Layer):
         o, oh, ow = y.shape[1:]
         k, kd = self.k, self.k * self.k * self.out_ch
         wf = self._flipped_stack(xp, x.dtype)
-        g, starts = self._chunk(n, kd, h * w, x.dtype.itemsize)
-        zbuf = self.workspace("Z", (kd * g * h * w,), x.dtype, xp)
-        xbuf = self.workspace("X", (c * g * h * w,), x.dtype, xp) if g > 1 else None
-        yt = self.workspace("yt", (o * g * oh * ow,), x.dtype, xp)
+        g = self._chunk(n, kd, h * w, x.dtype.itemsize, self._workers(xp))
         b = self.params["b"][:, None, None] if "b" in self.params else None
-        for n0 in starts:
-            m = min(g, n - n0)
-            z = zbuf[:kd * m * h * w].reshape(kd, m * h * w)
-            xp.matmul(wf, self._channel_major(x, n0, m, xbuf), out=z)
-            ym = col2im(z, k, 1, k - 1 - self.pad, yt[:o * m * oh * ow].reshape(o, m, oh, ow))
-            if b is None:
-                y[n0:n0 + m] = ym.transpose(1, 0, 2, 3)
-            else:
-                xp.add(ym.transpose(1, 0, 2, 3), b, out=y[n0:n0 + m])
+
+        def work(start, stop, worker):
+            zbuf = self._ws("Z", worker, (kd * g * h * w,), x.dtype, xp)
+            xbuf = self._ws("X", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
+            yt = self._ws("yt", worker, (o * g * oh * ow,), x.dtype, xp)
+            for n0 in range(start, stop, g):
+                m = min(g, stop - n0)
+                z = zbuf[:kd * m * h * w].reshape(kd, m * h * w)
+                xp.matmul(wf, self._channel_major(x, n0, m, xbuf), out=z)
+                ym = col2im(z, k, 1, k - 1 - self.pad,
+                            yt[:o * m * oh * ow].reshape(o, m, oh, ow))
+                if b is None:
+                    y[n0:n0 + m] = ym.transpose(1, 0, 2, 3)
+                else:
+                    xp.add(ym.transpose(1, 0, 2, 3), b, out=y[n0:n0 + m])
+
+        parallel.split_work(xp, n, work)
 
     def backward(self, dy):
         x = self.x
@@ -292,36 +346,43 @@ class Conv2D(Layer):
             return self._backward_output_side(x, dy, xp)
         k, s, p, kk = self.k, self.stride, self.pad, c * self.k * self.k
         wt = self._tap_major_weight(xp, x.dtype)
-        rows = wt.shape[1]
-        g, starts = self._chunk(n, rows, l, x.dtype.itemsize)
-        buf = self.workspace("col", (rows * g * l,), x.dtype, xp)
-        dwt = self.workspace("dWt", (o, rows), x.dtype, xp)
-        part = self.workspace("dWpart", (o, rows), x.dtype, xp)
-        dyt = self.workspace("dyt", (o, g * l), x.dtype, xp) if g > 1 else None
-        dxt = self.workspace("dxt", (c * g * h * w,), x.dtype, xp) if g > 1 else None
+        rows, workers = wt.shape[1], self._workers(xp)
+        g = self._chunk(n, rows, l, x.dtype.itemsize, workers)
+        col_of, self._col_of = self._col_of, None
+        reuse = col_of is not None and col_of[0] is x and col_of[1:] == (g, workers)
         dx = xp.empty(x.shape, x.dtype)
-        last = starts[-1]
-        for n0 in reversed(starts):
-            m = min(g, n - n0)
-            if m == 1:
-                dym = dy3[n0]
-            else:
-                dym = dyt[:, :m * l]
-                dym.reshape(o, m, l)[...] = dy3[n0:n0 + m].transpose(1, 0, 2)
-            col = buf[:rows * m * l].reshape(rows, m * l)
-            if not (n0 == last and self._col_of is x):
-                im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk])
-                col[kk:] = 1
-            xp.matmul(dym, col.T, out=dwt if n0 == last else part)    # [dWt | db]
-            if n0 != last:
-                dwt += part
-            xp.matmul(wt[:, :kk].T, dym, out=col[:kk])                # col now holds dcol
-            dxm = dx[n0].reshape(c, 1, h, w) if m == 1 else \
-                dxt[:c * m * h * w].reshape(c, m, h, w)                # channel-major dx
-            col2im(col[:kk], k, s, p, dxm)
-            if m > 1:
-                dx[n0:n0 + m] = dxm.transpose(1, 0, 2, 3)
-        self._col_of = None
+
+        def work(start, stop, worker):
+            buf = self._ws("col", worker, (rows * g * l,), x.dtype, xp)
+            dwt = self._ws("dWt", worker, (o, rows), x.dtype, xp)
+            part = self._ws("dWpart", worker, (o, rows), x.dtype, xp)
+            dyt = self._ws("dyt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
+            dxt = self._ws("dxt", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
+            starts = range(start, stop, g)
+            last = starts[-1]
+            for n0 in reversed(starts):
+                m = min(g, stop - n0)
+                if m == 1:
+                    dym = dy3[n0]
+                else:
+                    dym = dyt[:, :m * l]
+                    dym.reshape(o, m, l)[...] = dy3[n0:n0 + m].transpose(1, 0, 2)
+                col = buf[:rows * m * l].reshape(rows, m * l)
+                if not (n0 == last and reuse):
+                    im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk])
+                    col[kk:] = 1
+                xp.matmul(dym, col.T, out=dwt if n0 == last else part)    # [dWt | db]
+                if n0 != last:
+                    dwt += part
+                xp.matmul(wt[:, :kk].T, dym, out=col[:kk])                # col now holds dcol
+                dxm = dx[n0].reshape(c, 1, h, w) if m == 1 else \
+                    dxt[:c * m * h * w].reshape(c, m, h, w)                # channel-major dx
+                col2im(col[:kk], k, s, p, dxm)
+                if m > 1:
+                    dx[n0:n0 + m] = dxm.transpose(1, 0, 2, 3)
+            return dwt
+
+        dwt = self._sum_parts(parallel.split_work(xp, n, work))
         self.grads["W"][...] = dwt[:, :kk].reshape(o, k, k, c).transpose(0, 3, 1, 2)
         if "b" in self.grads:
             self.grads["b"][...] = dwt[:, kk]
@@ -333,55 +394,83 @@ class Conv2D(Layer):
         k, o = self.k, self.out_ch
         kd = k * k * o
         wf = self._flipped_stack(xp, x.dtype)
-        g, starts = self._chunk(n, kd, h * w, x.dtype.itemsize)
-        dbuf = self.workspace("Z", (kd * g * h * w,), x.dtype, xp)
-        xbuf = self.workspace("X", (c * g * h * w,), x.dtype, xp) if g > 1 else None
-        dwf = self.workspace("dWf", (kd, c), x.dtype, xp)
-        part = self.workspace("dWpart", (kd, c), x.dtype, xp)
-        dxt = self.workspace("dxt", (c * g * h * w,), x.dtype, xp) if g > 1 else None
+        g = self._chunk(n, kd, h * w, x.dtype.itemsize, self._workers(xp))
         dx = xp.empty(x.shape, x.dtype)
-        if "b" in self.grads:
-            dy.sum(axis=(0, 2, 3), out=self.grads["b"])
-        for n0 in reversed(starts):
-            m = min(g, n - n0)
-            d = im2col(dy[n0:n0 + m].transpose(1, 0, 2, 3), k, 1, k - 1 - self.pad,
-                       dbuf[:kd * m * h * w].reshape(kd, m * h * w))
-            xp.matmul(d, self._channel_major(x, n0, m, xbuf).T,
-                      out=dwf if n0 == starts[-1] else part)
-            if n0 != starts[-1]:
-                dwf += part
-            if m == 1:
-                xp.matmul(wf.T, d, out=dx[n0].reshape(c, h * w))
-            else:
-                dxm = dxt[:c * m * h * w].reshape(c, m * h * w)
-                xp.matmul(wf.T, d, out=dxm)
-                dx[n0:n0 + m] = dxm.reshape(c, m, h, w).transpose(1, 0, 2, 3)
+        bias = "b" in self.grads
+
+        def work(start, stop, worker):
+            dbuf = self._ws("Z", worker, (kd * g * h * w,), x.dtype, xp)
+            xbuf = self._ws("X", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
+            dwf = self._ws("dWf", worker, (kd, c), x.dtype, xp)
+            part = self._ws("dWpart", worker, (kd, c), x.dtype, xp)
+            dxt = self._ws("dxt", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
+            db = self._ws("db", worker, (o,), x.dtype, xp) if bias else None
+            if bias:
+                dy[start:stop].sum(axis=(0, 2, 3), out=db)
+            starts = range(start, stop, g)
+            for n0 in reversed(starts):
+                m = min(g, stop - n0)
+                d = im2col(dy[n0:n0 + m].transpose(1, 0, 2, 3), k, 1, k - 1 - self.pad,
+                           dbuf[:kd * m * h * w].reshape(kd, m * h * w))
+                xp.matmul(d, self._channel_major(x, n0, m, xbuf).T,
+                          out=dwf if n0 == starts[-1] else part)
+                if n0 != starts[-1]:
+                    dwf += part
+                if m == 1:
+                    xp.matmul(wf.T, d, out=dx[n0].reshape(c, h * w))
+                else:
+                    dxm = dxt[:c * m * h * w].reshape(c, m * h * w)
+                    xp.matmul(wf.T, d, out=dxm)
+                    dx[n0:n0 + m] = dxm.reshape(c, m, h, w).transpose(1, 0, 2, 3)
+            return dwf, db
+
+        parts = parallel.split_work(xp, n, work)
+        dwf = self._sum_parts([dwf for dwf, _ in parts])
         self.grads["W"][...] = dwf.reshape(k, k, o, c)[::-1, ::-1].transpose(2, 3, 0, 1)
+        if bias:
+            self.grads["b"][...] = self._sum_parts([db for _, db in parts])
         return dx
 
     def _backward_pointwise(self, x, dy3, xp):
         """1x1: dx[n] = W2d^T @ dy[n]; dW2d = sum_n dy[n] @ x[n]^T, a chunk of samples per GEMM
-        (their x and dy transposed to (C, g*HW) and (O, g*HW))."""
+        (their x and dy transposed to (C, g*HW) and (O, g*HW)). Worker 0 writes its dW2d and db
+        straight into the gradients, the others into partials added after it."""
         n, c, h, w = x.shape
         o, l = self.out_ch, h * w
-        w2d, dw = self.params["W"].reshape(o, c), self.grads["W"].reshape(o, c)
-        if "b" in self.grads:
-            dy3.sum(axis=(0, 2), out=self.grads["b"])
+        w2d = self.params["W"].reshape(o, c)
+        g = self._chunk(n, c, l, x.dtype.itemsize, self._workers(xp))
+        bias = "b" in self.grads
         dx = xp.empty(x.shape, x.dtype)
-        xp.matmul(w2d.T, dy3, out=dx.reshape(n, c, l))
-        g, starts = self._chunk(n, c, l, x.dtype.itemsize)
-        part = self.workspace("dWpart", (o, c), x.dtype, xp)
-        xt = self.workspace("xt", (c, g * l), x.dtype, xp) if g > 1 else None
-        dyt = self.workspace("dyt", (o, g * l), x.dtype, xp) if g > 1 else None
-        for n0 in starts:
-            m = min(g, n - n0)
-            if m == 1:
-                xm, dym = x[n0].reshape(c, l), dy3[n0]
+        dx3 = dx.reshape(n, c, l)
+
+        def work(start, stop, worker):
+            if worker == 0:
+                dw = self.grads["W"].reshape(o, c)
+                db = self.grads["b"] if bias else None
             else:
-                xm, dym = xt[:, :m * l], dyt[:, :m * l]
-                xm.reshape(c, m, l)[...] = x[n0:n0 + m].reshape(m, c, l).transpose(1, 0, 2)
-                dym.reshape(o, m, l)[...] = dy3[n0:n0 + m].transpose(1, 0, 2)
-            xp.matmul(dym, xm.T, out=dw if n0 == 0 else part)
-            if n0:
-                dw += part
+                dw = self._ws("dW", worker, (o, c), x.dtype, xp)
+                db = self._ws("db", worker, (o,), x.dtype, xp) if bias else None
+            if bias:
+                dy3[start:stop].sum(axis=(0, 2), out=db)
+            xp.matmul(w2d.T, dy3[start:stop], out=dx3[start:stop])
+            part = self._ws("dWpart", worker, (o, c), x.dtype, xp)
+            xt = self._ws("xt", worker, (c, g * l), x.dtype, xp) if g > 1 else None
+            dyt = self._ws("dyt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
+            for n0 in range(start, stop, g):
+                m = min(g, stop - n0)
+                if m == 1:
+                    xm, dym = x[n0].reshape(c, l), dy3[n0]
+                else:
+                    xm, dym = xt[:, :m * l], dyt[:, :m * l]
+                    xm.reshape(c, m, l)[...] = x[n0:n0 + m].reshape(m, c, l).transpose(1, 0, 2)
+                    dym.reshape(o, m, l)[...] = dy3[n0:n0 + m].transpose(1, 0, 2)
+                xp.matmul(dym, xm.T, out=dw if n0 == start else part)
+                if n0 != start:
+                    dw += part
+            return dw, db
+
+        parts = parallel.split_work(xp, n, work)
+        self._sum_parts([dw for dw, _ in parts])
+        if bias:
+            self._sum_parts([db for _, db in parts])
         return dx

@@ -15,11 +15,15 @@ subtract the one leaving it, re-sum the window exactly every ``resync`` channels
 slice (n, H*W) at a time, for blocks of n samples small enough that a window's slices stay in
 the L2 cache. A training forward reads x once and writes y, scale^-beta and
 (2 alpha beta / size) * scale^(-beta-1); backward reads those with x and dy and writes dx into
-dy's memory. beta = 0.75 (the usual value) takes square roots instead of a pow.
+dy's memory. beta = 0.75 (the usual value) takes square roots instead of a pow. Samples are
+independent, so a large input's samples are split into ranges over ``parallel.workers()``
+threads, each with its own ring and row buffers (the same result for any number of workers).
 """
 import numpy as np
 
+from layers import parallel
 from layers.base import Layer, get_array_module
+
 
 
 class LRN(Layer):
@@ -46,9 +50,10 @@ class LRN(Layer):
         nb = -(-n // parts)
         return [slice(n0, n0 + nb) for n0 in range(0, n, nb)], (nb, l)
 
-    def _rows(self, key, shape, n, dtype, xp):
-        """Workspace ``key`` of ``shape`` (..., samples, H*W), cut to its first n samples."""
-        return self.workspace(key, shape, dtype, xp)[..., :n, :]
+    def _rows(self, key, shape, n, dtype, xp, worker):
+        """Worker's workspace ``key`` of ``shape`` (..., samples, H*W), cut to its first n
+        samples."""
+        return self.workspace((key, worker), shape, dtype, xp)[..., :n, :]
 
     def _slide(self, xp, ring, run, j, c, fill):
         """Move the running window sum ``run`` to channels [j - size + 1, j]: ring slot
@@ -87,19 +92,23 @@ class LRN(Layer):
         if train:
             self.stored = (self.workspace("pow", x3.shape, x.dtype, xp),
                            self.workspace("ratio", x3.shape, x.dtype, xp))
-        chunks, rows = self._chunks(x3, xp)
-        for ns in chunks:
-            stored = [a[ns] for a in self.stored] if train else None
-            self._forward_chunk(xp, x3[ns], y[ns], stored, rows)
+
+        def run(start, stop, worker):
+            chunks, rows = self._chunks(x3[start:stop], xp)
+            for ns in chunks:
+                ns = slice(start + ns.start, min(start + ns.stop, stop))
+                stored = [a[ns] for a in self.stored] if train else None
+                self._forward_chunk(xp, x3[ns], y[ns], stored, rows, worker)
+        parallel.split_work(xp, x3.shape[0], run, x3.nbytes)
         self.x3 = x3
         return y.reshape(x.shape)
 
-    def _forward_chunk(self, xp, x3, y, stored, rows):
+    def _forward_chunk(self, xp, x3, y, stored, rows, worker):
         n, c = x3.shape[:2]
-        ring = self._rows("ring", (self.size,) + rows, n, x3.dtype, xp)
-        run = self._rows("run", rows, n, x3.dtype, xp)
-        s = self._rows("scale", rows, n, x3.dtype, xp)
-        pw_row = None if stored else self._rows("pow_row", rows, n, x3.dtype, xp)
+        ring = self._rows("ring", (self.size,) + rows, n, x3.dtype, xp, worker)
+        run = self._rows("run", rows, n, x3.dtype, xp, worker)
+        s = self._rows("scale", rows, n, x3.dtype, xp, worker)
+        pw_row = None if stored else self._rows("pow_row", rows, n, x3.dtype, xp, worker)
         a = self.alpha / self.size
 
         def square(slot, j):                   # slot = (alpha / size) * x[j]^2
@@ -126,19 +135,25 @@ class LRN(Layer):
             raise RuntimeError("LRN: backward needs a forward with train=True")
         xp = get_array_module(dy)
         dy3 = dy.reshape(self.x3.shape)
-        chunks, rows = self._chunks(self.x3, xp)
-        for ns in chunks:
-            self._backward_chunk(xp, self.x3[ns], dy3[ns], [a[ns] for a in self.stored], rows)
+        x3 = self.x3
+
+        def run(start, stop, worker):
+            chunks, rows = self._chunks(x3[start:stop], xp)
+            for ns in chunks:
+                ns = slice(start + ns.start, min(start + ns.stop, stop))
+                self._backward_chunk(xp, x3[ns], dy3[ns], [a[ns] for a in self.stored], rows,
+                                     worker)
+        parallel.split_work(xp, x3.shape[0], run, x3.nbytes)
         return dy3.reshape(dy.shape)
 
-    def _backward_chunk(self, xp, x3, dy3, stored, rows):
+    def _backward_chunk(self, xp, x3, dy3, stored, rows, worker):
         """dy3 <- dx: dx[ch] = dy[ch] * pw[ch] - x[ch] * sum_{j = ch - hi}^{ch + lo} t[j] with
         t[j] = dy[j] * x[j] * ratio[j]; dy[ch] is overwritten after its last read (as dy[j])."""
         n, c = x3.shape[:2]
         pw, ratio = stored
-        ring = self._rows("ring", (self.size,) + rows, n, x3.dtype, xp)
-        run = self._rows("run", rows, n, x3.dtype, xp)
-        t = self._rows("scale", rows, n, x3.dtype, xp)
+        ring = self._rows("ring", (self.size,) + rows, n, x3.dtype, xp, worker)
+        run = self._rows("run", rows, n, x3.dtype, xp, worker)
+        t = self._rows("scale", rows, n, x3.dtype, xp, worker)
 
         def term(slot, j):                     # slot = t[j]
             xp.multiply(dy3[:, j], x3[:, j], out=slot)

@@ -10,13 +10,17 @@ CPU method: planes (n, c) go in chunks small enough for cache into a -inf padded
 workspace (the s*s sub-lattices of the padded input, see ``_phases``); there every window tap is
 a fixed flat offset from its output, so the running max and the argmax tap (int8) take k*k - 1
 contiguous 1-D passes at about output resolution (numpy is several times faster on contiguous
-than on strided operands). Backward scatters dy to the argmax positions with add.at.
+than on strided operands). Backward scatters dy to the argmax positions with add.at. Planes are
+independent, so large inputs are split into plane ranges over ``parallel.workers()`` threads,
+each with its own workspaces (the same result for any number of workers).
 """
 from functools import lru_cache
 
 import numpy as np
 
+from layers import parallel
 from layers.base import Layer, get_array_module
+
 
 
 def pool_out_size(size, k, stride, pad, ceil_mode=True):
@@ -93,7 +97,7 @@ class MaxPool2D(Layer):
         self.k, self.stride, self.pad, self.ceil_mode = ksize, stride, pad, ceil_mode
         self.idx_dtype = np.int8 if ksize * ksize < 128 else np.int32
         self.x_shape = None
-        self._filled = None   # (workspace, H, W) last filled: its border is -inf
+        self._filled = {}     # worker -> (its phase workspace, H, W) last filled
 
     def forward(self, x, train=True):
         self.check_input(x, 4)
@@ -104,40 +108,45 @@ class MaxPool2D(Layer):
         hq, wq, copies, taps = _phases(k, s, self.pad, h, w, oh, ow)
         planes, area = n * c, hq * wq
         cp = max(1, min(planes, self.chunk_elems // (s * s * area)))
-        phase = self.workspace("phase", (s * s, cp, hq, wq), x.dtype, xp)
-        if self._filled is None or self._filled[0] is not phase or self._filled[1:] != (h, w):
-            phase.fill(-np.inf)                # the interior is overwritten, the border stays
-            self._filled = (phase, h, w)
-        run = self.workspace("max", (cp * area,), x.dtype, xp)
         if train:
-            arg = self.workspace("arg", (cp * area,), self.idx_dtype, xp)
-            gt = self.workspace("gt", (cp * area,), np.bool_, xp)
-            tap = self.workspace("tap", (cp * area,), self.idx_dtype, xp)
             self.idx = self.workspace("idx", (planes, oh, ow), self.idx_dtype, xp)
         xs = x.reshape(planes, h, w)
         y = xp.empty((n, c, oh, ow), dtype=x.dtype)
         ys = y.reshape(planes, oh, ow)
-        flat = phase.reshape(s * s, cp * area)
-        for p0 in range(0, planes, cp):
-            m = min(cp, planes - p0)
-            for f, dst_rows, dst_cols, src_rows, src_cols in copies:
-                phase[f, :m, dst_rows, dst_cols] = xs[p0:p0 + m, src_rows, src_cols]
-            size = m * area - max(off for _, off in taps)   # anchors with all taps in range
-            ymax = run[:size]
-            ymax[...] = flat[0, :size]                       # tap (0, 0): phase 0, offset 0
+
+        def run(start, stop, worker):
+            phase = self.workspace(("phase", worker), (s * s, cp, hq, wq), x.dtype, xp)
+            filled = self._filled.get(worker)
+            if filled is None or filled[0] is not phase or filled[1:] != (h, w):
+                phase.fill(-np.inf)            # the interior is overwritten, the border stays
+                self._filled[worker] = (phase, h, w)
+            run_max = self.workspace(("max", worker), (cp * area,), x.dtype, xp)
             if train:
-                best, gtm, tapm = arg[:size], gt[:size], tap[:size]
-                best[...] = 0
-            for t, (f, off) in enumerate(taps[1:], 1):
-                v = flat[f, off:off + size]
-                if train:                      # tap t is a strict new max -> best = t
-                    xp.greater(v, ymax, out=gtm)
-                    xp.multiply(gtm.view(np.int8), self.idx_dtype(t), out=tapm)
-                    xp.maximum(best, tapm, out=best)
-                xp.maximum(ymax, v, out=ymax)
-            ys[p0:p0 + m] = run[:m * area].reshape(m, hq, wq)[:, :oh, :ow]
-            if train:
-                self.idx[p0:p0 + m] = arg[:m * area].reshape(m, hq, wq)[:, :oh, :ow]
+                arg = self.workspace(("arg", worker), (cp * area,), self.idx_dtype, xp)
+                gt = self.workspace(("gt", worker), (cp * area,), np.bool_, xp)
+                tap = self.workspace(("tap", worker), (cp * area,), self.idx_dtype, xp)
+            flat = phase.reshape(s * s, cp * area)
+            for p0 in range(start, stop, cp):
+                m = min(cp, stop - p0)
+                for f, dst_rows, dst_cols, src_rows, src_cols in copies:
+                    phase[f, :m, dst_rows, dst_cols] = xs[p0:p0 + m, src_rows, src_cols]
+                size = m * area - max(off for _, off in taps)   # anchors with all taps in range
+                ymax = run_max[:size]
+                ymax[...] = flat[0, :size]                       # tap (0, 0): phase 0, offset 0
+                if train:
+                    best, gtm, tapm = arg[:size], gt[:size], tap[:size]
+                    best[...] = 0
+                for t, (f, off) in enumerate(taps[1:], 1):
+                    v = flat[f, off:off + size]
+                    if train:                  # tap t is a strict new max -> best = t
+                        xp.greater(v, ymax, out=gtm)
+                        xp.multiply(gtm.view(np.int8), self.idx_dtype(t), out=tapm)
+                        xp.maximum(best, tapm, out=best)
+                    xp.maximum(ymax, v, out=ymax)
+                ys[p0:p0 + m] = run_max[:m * area].reshape(m, hq, wq)[:, :oh, :ow]
+                if train:
+                    self.idx[p0:p0 + m] = arg[:m * area].reshape(m, hq, wq)[:, :oh, :ow]
+        parallel.split_work(xp, planes, run, x.nbytes)
         self.x_shape = x.shape if train else None
         self.geometry = (oh, ow, hp, wp)
         return y
@@ -153,20 +162,23 @@ class MaxPool2D(Layer):
         cp = max(1, min(planes, self.chunk_elems // area))
         itype = np.int32 if cp * area < 2 ** 31 else np.int64      # positions within a chunk
         offs = xp.asarray([i * wp + j for i in range(k) for j in range(k)], dtype=itype)
-        base = self.workspace("base", (cp, oh, ow), itype, xp)
-        base[...] = (xp.arange(cp, dtype=itype) * area)[:, None, None] + \
-            (xp.arange(oh, dtype=itype) * (s * wp))[:, None] + xp.arange(ow, dtype=itype) * s
-        pos = self.workspace("pos", (cp, oh, ow), itype, xp)
-        dpad = self.workspace("dxpad", (cp * area,), dy.dtype, xp)
         dys = dy.reshape(planes, oh, ow)
         dx = xp.empty(self.x_shape, dtype=dy.dtype)
         dxs = dx.reshape(planes, h, w)
-        for p0 in range(0, planes, cp):
-            m = min(cp, planes - p0)
-            posm, d1 = pos[:m], dpad[:m * area]
-            xp.take(offs, self.idx[p0:p0 + m], out=posm)
-            posm += base[:m]
-            d1[...] = 0
-            xp.add.at(d1, posm.reshape(-1), dys[p0:p0 + m].reshape(-1))
-            dxs[p0:p0 + m] = d1.reshape(m, hp, wp)[:, p:p + h, p:p + w]
+
+        def run(start, stop, worker):
+            base = self.workspace(("base", worker), (cp, oh, ow), itype, xp)
+            base[...] = (xp.arange(cp, dtype=itype) * area)[:, None, None] + \
+                (xp.arange(oh, dtype=itype) * (s * wp))[:, None] + xp.arange(ow, dtype=itype) * s
+            pos = self.workspace(("pos", worker), (cp, oh, ow), itype, xp)
+            dpad = self.workspace(("dxpad", worker), (cp * area,), dy.dtype, xp)
+            for p0 in range(start, stop, cp):
+                m = min(cp, stop - p0)
+                posm, d1 = pos[:m], dpad[:m * area]
+                xp.take(offs, self.idx[p0:p0 + m], out=posm)
+                posm += base[:m]
+                d1[...] = 0
+                xp.add.at(d1, posm.reshape(-1), dys[p0:p0 + m].reshape(-1))
+                dxs[p0:p0 + m] = d1.reshape(m, hp, wp)[:, p:p + h, p:p + w]
+        parallel.split_work(xp, planes, run, dx.nbytes)
         return dx

@@ -14,7 +14,10 @@ Each worker index gets its own workspaces (``Layer.workspace(key + (worker,), ..
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from threadpoolctl import threadpool_limits
+
+MIN_BYTES = 1 << 18   # least work per worker (bytes) for ``split_work`` to use threads
 
 _pool = None
 _workers = 1
@@ -56,6 +59,22 @@ def split(n, fn):
     parts = ranges(n, _workers)
     if len(parts) == 1 or _pool is None:
         return [fn(0, n, 0)]
-    futures = [_pool.submit(fn, start, stop, w) for w, (start, stop) in enumerate(parts[1:], 1)]
+    errors = np.geterr()   # NumPy's error state is per thread: workers take the caller's
+    futures = [_pool.submit(_run_with_errstate, errors, fn, start, stop, w)
+               for w, (start, stop) in enumerate(parts[1:], 1)]
     first = fn(parts[0][0], parts[0][1], 0)
     return [first] + [f.result() for f in futures]
+
+
+def _run_with_errstate(errors, fn, start, stop, worker):
+    with np.errstate(**errors):
+        return fn(start, stop, worker)
+
+
+def split_work(xp, n, fn, nbytes=None):
+    """``split(n, fn)`` for NumPy work; one inline call ``fn(0, n, 0)`` with one worker, for
+    CuPy arrays and, when ``nbytes`` (the work's size) is given, for less than ``MIN_BYTES``
+    per worker."""
+    if _workers == 1 or xp is not np or (nbytes is not None and nbytes < _workers * MIN_BYTES):
+        return [fn(0, n, 0)]
+    return split(n, fn)

@@ -47,7 +47,6 @@ class SoftmaxCrossEntropy(Layer):
     def accuracy(self, k=1):
         """Fraction of the last batch whose label is among the k largest probabilities (a tie
         with the label counts in its favour)."""
-        xp = get_array_module(self.probs)
         n, classes = self.probs.shape
         if k >= classes:
             return 1.0

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from layers import parallel
 from layers.conv import Conv2D, col2im, conv_out_size, im2col
 from tests.gradient_check import check_backward
 
@@ -94,7 +95,7 @@ def test_output_side_forward_matches_loops(shape):
     x = np.random.default_rng(10).standard_normal((n, c, h, w))
     layer = make(c, o, k, 1, p, np.float64, route="output")
     y = layer.forward(x)
-    assert "Wf" in layer._work and "col" not in layer._work       # no im2col of x
+    assert "Wf" in layer._work and ("col", 0) not in layer._work  # no im2col of x
     np.testing.assert_allclose(y, conv_loops(x, layer.params["W"], layer.params["b"], 1, p),
                                rtol=1e-12, atol=1e-12)
     assert layer.forward_flops == 2 * n * o * c * k * k * y.shape[2] * y.shape[3]
@@ -110,7 +111,7 @@ def test_output_side_gradient(shape, route, chunk_bytes):
     layer = make(c, o, k, 1, p, np.float64, route=route)
     layer.chunk_bytes = chunk_bytes
     check_backward(layer, x)
-    assert ("col" in layer._work) == (route != "output")    # some step took the input side
+    assert (("col", 0) in layer._work) == (route != "output")   # some step took the input side
 
 
 @pytest.mark.parametrize("shape,forward,backward", [
@@ -191,7 +192,7 @@ def test_chunking_and_route_do_not_change_results(chunks, route):
     layer = make(2, 3, 3, 1, 1, np.float64, route=route)
     rows = 3 * 9 if route == "output" else 2 * 9 + 1     # k*k*O rows of Z, or k*k*C + 1 of col
     layer.chunk_bytes = rows * 36 * 8 * (7 // chunks)
-    assert layer._chunk(7, rows, 36, 8)[1] == range(0, 7, 7 // chunks)
+    assert layer._chunk(7, rows, 36, 8) == 7 // chunks
     np.testing.assert_allclose(layer.forward(x), y_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.backward(dy.copy()), dx_ref, rtol=1e-12, atol=1e-12)
     assert ("Wf" in layer._work) == (route == "output")
@@ -281,3 +282,102 @@ def test_init_names_and_shapes():
     assert np.abs(layer.params["W"]).max() <= bound
     he = Conv2D(8, 16, 3).build(np.float64, seed=1)
     assert abs(he.params["W"].std() - np.sqrt(2.0 / 72)) < 0.02
+
+
+@pytest.fixture
+def two_workers():
+    parallel.set_workers(2)
+    yield
+    parallel.set_workers(1)
+
+
+def test_chunk_is_capped_at_one_workers_share():
+    layer = Conv2D(2, 3, 3)
+    assert layer._chunk(128, 19, 36, 4) == 128             # all fits: one chunk
+    assert layer._chunk(128, 19, 36, 4, workers=2) == 64
+    assert layer._chunk(7, 19, 36, 4, workers=2) == 4      # ranges of 4 and 3
+    assert layer._chunk(1, 19, 36, 4, workers=2) == 1
+    layer.chunk_bytes = 19 * 36 * 4 * 3
+    assert layer._chunk(128, 19, 36, 4, workers=2) == 3
+    layer.chunk_bytes, layer.worker_chunk_bytes = 19 * 36 * 4 * 8, 19 * 36 * 4 * 5
+    assert layer._chunk(128, 19, 36, 4) == 8
+    assert layer._chunk(128, 19, 36, 4, workers=2) == 5
+
+
+def _run(layer, x, dy):
+    y = layer.forward(x)
+    dx = layer.backward(dy.copy())
+    return y, dx, {name: g.copy() for name, g in layer.grads.items()}
+
+
+# (N, C, H, W, O, k, stride, pad, route, chunk_bytes): both routes, the pointwise path, a strided
+# (input-side only) layer, batches of 1 (fewer samples than workers) and 5 (odd: ranges of 3 and
+# 2), one chunk per worker and chunks of one sample.
+PARALLEL = [
+    (5, 3, 6, 6, 4, 3, 1, 1, "input", 1 << 30),
+    (5, 3, 6, 6, 4, 3, 1, 1, "input", 1),
+    (4, 5, 7, 6, 3, 3, 1, 1, "output", 1 << 30),
+    (5, 5, 7, 6, 3, 5, 1, 1, "output", 1),
+    (5, 4, 7, 7, 3, 3, 1, 0, "output-fwd", 1 << 30),
+    (6, 4, 7, 7, 3, 3, 1, 2, "output-bwd", 3 * 9 * 49 * 8 * 2),   # chunks of 2 in ranges of 3
+    (5, 4, 5, 5, 6, 1, 1, 0, None, 1 << 30),
+    (7, 4, 5, 5, 6, 1, 1, 0, None, 1),
+    (5, 3, 9, 9, 4, 3, 2, 1, None, 1 << 30),
+    (1, 3, 6, 6, 4, 3, 1, 1, "input", 1 << 30),
+    (1, 5, 6, 6, 3, 3, 1, 1, "output", 1 << 30),
+    (1, 4, 5, 5, 6, 1, 1, 0, None, 1 << 30),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", PARALLEL)
+def test_two_workers_match_one(shape, bias, two_workers):
+    """Forward, dx and the gradients with the samples split over 2 worker threads equal the
+    single-worker results; every worker used its own workspaces."""
+    n, c, h, w, o, k, s, p, route, chunk_bytes = shape
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((n, c, h, w))
+    dy = rng.standard_normal((n, o, conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)))
+    layer = make(c, o, k, s, p, np.float64, bias=bias, route=route)
+    layer.chunk_bytes = chunk_bytes
+    parallel.set_workers(1)
+    y1, dx1, g1 = _run(layer, x, dy)
+    parallel.set_workers(2)
+    for _ in range(2):                      # the second call reuses the workers' workspaces
+        y2, dx2, g2 = _run(layer, x, dy)
+        np.testing.assert_allclose(y2, y1, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx2, dx1, rtol=1e-12, atol=1e-12)
+        assert g2.keys() == g1.keys()
+        for name in g1:
+            np.testing.assert_allclose(g2[name], g1[name], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y1, conv_loops(x, layer.params["W"], layer.params.get("b"), s, p),
+                               rtol=1e-12, atol=1e-12)
+    worker_keys = {key[1] for key in layer._work if isinstance(key, tuple)}
+    assert worker_keys == ({0, 1} if n > 1 else {0})
+
+
+def test_two_workers_gradient(two_workers):
+    """Finite differences with 2 workers on both routes (the workers' partial dW summed)."""
+    x = np.random.default_rng(14).standard_normal((3, 3, 6, 6))
+    for route in ("input", "output"):
+        layer = make(3, 4, 3, 1, 1, np.float64, route=route)
+        layer.chunk_bytes = 1
+        check_backward(layer, x)
+
+
+def test_two_workers_reuse_col_only_for_the_same_split(two_workers):
+    """backward reuses the workers' last col chunks only when forward split the batch the same
+    way: after a forward with 1 worker, a 2-worker backward recomputes them."""
+    rng = np.random.default_rng(15)
+    x, dy = rng.standard_normal((5, 2, 6, 6)), rng.standard_normal((5, 3, 3, 3))
+    layer = make(2, 3, 3, 2, 1, np.float64)
+    ref = _run(layer, x, dy)
+    parallel.set_workers(1)
+    layer.forward(x)
+    parallel.set_workers(2)
+    np.testing.assert_array_equal(layer.backward(dy.copy()), ref[1])
+    np.testing.assert_array_equal(layer.grads["W"], ref[2]["W"])
+    layer.forward(x)
+    parallel.set_workers(1)
+    np.testing.assert_allclose(layer.backward(dy.copy()), ref[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], ref[2]["W"], rtol=1e-12, atol=1e-12)

@@ -50,3 +50,12 @@ def test_a_worker_exception_reaches_the_caller(two_workers):
 def test_one_worker_runs_inline():
     parallel.set_workers(1)
     assert parallel.split(3, lambda a, b, w: threading.get_ident()) == [threading.get_ident()]
+
+
+def test_workers_follow_the_callers_numpy_error_state(two_workers):
+    import numpy as np
+
+    def work(start, stop, worker):
+        return np.geterr()["over"]
+    with np.errstate(over="ignore"):
+        assert parallel.split(2, work) == ["ignore", "ignore"]

@@ -1,0 +1,165 @@
+"""The threaded CPU paths (layers.parallel) give the same forward and backward results as one
+worker: BatchNorm2D (channel ranges), ReLU, MaxPool2D, AvgPool2D, LRN and Concat (sample or
+plane ranges), including batches smaller than the number of workers and odd sizes."""
+import numpy as np
+import pytest
+
+from layers import parallel
+from layers.avg_pool import AvgPool2D
+from layers.batch_norm import BatchNorm2D
+from layers.concat import Concat
+from layers.lrn import LRN
+from layers.max_pool import MaxPool2D
+from layers.relu import ReLU
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Split even tiny arrays (no minimum work per worker) and count the threaded splits; the
+    worker count is back at 1 afterwards."""
+    monkeypatch.setattr(parallel, "MIN_BYTES", 0)
+    record = []
+    inner = parallel.split
+
+    def split(n, fn):
+        record.append(n)
+        return inner(n, fn)
+    monkeypatch.setattr(parallel, "split", split)
+    yield record
+    parallel.set_workers(1)
+
+
+def run(make, x, dy, workers, train=True):
+    """Forward, backward and gradients of a fresh layer with ``workers`` threads."""
+    parallel.set_workers(workers)
+    layer = make().build(x.dtype, seed=3)
+    out = [layer.forward(x.copy(), train)]
+    if train:
+        out.append(layer.backward(dy.copy()))
+        out.extend(g.copy() for g in layer.grads.values())
+    for _ in range(2):                          # again, on the workspaces of the first call
+        y = layer.forward(x.copy(), train)
+    np.testing.assert_array_equal(y, out[0])
+    return out
+
+
+def check_same(make, shape, calls, workers, dtype=np.float32, train=True, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    parallel.set_workers(1)
+    y = make().build(dtype).forward(x.copy())
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    one = run(make, x, dy, 1, train)
+    assert calls == []
+    many = run(make, x, dy, workers, train)
+    assert calls, "the threaded path was not taken"
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
+
+
+# Batches below, at and above the number of workers, odd channel counts and plane sizes.
+SHAPES = [(1, 3, 5, 7), (2, 5, 9, 9), (3, 7, 11, 6), (5, 4, 8, 8)]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu(shape, workers, calls):
+    check_same(ReLU, shape, calls, workers)
+    calls.clear()
+    check_same(lambda: ReLU(inplace=True), shape, calls, workers, dtype=np.float64)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("shape", SHAPES + [(4, 3, 1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm(shape, workers, dtype, calls):
+    check_same(lambda: BatchNorm2D(shape[1]), shape, calls, workers, dtype)
+
+
+def test_batch_norm_small_block_and_2d_input(calls, monkeypatch):
+    monkeypatch.setattr(BatchNorm2D, "block_elems", 16)      # several blocks per worker
+    check_same(lambda: BatchNorm2D(7), (3, 7, 5, 5), calls, 2)
+    calls.clear()
+    check_same(lambda: BatchNorm2D(9), (6, 9), calls, 2)
+
+
+def test_batch_norm_recentred_channels(calls):
+    """Channels with a large mean take the centred second pass in one worker's range only."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 6, 4, 4))
+    x[:, 4] += 1e4
+    dy = rng.standard_normal(x.shape)
+    one = run(lambda: BatchNorm2D(6), x, dy, 1)
+    many = run(lambda: BatchNorm2D(6), x, dy, 2)
+    assert calls
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_evaluation(calls):
+    check_same(lambda: BatchNorm2D(5), (3, 5, 6, 6), calls, 2, train=False)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("geometry", [(3, 2, 0, True), (3, 1, 1, True), (3, 2, 1, False),
+                                      (2, 2, 1, True)])
+def test_max_pool(shape, geometry, workers, calls, monkeypatch):
+    monkeypatch.setattr(MaxPool2D, "chunk_elems", 64)          # several chunks per worker
+    k, s, p, ceil_mode = geometry
+    check_same(lambda: MaxPool2D(k, s, p, ceil_mode), shape, calls, workers)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("geometry", [(3, 2, 0), (3, 1, 1), (5, 3, 0)])
+def test_avg_pool(shape, geometry, workers, calls):
+    if min(shape[2:]) + 2 * geometry[2] < geometry[0]:
+        pytest.skip("input smaller than the window")
+    check_same(lambda: AvgPool2D(*geometry), shape, calls, workers)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lrn(shape, workers, calls, monkeypatch):
+    monkeypatch.setattr(LRN, "chunk_elems", 40)                # several chunks per worker
+    check_same(lambda: LRN(size=5, alpha=0.5), shape, calls, workers)
+    calls.clear()
+    check_same(lambda: LRN(size=4, alpha=0.3, beta=0.6), shape, calls, workers, np.float64)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_concat(workers, calls):
+    from layers.conv import Conv2D
+    make = lambda: Concat(Conv2D(3, 2, 1), ReLU(), MaxPool2D(3, 1, 1))  # noqa: E731
+    check_same(make, (5, 3, 6, 6), calls, workers, dtype=np.float64)
+
+
+def test_small_arrays_run_inline(monkeypatch):
+    """Below the minimum work per worker nothing is handed to the threads."""
+    monkeypatch.setattr(parallel, "split", lambda n, fn: pytest.fail("split a tiny array"))
+    parallel.set_workers(2)
+    try:
+        x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+        for layer in (ReLU(), BatchNorm2D(3).build(), MaxPool2D(3, 2), AvgPool2D(3, 2), LRN()):
+            y = layer.forward(x.copy())
+            layer.backward(np.ones_like(y))
+    finally:
+        parallel.set_workers(1)
+
+
+def test_large_arrays_are_split(monkeypatch):
+    """At the real threshold a large enough input is split."""
+    record = []
+    inner = parallel.split
+    monkeypatch.setattr(parallel, "split", lambda n, fn: record.append(n) or inner(n, fn))
+    parallel.set_workers(2)
+    try:
+        x = np.random.default_rng(0).standard_normal((4, 8, 64, 64)).astype(np.float32)
+        for layer in (ReLU(), BatchNorm2D(8).build(), MaxPool2D(3, 2), AvgPool2D(3, 2), LRN()):
+            record.clear()
+            y = layer.forward(x.copy())
+            layer.backward(np.ones_like(y))
+            assert len(record) == 2, layer.name
+    finally:
+        parallel.set_workers(1)
