@@ -13,7 +13,7 @@ heads only, so it is kept simple), large inputs split into sample ranges over
 """
 from layers import parallel
 from layers.base import Layer, get_array_module
-from layers.max_pool import check_pool_args, pool_geometry
+from layers.max_pool import check_pool_args, pool_geometry, saved_geometry
 
 
 def _sizes(out, k, stride, pad, size, xp, dtype):
@@ -66,12 +66,9 @@ class AvgPool2D(Layer):
         return y
 
     def backward(self, dy):
-        if self.x_shape is None:
-            raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
+        (n, c, h, w), (oh, ow, hp, wp) = saved_geometry(self)
         xp = get_array_module(dy)
-        n, c, h, w = self.x_shape
         p = self.pad
-        oh, ow, hp, wp = self.geometry
         dpad = self.workspace("dxpad", (n, c, hp, wp), dy.dtype, xp)
         dx = xp.empty(self.x_shape, dtype=dy.dtype)
 

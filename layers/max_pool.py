@@ -41,6 +41,14 @@ def check_pool_args(name, ksize, stride, pad):
                          f"got ksize={ksize!r}, stride={stride!r}, pad={pad!r}")
 
 
+def saved_geometry(layer):
+    """The input shape (N, C, H, W) and (OH, OW, Hp, Wp) kept by a pooling layer's last
+    training forward; backward without one is an error naming the layer."""
+    if layer.x_shape is None:
+        raise RuntimeError(f"{layer.name}: backward needs a forward(x, train=True) first")
+    return layer.x_shape, layer.geometry
+
+
 def pool_geometry(layer, x):
     """(OH, OW, Hp, Wp) for ``x``: output size and a padded size that holds every window."""
     _, _, h, w = x.shape
@@ -152,12 +160,9 @@ class MaxPool2D(Layer):
         return y
 
     def backward(self, dy):
-        if self.x_shape is None:
-            raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
+        (n, c, h, w), (oh, ow, hp, wp) = saved_geometry(self)
         xp = get_array_module(dy)
-        n, c, h, w = self.x_shape
         k, s, p = self.k, self.stride, self.pad
-        oh, ow, hp, wp = self.geometry
         planes, area = n * c, hp * wp
         cp = max(1, min(planes, self.chunk_elems // area))
         itype = np.int32 if cp * area < 2 ** 31 else np.int64      # positions within a chunk
