@@ -29,13 +29,15 @@ class Model:
         self.xp = xp
         self.params, self.grads = bind_flat(self.layers(), self.dtype,
                                             np.random.default_rng(seed), xp)
+        self._leaves = list(leaves(self.layers()))   # the layer tree is fixed from here on
 
     def layers(self):
         """Top-level layers in parameter order: the trunk stages, then the heads."""
         return self.stages + [head.layer for head in self.heads]
 
     def leaves(self):
-        return list(leaves(self.layers()))
+        """Leaf layers in parameter order."""
+        return self._leaves
 
     @property
     def num_params(self):

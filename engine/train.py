@@ -63,13 +63,14 @@ def train(cfg, out=None):
         raise ConfigError(f"sync_rule: {cfg['sync_rule']} needs MPI workers; this driver runs "
                           f"one process, allowed here: {', '.join(SINGLE_PROCESS_RULES)}")
     threads = parallel.set_workers(cfg["threads"])
+    options = model_options(cfg)
     try:
-        model = build_model(cfg["model"], model_options(cfg), cfg["dtype"], cfg["seed"])
+        model = build_model(cfg["model"], options, cfg["dtype"], cfg["seed"])
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
         raise ConfigError(f"model_options: model '{cfg['model']}' cannot be built with "
-                          f"{model_options(cfg)}: {err}") from None
+                          f"{options}: {err}") from None
     optimizer = build_optimizer(cfg["optimizer"])
     (x_train, y_train), (x_val, y_val) = load_data(cfg)
     batch = cfg["batch_size"]
