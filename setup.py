@@ -6,7 +6,8 @@ setup(
     description="Framework-free data-parallel deep-learning training engine (NumPy/CuPy + MPI)",
     packages=find_packages(include=["engine*", "layers*", "sync*", "data*", "run*"]),
     python_requires=">=3.9",
-    install_requires=["numpy>=2.0", "pyyaml>=5.4", "threadpoolctl>=3.1"],
+    install_requires=["numpy>=2.0", "pyyaml>=5.4", "threadpoolctl>=3.1", "hickle>=5.0", "h5py>=3.0",
+                      "pillow>=9.0", "tqdm>=4.60"],
     extras_require={
         "gpu": ["cupy-cuda12x"],
         "test": ["pytest>=7", "pytest-timeout>=2.1"],

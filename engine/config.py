@@ -19,6 +19,7 @@ import argparse
 import copy
 import difflib
 import math
+import os
 import re
 import sys
 
@@ -41,12 +42,13 @@ class ConfigError(ValueError):
 class Key:
     """A setting: ``type`` is one of int, float, number (int or float, kept as given), bool,
     str, mapping (free-form dict); ``choices`` lists allowed values; ``low``/``high`` bound
-    numbers (inclusive unless ``low_open``/``high_open``); ``nullable`` allows null."""
+    numbers (inclusive unless ``low_open``/``high_open``); ``nullable`` allows null; ``path``
+    marks a file or folder, which a config file gives relative to its own folder."""
 
     TYPES = ("int", "float", "number", "bool", "str", "mapping")
 
     def __init__(self, type, default, choices=None, low=None, high=None, low_open=False,
-                 high_open=False, nullable=False):
+                 high_open=False, nullable=False, path=False):
         if type not in self.TYPES:
             raise ValueError(f"Key type {type!r} is not one of {self.TYPES}")
         self.type = type
@@ -55,6 +57,7 @@ class Key:
         self.low, self.high = low, high
         self.low_open, self.high_open = low_open, high_open
         self.nullable = nullable
+        self.path = path
 
     def describe(self):
         """What is allowed, e.g. 'float in [0, 1)', 'int >= 1 or null', 'one of: cpu, gpu'."""
@@ -150,8 +153,16 @@ SCHEMA = {
         "warmup_start": Key("float", 0.1, low=0),               # fraction of optimizer.lr
     },
     "data": {
-        "dataset": Key("str", "synthetic", choices=("synthetic",)),   # generated in memory
-        "num_train": Key("int", 1024, low=1),
+        "dataset": Key("str", "synthetic", choices=("synthetic", "prepared")),
+        "path": Key("str", None, nullable=True, path=True),   # a prepared dataset folder
+        "crop": Key("int", None, low=1, nullable=True),       # square crop; null: whole image
+        "pad": Key("int", 0, low=0),                          # zero padding before a train crop
+        "mirror": Key("bool", False),                         # random horizontal flips
+        "scale": Key("float", None, low=0, low_open=True,     # x = (image - mean) * scale;
+                     nullable=True),                      # null: 1 / the pixels' std
+        "prefetch": Key("int", 2, low=0),                     # batches prepared ahead
+        "verify": Key("bool", True),                          # check each file's crc32
+        "num_train": Key("int", 1024, low=1),                 # synthetic only, from here on
         "num_val": Key("int", 256, low=1),
         "image_size": Key("int", 32, low=1),
         "channels": Key("int", 3, low=1),
@@ -166,6 +177,12 @@ SCHEMA = {
 }
 
 
+def _prepared_data_needs_a_path(cfg):
+    if cfg["data"]["dataset"] == "prepared" and not cfg["data"]["path"]:
+        yield "data.path", "dataset 'prepared' needs the folder of a prepared dataset " \
+                           "(python -m data.prepare ...)"
+
+
 def _nesterov_needs_sgd_momentum(cfg):
     opt = cfg["optimizer"]
     if opt["nesterov"] and (opt["name"] != "sgd" or opt["momentum"] == 0):
@@ -174,7 +191,7 @@ def _nesterov_needs_sgd_momentum(cfg):
 
 
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
-CHECKS = [_nesterov_needs_sgd_momentum]
+CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path]
 
 
 def register_section(name, keys):
@@ -352,9 +369,21 @@ def _fill(values, section):
     return out
 
 
-def resolve(raw, overrides=(), source="<config>"):
+def _absolute_paths(values, section, base):
+    """Path settings in ``values`` made absolute against the folder ``base``."""
+    for key, value in values.items():
+        node = section[key]
+        if isinstance(node, dict):
+            _absolute_paths(value, node, base)
+        elif node.path and isinstance(value, str) and not os.path.isabs(value):
+            values[key] = os.path.normpath(os.path.join(base, value))
+
+
+def resolve(raw, overrides=(), source="<config>", base=None):
     """Check a loaded config dict (``None`` = empty), apply ``--set`` overrides and fill the
-    defaults; raises ``ConfigError`` listing every problem, each prefixed with ``source``."""
+    defaults; raises ``ConfigError`` listing every problem, each prefixed with ``source``.
+    Relative paths in ``raw`` are taken from the folder ``base`` (those of ``--set`` from the
+    current folder)."""
     root = SCHEMA
     if raw is None:
         raw = {}
@@ -363,6 +392,8 @@ def resolve(raw, overrides=(), source="<config>"):
                           f"(allowed: {', '.join(root)}), got {_show(raw)}")
     errors = []
     values = _check_section(raw, root, "", source, errors, root)
+    if base is not None:
+        _absolute_paths(values, root, base)
     for text in overrides or ():
         _apply_override(values, text, errors, root)
     if errors:
@@ -394,7 +425,8 @@ def load_config(path=None, overrides=()):
         problem = ": ".join(str(p) for p in (getattr(e, "context", None),
                                            getattr(e, "problem", None)) if p) or str(e)
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    return resolve(raw, overrides, source=str(path))
+    return resolve(raw, overrides, source=str(path),
+                   base=os.path.dirname(os.path.abspath(path)))
 
 
 def add_arguments(parser, default="config.yaml"):

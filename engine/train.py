@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from data.dataset import build_data
+from data.format import DataError
 from engine.config import ConfigError, add_arguments, load_config
 from engine.metrics import topk_correct
 from engine.models import build_model
@@ -24,35 +26,24 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite (with ``on_nonfinite: stop``)."""
 
 
-def load_data(cfg):
-    data = cfg["data"]
-    from data.synthetic import make_dataset
-    return make_dataset(data["num_train"], data["num_val"], data["channels"],
-                        data["image_size"], data["num_classes"], data["noise"],
-                        seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
-
-
-def model_options(cfg):
-    """The model's keyword arguments: input geometry from ``data``, then ``model_options``."""
-    data = cfg["data"]
-    options = {"in_channels": data["channels"], "num_classes": data["num_classes"]}
+def model_options(cfg, data):
+    """The model's keyword arguments: input geometry from the data, then ``model_options``."""
+    options = {"in_channels": data.channels, "num_classes": data.num_classes}
     if cfg["model"] in ("mlp", "googlenet"):
-        options["image_size"] = data["image_size"]
+        options["image_size"] = data.image_size
     options.update(cfg["model_options"] or {})
     return options
 
 
-def evaluate(model, x, y, batch_size):
-    """Mean loss, top-1 and top-5 accuracy of the main head over (x, y)."""
-    correct1 = correct5 = 0
+def evaluate(model, loader):
+    """Mean loss, top-1 and top-5 accuracy of the main head over the loader's images."""
+    correct1 = correct5 = n = 0
     loss_sum = 0.0
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        logits = model.forward(xb, train=False)
-        loss_sum += float(model.loss.forward(logits, yb)) * len(xb)
-        counts = topk_correct(logits, yb, ks=(1, 5))
-        correct1, correct5 = correct1 + counts[1], correct5 + counts[5]
-    n = len(x)
+    for x, y in loader.epoch(0):
+        logits = model.forward(x, train=False)
+        loss_sum += float(model.loss.forward(logits, y)) * len(x)
+        counts = topk_correct(logits, y, ks=(1, 5))
+        correct1, correct5, n = correct1 + counts[1], correct5 + counts[5], n + len(x)
     return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n}
 
 
@@ -63,7 +54,8 @@ def train(cfg, out=None):
         raise ConfigError(f"sync_rule: {cfg['sync_rule']} needs MPI workers; this driver runs "
                           f"one process, allowed here: {', '.join(SINGLE_PROCESS_RULES)}")
     threads = parallel.set_workers(cfg["threads"])
-    options = model_options(cfg)
+    data = build_data(cfg)
+    options = model_options(cfg, data)
     try:
         model = build_model(cfg["model"], options, cfg["dtype"], cfg["seed"])
     except ConfigError:
@@ -72,11 +64,10 @@ def train(cfg, out=None):
         raise ConfigError(f"model_options: model '{cfg['model']}' cannot be built with "
                           f"{options}: {err}") from None
     optimizer = build_optimizer(cfg["optimizer"])
-    (x_train, y_train), (x_val, y_val) = load_data(cfg)
     batch = cfg["batch_size"]
-    steps_per_epoch = len(x_train) // batch
+    steps_per_epoch = data.train.steps_per_epoch
     if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size: {batch} is larger than the {len(x_train)} "
+        raise ConfigError(f"batch_size: {batch} is larger than the {len(data.train.split)} "
                           f"training images")
     schedule = build_schedule(cfg["lr_schedule"], cfg["optimizer"]["lr"], cfg["epochs"])
     total_steps = int(round(cfg["epochs"] * steps_per_epoch))
@@ -86,20 +77,18 @@ def train(cfg, out=None):
         raise ConfigError(f"epochs: {cfg['epochs']} epochs of {steps_per_epoch} steps is less "
                           f"than one step")
     print(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}, "
-          f"{threads} worker threads; {len(x_train)} train / {len(x_val)} val images, "
-          f"batch {batch}, {total_steps} steps", file=out, flush=True)
+          f"{threads} worker threads; {data.description}; batch {batch}, {total_steps} steps",
+          file=out, flush=True)
 
     progress = Progress(total_steps, steps_per_epoch)
-    rng = np.random.default_rng(cfg["seed"])
     start, history = time.perf_counter(), []
     with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
         while progress.step < total_steps:
             epoch = progress.step // steps_per_epoch + 1
-            train_epoch(model, optimizer, schedule, x_train, y_train,
-                        rng.permutation(len(x_train)), cfg, progress, out)
+            train_epoch(model, optimizer, schedule, data.train, epoch, cfg, progress, out)
             if epoch % cfg["eval_every"] and progress.step < total_steps:
                 continue
-            metrics = evaluate(model, x_val, y_val, batch)
+            metrics = evaluate(model, data.val)
             metrics.update(epoch=epoch, step=progress.step, train_loss=progress.last_finite,
                            time=time.perf_counter() - start)
             history.append(metrics)
@@ -119,20 +108,18 @@ class Progress:
         self.step, self.last_finite, self.skipped = 0, None, 0
 
 
-def train_epoch(model, optimizer, schedule, x, y, order, cfg, progress, out):
-    """One pass over ``order`` (or what is left of the run): forward, non-finite guard,
-    backward, update, and a progress line every ``print_every`` steps."""
-    batch = cfg["batch_size"]
-    epoch = progress.step // progress.steps_per_epoch + 1
-    tick, seen = time.perf_counter(), 0
-    for b in range(progress.steps_per_epoch):
+def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, out):
+    """One epoch of ``loader`` (or what is left of the run): forward, non-finite guard,
+    backward, update, and a progress line every ``print_every`` steps with the images/s and
+    the time the step waited for data."""
+    tick, seen, waited = time.perf_counter(), 0, loader.wait_time
+    for x, y in loader.epoch(epoch - 1):
         if progress.step >= progress.total_steps:
             return
-        idx = np.sort(order[b * batch:(b + 1) * batch])
         lr = schedule.lr_at(progress.step / progress.steps_per_epoch)
         saved = {k: v.copy() for k, v in model.state().items()} \
             if cfg["on_nonfinite"] == "skip" else None
-        loss = float(model.forward_loss(x[idx], y[idx])[0])
+        loss = float(model.forward_loss(x, y)[0])
         progress.step += 1
         if not np.isfinite(loss):
             if saved is None:
@@ -144,12 +131,14 @@ def train_epoch(model, optimizer, schedule, x, y, order, cfg, progress, out):
         progress.last_finite = loss
         model.backward()
         optimizer.step(model.params, model.grads, lr=lr)
-        seen += batch
+        seen += len(x)
         if progress.step % cfg["print_every"] == 0:
             rate = seen / (time.perf_counter() - tick)
+            wait_ms = (loader.wait_time - waited) * 1e3 / cfg["print_every"]
             print(f"epoch {epoch} step {progress.step}/{progress.total_steps} loss {loss:.4f} "
-                  f"lr {lr:.4g} {rate:.1f} img/s", file=out, flush=True)
-            tick, seen = time.perf_counter(), 0
+                  f"lr {lr:.4g} {rate:.1f} img/s, data wait {wait_ms:.1f} ms/step",
+                  file=out, flush=True)
+            tick, seen, waited = time.perf_counter(), 0, loader.wait_time
 
 
 def main(argv=None):
@@ -161,6 +150,9 @@ def main(argv=None):
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        return 3
     except NonFiniteLoss as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 1

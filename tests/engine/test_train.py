@@ -49,20 +49,21 @@ def test_nonfinite_loss_stops_with_the_step_and_last_finite_loss():
 
 
 def test_skipped_nonfinite_batches_leave_batchnorm_statistics_finite(monkeypatch):
-    import engine.train as driver
-    load = driver.load_data
+    from data.loader import Loader
+    make = Loader._make
 
-    def one_nan_image(cfg):
-        (x, y), val = load(cfg)
-        x[0, 0, 0, 0] = np.nan
-        return (x, y), val
-    monkeypatch.setattr(driver, "load_data", one_nan_image)
+    def nan_in_first_training_batch(self, epoch, b, pieces):
+        x, y = make(self, epoch, b, pieces)
+        if self.train and b == 0:
+            x[0, 0, 0, 0] = np.nan
+        return x, y
+    monkeypatch.setattr(Loader, "_make", nan_in_first_training_batch)
     cfg = load_config(None, ["model=inception_small", "model_options={width: 0.125}",
                              "data.image_size=28", "data.channels=1", "data.num_train=64",
                              "data.num_val=32", "batch_size=16", "epochs=2",
                              "on_nonfinite=skip", "threads=1"])
     result = train(cfg)
-    assert result["skipped_steps"] == 2          # the batch holding image 0, once per epoch
+    assert result["skipped_steps"] == 2          # the first batch of each epoch
     assert np.isfinite(result["loss"])           # evaluation uses the running statistics
 
 
@@ -95,3 +96,46 @@ def test_main_exit_status_for_a_diverging_run(tmp_path, capsys):
 def test_default_config_is_valid():
     cfg = load_config(str(ROOT / "config.yaml"))
     assert cfg["sync_rule"] == "BSP" and cfg["model"] == "inception_small"
+
+
+def colour_classes(root, per_class=24, size=12, seed=0):
+    """An image folder of 3 classes told apart by their dominant colour, with noise."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 60, (size, size, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+
+
+def test_a_prepared_image_folder_trains(tmp_path, capsys):
+    from data.prepare import main as prepare
+    colour_classes(tmp_path / "images")
+    assert prepare(["imagefolder", str(tmp_path / "ds"), "--source", str(tmp_path / "images"),
+                    "--size", "12", "--val-fraction", "0.25", "--batch-size", "16"]) == 0
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "mlp", "model_options": {"hidden": [16]}, "batch_size": 9, "epochs": 4,
+        "threads": 1, "print_every": 1000, "optimizer": {"lr": 0.05},
+        "data": {"dataset": "prepared", "path": "ds", "crop": 10, "mirror": True}}))
+    result = train(load_config(config))           # data.path is relative to the config file
+    assert result["top1"] > 0.9                   # chance is 1/3
+    assert "3 classes" in capsys.readouterr().out
+
+
+def test_a_damaged_dataset_stops_before_training_with_the_file_named(tmp_path, capsys):
+    from data.prepare import main as prepare
+    colour_classes(tmp_path / "images", per_class=4)
+    assert prepare(["imagefolder", str(tmp_path / "ds"), "--source", str(tmp_path / "images"),
+                    "--size", "8"]) == 0
+    np.save(tmp_path / "ds" / "img_mean.npy", np.zeros((3, 4, 4), np.float32))
+    assert main([str(ROOT / "config.yaml"), "--set", f"data.path={tmp_path / 'ds'}"]) == 3
+    err = capsys.readouterr().err
+    assert "img_mean.npy: mean image has shape (3, 4, 4)" in err
+
+
+def test_prepared_data_without_a_path_is_a_config_error():
+    with pytest.raises(ConfigError, match="data.path: dataset 'prepared' needs"):
+        load_config(None, ["data.dataset=prepared"])

@@ -1,0 +1,410 @@
+"""A prepared dataset on disk: hickle batch files, labels, the mean image and metadata.
+
+Native layout (what ``python -m data.prepare`` writes)::
+
+    DIR/metadata.json      format_version, layout "NCHW", channels, image_size [H, W], classes,
+                           source, and per split its image count and files (name, images,
+                           bytes, crc32 of the array's bytes)
+    DIR/train/0000.hkl     uint8 array (B, C, H, W); B is the batch size (128 by default) for
+                           every file but the last, less where unreadable images were skipped
+    DIR/val/0000.hkl
+    DIR/train_labels.npy   int64 (N_train,), one label per image in file order
+    DIR/val_labels.npy
+    DIR/img_mean.npy       float32 (C, H, W), the mean training image
+
+Legacy Theano-MPI layout (read as is, no metadata.json): folders ``train_hkl*/`` and
+``val_hkl*/`` (or ``train/``, ``val/``) of c01b files ``(C, H, W, B)``, ``train_labels.npy``,
+``val_labels.npy`` and ``img_mean.npy`` of shape ``(C, H, W)``.
+
+``open_dataset(path)`` checks everything it can without reading the images (files present and
+of the recorded size, label counts and range, mean shape) and raises ``DataError`` naming the
+file and the problem; ``Split.read`` checks each batch's shape and checksum as it loads it.
+"""
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+METADATA = "metadata.json"
+MEAN = "img_mean.npy"
+INCOMPLETE = ".incomplete"      # present while data.prepare is writing the folder
+SPLITS = ("train", "val")
+
+
+class DataError(ValueError):
+    """A dataset file is missing, damaged or inconsistent; the message names the file."""
+
+
+def labels_name(split):
+    return f"{split}_labels.npy"
+
+
+# -- batch files ----------------------------------------------------------------------------
+def write_batch(path, images):
+    """Write a uint8 image batch as a hickle file; returns its metadata entry (without name)."""
+    import hickle
+    images = np.ascontiguousarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"a batch is a uint8 (B, C, H, W) array, got {images.dtype} "
+                         f"{images.shape}")
+    hickle.dump(images, str(path), mode="w")
+    return {"images": int(images.shape[0]), "bytes": os.path.getsize(path),
+            "crc32": zlib.crc32(images.data)}
+
+
+def _array_dataset(handle, path):
+    """The h5py dataset holding a hickle file's array: ``data`` (hickle 4/5), else the file's
+    only 4-D dataset (older hickle versions name it differently)."""
+    import h5py
+    node = handle.get("data")
+    if isinstance(node, h5py.Dataset):
+        return node
+    found = []
+    handle.visititems(lambda name, obj: found.append(obj)
+                      if isinstance(obj, h5py.Dataset) and obj.ndim == 4 else None)
+    if len(found) != 1:
+        raise DataError(f"{path}: not a hickle batch file (expected one 4-D image array, "
+                        f"found {len(found)})")
+    return found[0]
+
+
+def batch_shape(path):
+    """The stored array's shape and dtype, read from the file's header only."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as handle:
+            node = _array_dataset(handle, path)
+            return tuple(node.shape), np.dtype(node.dtype)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: batch file is missing") from None
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"{path}: cannot read batch file (truncated or corrupted?): "
+                        f"{err}") from None
+
+
+def read_batch(path, out=None):
+    """The stored uint8 array, read into ``out`` (same shape, C-contiguous) when given."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as handle:
+            node = _array_dataset(handle, path)
+            if node.dtype != np.uint8 or node.ndim != 4:
+                raise DataError(f"{path}: expected a uint8 4-D image array, found "
+                                f"{node.dtype} {node.shape}")
+            if out is None:
+                out = np.empty(node.shape, np.uint8)
+            elif out.shape != node.shape:
+                raise DataError(f"{path}: expected an array of shape {out.shape}, found "
+                                f"{node.shape}")
+            if out.size:
+                node.read_direct(out)
+            return out
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: batch file is missing") from None
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise DataError(f"{path}: cannot read batch file (truncated or corrupted?): "
+                        f"{err}") from None
+
+
+# -- reading a dataset ----------------------------------------------------------------------
+class Split:
+    """The batch files of one split, in file order, with their labels.
+
+    ``counts[i]`` images are in file ``i``; ``offsets[i]`` is the index of its first label.
+    ``read(i, out)`` returns file ``i``'s images as an ``(B, C, H, W)`` uint8 array (a
+    transposed view for c01b files)."""
+
+    def __init__(self, name, files, counts, labels, layout="NCHW", crcs=None):
+        self.name, self.files, self.layout = name, list(files), layout
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        self.labels = labels
+        self.crcs = crcs
+        self.verify = True
+
+    def __len__(self):
+        return int(self.counts.sum())
+
+    @property
+    def max_count(self):
+        return int(self.counts.max()) if len(self.counts) else 0
+
+    def read(self, i, out=None):
+        path = self.files[i]
+        count = int(self.counts[i])
+        if out is not None:
+            shape = out.shape[1:] if self.layout == "NCHW" else out.shape[:3]
+            out = out[:count] if self.layout == "NCHW" else out[..., :count]
+            if out.shape != ((count,) + shape if self.layout == "NCHW" else shape + (count,)):
+                out = None
+        images = read_batch(path, out)
+        if self.layout == "c01b":
+            if images.shape[3] != count:
+                raise DataError(f"{path}: expected {count} images, found {images.shape[3]}")
+            images = images.transpose(3, 0, 1, 2)
+        elif images.shape[0] != count:
+            raise DataError(f"{path}: expected {count} images, found {images.shape[0]}")
+        if self.verify and self.crcs is not None:
+            crc = zlib.crc32(images.data)
+            if crc != self.crcs[i]:
+                raise DataError(f"{path}: checksum mismatch (crc32 {crc:#010x}, metadata says "
+                                f"{self.crcs[i]:#010x}): the file is corrupted")
+        return images
+
+
+class ArraySplit(Split):
+    """A split held in memory (generated data): ``images`` (N, C, H, W) uint8 cut into
+    virtual files of ``file_size`` images."""
+
+    def __init__(self, name, images, labels, file_size=128):
+        n = len(images)
+        counts = [min(file_size, n - s) for s in range(0, n, file_size)]
+        super().__init__(name, [f"<{name} images {s}:{s + c}>" for s, c in
+                                zip(range(0, n, file_size), counts)], counts, labels)
+        self.images = images
+
+    def read(self, i, out=None):
+        start = int(self.offsets[i])
+        return self.images[start:start + int(self.counts[i])]
+
+
+def estimate_pixel_std(split, mean, files=4):
+    """The std of (image - mean) over the pixels of the first ``files`` files of ``split``."""
+    total, count = 0.0, 0
+    for i in range(min(files, len(split.counts))):
+        residual = split.read(i).astype(np.float32) - mean
+        total, count = total + float(np.vdot(residual, residual)), count + residual.size
+    return float(np.sqrt(total / max(count, 1)))
+
+
+class Dataset:
+    """A prepared dataset: ``train`` and ``val`` splits, ``mean`` (C, H, W) float32, the std of
+    the mean-subtracted pixels, and the geometry ``channels``, ``image_size`` (H, W),
+    ``num_classes``, ``classes``."""
+
+    def __init__(self, path, train, val, mean, classes, source, layout, pixel_std=None):
+        self.path, self.train, self.val, self.mean = path, train, val, mean
+        self.pixel_std = pixel_std if pixel_std is not None else estimate_pixel_std(train, mean)
+        self.channels = int(mean.shape[0])
+        self.image_size = (int(mean.shape[1]), int(mean.shape[2]))
+        self.classes, self.num_classes = classes, len(classes)
+        self.source, self.layout = source, layout
+
+    def split(self, name):
+        return {"train": self.train, "val": self.val}[name]
+
+    def __repr__(self):
+        return (f"Dataset({str(self.path)!r}, {self.layout}, {len(self.train)} train / "
+                f"{len(self.val)} val images, {self.channels}x{self.image_size[0]}x"
+                f"{self.image_size[1]}, {self.num_classes} classes, source {self.source!r})")
+
+
+def _load_npy(path, what):
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file is missing") from None
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: cannot read {what} (truncated or corrupted?): {err}") from None
+
+
+def _check_labels(path, labels, count, num_classes):
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be a 1-D integer array, found {labels.dtype} "
+                        f"{labels.shape}")
+    if len(labels) != count:
+        raise DataError(f"{path}: {len(labels)} labels for {count} images in the batch files")
+    if count and (labels.min() < 0 or (num_classes and labels.max() >= num_classes)):
+        raise DataError(f"{path}: labels must lie in [0, {num_classes}), found "
+                        f"[{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_mean(path, mean, shape):
+    if mean.shape != tuple(shape):
+        raise DataError(f"{path}: mean image has shape {mean.shape}, expected {tuple(shape)} "
+                        f"(C, H, W) to match the batch files")
+    return mean.astype(np.float32, copy=False)
+
+
+def open_dataset(path):
+    """The prepared dataset at ``path`` (native or legacy Theano-MPI layout), checked."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found (prepare one with "
+                        f"'python -m data.prepare')")
+    if (root / INCOMPLETE).exists():
+        raise DataError(f"{root}: preparation did not finish ({INCOMPLETE} is present); run "
+                        f"'python -m data.prepare' again")
+    if (root / METADATA).exists():
+        return _open_native(root)
+    if (root / labels_name("train")).exists():
+        return _open_legacy(root)
+    raise DataError(f"{root}: not a prepared dataset (no {METADATA}, and no "
+                    f"{labels_name('train')} of the legacy Theano-MPI layout)")
+
+
+def read_metadata(root):
+    path = Path(root) / METADATA
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"format_version {version!r}, this engine reads {FORMAT_VERSION}")
+        for split in SPLITS:
+            for entry in meta["splits"][split]["files"]:
+                entry["name"], entry["images"], entry["bytes"], entry["crc32"]  # noqa: B018
+        meta["channels"], meta["image_size"][1], meta["classes"]  # noqa: B018
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise DataError(f"{path}: unreadable or incomplete metadata: {err!r}") from None
+    return meta
+
+
+def _open_native(root):
+    meta = read_metadata(root)
+    height, width = meta["image_size"]
+    shape = (meta["channels"], height, width)
+    classes = list(meta["classes"])
+    splits = {}
+    for split in SPLITS:
+        entries = meta["splits"][split]["files"]
+        files = [root / e["name"] for e in entries]
+        for entry, file in zip(entries, files):
+            try:
+                size = file.stat().st_size
+            except FileNotFoundError:
+                raise DataError(f"{file}: batch file is missing") from None
+            if size != entry["bytes"]:
+                raise DataError(f"{file}: {size} bytes, metadata says {entry['bytes']} "
+                                f"(truncated or replaced?)")
+        counts = [e["images"] for e in entries]
+        label_path = root / labels_name(split)
+        labels = _check_labels(label_path, _load_npy(label_path, "labels"), sum(counts),
+                               len(classes))
+        splits[split] = Split(split, files, counts, labels, "NCHW",
+                              crcs=[e["crc32"] for e in entries])
+    mean = _check_mean(root / MEAN, _load_npy(root / MEAN, "mean image"), shape)
+    return Dataset(root, splits["train"], splits["val"], mean, classes,
+                   meta.get("source", "unknown"), "NCHW", meta.get("pixel_std"))
+
+
+def _legacy_folder(root, split):
+    if (root / split).is_dir():
+        return root / split
+    found = sorted(p for p in root.glob(f"{split}_hkl*") if p.is_dir())
+    if len(found) != 1:
+        raise DataError(f"{root}: expected one folder '{split}/' or '{split}_hkl*/' of batch "
+                        f"files, found {[p.name for p in found] or 'none'}")
+    return found[0]
+
+
+def _open_legacy(root):
+    splits, image_shape, num_classes = {}, None, 0
+    labels_of = {split: _load_npy(root / labels_name(split), "labels") for split in SPLITS}
+    num_classes = int(max((int(l.max()) for l in labels_of.values()
+                           if l.size and np.issubdtype(l.dtype, np.integer)), default=0)) + 1
+    for split in SPLITS:
+        folder = _legacy_folder(root, split)
+        files = sorted(folder.glob("*.hkl"))
+        if not files:
+            raise DataError(f"{folder}: no .hkl batch files")
+        counts = []
+        for file in files:
+            shape, dtype = batch_shape(file)
+            if dtype != np.uint8 or len(shape) != 4:
+                raise DataError(f"{file}: expected a uint8 c01b (C, H, W, B) array, found "
+                                f"{dtype} {shape}")
+            if image_shape is None:
+                image_shape = shape[:3]
+            elif shape[:3] != image_shape:
+                raise DataError(f"{file}: images of shape {shape[:3]}, other files hold "
+                                f"{image_shape} (C, H, W)")
+            counts.append(shape[3])
+        label_path = root / labels_name(split)
+        labels = _check_labels(label_path, labels_of[split], sum(counts), num_classes)
+        labels_of[split] = labels
+        splits[split] = Split(split, files, counts, labels, "c01b")
+    mean = _check_mean(root / MEAN, _load_npy(root / MEAN, "mean image"), image_shape)
+    classes = [str(c) for c in range(num_classes)]
+    return Dataset(root, splits["train"], splits["val"], mean, classes, "Theano-MPI", "c01b")
+
+
+# -- writing a dataset ----------------------------------------------------------------------
+def pixel_stats(images):
+    """(per-pixel sum over the batch (C, H, W), sum of squared values) of uint8 images."""
+    values = images.astype(np.float32)
+    return values.sum(axis=0, dtype=np.float64), float(np.vdot(values, values))
+
+
+class DatasetWriter:
+    """Collects batch files written by ``write_batch`` (possibly in worker processes) and
+    finishes the folder: labels, mean image, then metadata.json. While it works the folder
+    holds ``.incomplete``, so a half-written dataset is never mistaken for a whole one.
+
+        writer = DatasetWriter(out, channels=1, image_size=(28, 28), classes=names,
+                               source="fashion-mnist", options={...})
+        entry = write_batch(writer.batch_path("train", 0), images)
+        writer.add("train", 0, entry, labels, pixel_stats(images))
+        writer.finish()
+    """
+
+    def __init__(self, root, channels, image_size, classes, source, options=None):
+        self.root = Path(root)
+        self.channels, self.image_size = channels, tuple(image_size)
+        self.classes, self.source, self.options = list(classes), source, options or {}
+        self.entries = {split: {} for split in SPLITS}
+        self.pixel_sum = np.zeros((channels,) + self.image_size, np.float64)
+        self.square_sum = 0.0
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / INCOMPLETE).touch()
+        for split in SPLITS:
+            (self.root / split).mkdir(exist_ok=True)
+            for stale in (self.root / split).glob("*.hkl"):   # from an earlier preparation
+                stale.unlink()
+        (self.root / METADATA).unlink(missing_ok=True)
+
+    def batch_path(self, split, index):
+        return self.root / split / f"{index:04d}.hkl"
+
+    def add(self, split, index, entry, labels, stats=None):
+        """Record batch ``index`` of ``split`` (its ``write_batch`` entry and labels); the
+        training batches' ``pixel_stats`` go into the mean image and the pixel std."""
+        name = self.batch_path(split, index).relative_to(self.root).as_posix()
+        self.entries[split][index] = (dict(entry, name=name), np.asarray(labels, np.int64))
+        if split == "train" and stats is not None:
+            self.pixel_sum += stats[0]
+            self.square_sum += stats[1]
+
+    def finish(self):
+        meta = {"format_version": FORMAT_VERSION, "layout": "NCHW", "channels": self.channels,
+                "image_size": list(self.image_size), "classes": self.classes,
+                "num_classes": len(self.classes), "source": self.source,
+                "options": self.options, "splits": {}}
+        for split in SPLITS:
+            indices = sorted(self.entries[split])
+            if indices != list(range(len(indices))):
+                raise RuntimeError(f"{split}: batch files {indices} are not 0..n-1")
+            entries = [self.entries[split][i][0] for i in indices]
+            labels = np.concatenate([self.entries[split][i][1] for i in indices]) \
+                if indices else np.zeros(0, np.int64)
+            np.save(self.root / labels_name(split), labels)
+            meta["splits"][split] = {"count": int(len(labels)), "files": entries}
+        count = max(meta["splits"]["train"]["count"], 1)
+        mean = self.pixel_sum / count
+        variance = self.square_sum / (count * mean.size) - np.mean(mean ** 2)
+        meta["pixel_std"] = float(np.sqrt(max(variance, 0.0)))
+        np.save(self.root / MEAN, mean.astype(np.float32))
+        temporary = self.root / (METADATA + ".tmp")
+        temporary.write_text(json.dumps(meta, indent=1))
+        temporary.replace(self.root / METADATA)
+        (self.root / INCOMPLETE).unlink()
+        return meta
