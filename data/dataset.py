@@ -19,9 +19,10 @@ class Data:
     description: str
 
 
-def build_data(cfg, rank=0, size=1):
-    """Open (or generate) the configured dataset and make the train and val loaders of
-    ``rank`` of ``size``; raises ``DataError`` naming the file for a bad dataset."""
+def build_data(cfg, rank=0, size=1, val_shard=None):
+    """Open (or generate) the configured dataset and make the train loader of ``rank`` of
+    ``size`` and the val loader of shard ``val_shard`` (rank, size; default the same);
+    raises ``DataError`` naming the file for a bad dataset."""
     data = cfg["data"]
     if data["dataset"] == "prepared":
         dataset = open_dataset(data["path"])
@@ -48,8 +49,10 @@ def build_data(cfg, rank=0, size=1):
                         f"validation takes an unpadded center crop")
     scale = data["scale"] if data["scale"] is not None else 1.0 / max(pixel_std, 1e-3)
     common = dict(crop=(crop, crop), scale=scale, dtype=np.dtype(cfg["dtype"]),
-                  rank=rank, size=size, seed=cfg["seed"], prefetch=data["prefetch"])
+                  seed=cfg["seed"], prefetch=data["prefetch"])
     train = Loader(train_split, mean, cfg["batch_size"], train=True, pad=data["pad"],
-                   mirror=data["mirror"], **common)
-    val = Loader(val_split, mean, cfg["batch_size"], train=False, **common)
+                   mirror=data["mirror"], rank=rank, size=size, **common)
+    val_rank, val_size = val_shard or (rank, size)
+    val = Loader(val_split, mean, cfg["batch_size"], train=False, rank=val_rank, size=val_size,
+                 **common)
     return Data(train, val, int(mean.shape[0]), crop, num_classes, description)

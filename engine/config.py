@@ -174,6 +174,25 @@ SCHEMA = {
     "eval_every": Key("int", 1, low=1),           # epochs
     "sync_rule": Key("str", "BSP", choices=("BSP", "EASGD", "DOWNPOUR", "GOSSIP", "LOCAL")),
     "avg_freq": Key("int", 1, low=1),
+    "easgd": {
+        "tau": Key("int", 10, low=1),                 # steps between a worker's exchanges
+        "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # moving rate
+    },
+    "downpour": {
+        "servers": Key("int", 1, low=1),              # parameter-server ranks
+        "n_fetch": Key("int", 1, low=1),              # steps between fetches
+        "n_push": Key("int", 1, low=1),               # steps between pushes
+    },
+    "gossip": {
+        "variant": Key("str", "gosgd", choices=("gosgd", "elastic")),
+        "p": Key("float", 0.1, low=0, high=1, low_open=True),       # exchange probability
+        "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # elastic moving rate
+    },
+    "exchange": {                                 # how BSP averages its buffer
+        "method": Key("str", "auto", choices=("auto", "allreduce", "ring")),
+        "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
+        "ring_min_bytes": Key("int", 1 << 20, low=0),   # auto: ring from this size up
+    },
 }
 
 

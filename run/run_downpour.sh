@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Downpour: downpour.servers parameter servers (ranks 0..S-1) + N workers:
+# run/run_downpour.sh N [config.yaml] [--set key=value ...]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+parse_args "$@"
+servers=$(config_value downpour.servers)
+launch DOWNPOUR $((WORKERS + servers))

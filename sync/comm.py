@@ -1,0 +1,70 @@
+"""The MPI world of a run: rank, size, the communicator, and abort-on-error.
+
+mpi4py is imported only when the process was started by ``mpiexec`` with more than one rank
+(or when asked for), so a single process runs without MPI installed. ``install_abort_hook``
+makes an uncaught exception on any rank print that rank's error and call ``MPI.Abort``, which
+ends every rank within seconds instead of leaving the others blocked in a collective (as
+ChainerMN's global except hook does).
+"""
+import os
+import sys
+import traceback
+
+LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_NTASKS")
+
+
+def launched_by_mpi():
+    """True when an MPI launcher started this process (its environment says so)."""
+    return any(os.environ.get(v) for v in LAUNCHER_VARIABLES[:3])
+
+
+class World:
+    """``rank`` and ``size`` of this run; ``comm`` is ``MPI.COMM_WORLD`` or None alone."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.size = comm.Get_size() if comm is not None else 1
+
+    @property
+    def MPI(self):
+        from mpi4py import MPI
+        return MPI
+
+    def barrier(self):
+        if self.comm is not None:
+            self.comm.Barrier()
+
+    def abort(self, code=1):
+        if self.comm is not None and self.size > 1:
+            self.comm.Abort(code)
+        sys.exit(code)
+
+
+def world():
+    """The run's ``World``: MPI's when launched by ``mpiexec``, a world of one otherwise."""
+    if not launched_by_mpi():
+        return World()
+    try:
+        from mpi4py import MPI
+    except ImportError as err:
+        raise RuntimeError(f"started by an MPI launcher but mpi4py cannot be imported ({err}); "
+                           f"pip install mpi4py") from None
+    return World(MPI.COMM_WORLD)
+
+
+def install_abort_hook(world):
+    """On an uncaught exception: print it with the rank, then abort every rank."""
+    if world.size == 1:
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        message = "".join(traceback.format_exception(kind, value, tb))
+        sys.stderr.write(f"rank {world.rank} of {world.size} failed:\n{message}")
+        sys.stderr.flush()
+        try:
+            world.comm.Abort(1)
+        finally:
+            previous(kind, value, tb)
+    sys.excepthook = hook

@@ -1,0 +1,135 @@
+"""Downpour SGD (Dean et al. 2012): parameter servers owning shards, asynchronous workers.
+
+Ranks 0..S-1 are servers; server s owns the contiguous shard ``[lo_s, hi_s)`` of the flat
+parameter buffer (equal parts, the first ones one element longer). A worker
+
+- every ``n_fetch`` steps fetches the parameters from every server (before its forward pass),
+- every step adds its gradient to an accrued buffer and takes a local optimizer step,
+- every ``n_push`` steps sends each server its shard of the accrued gradient, then zeroes it.
+
+A server applies each push at once, with the configured optimizer (SGD, or Adagrad:
+``eta_i = lr / sqrt(sum of squared pushed gradients_i)``) at the learning rate of the
+schedule at the epoch the workers have reached together (pushed steps / workers). Nobody waits
+for anybody but the server it talks to. The model users care about is the servers' parameters:
+the first worker fetches them to evaluate, and at the end after every worker is done.
+"""
+import contextlib
+
+import numpy as np
+
+from sync.rule import SyncRule
+
+PUSH, FETCH, PARAMS, DONE, DONE_FETCH = range(21, 26)
+
+
+def shard_bounds(size, servers):
+    """[(lo, hi), ...] of ``servers`` contiguous shards covering [0, size) exactly once."""
+    base, extra = divmod(size, servers)
+    bounds, lo = [], 0
+    for s in range(servers):
+        hi = lo + base + (s < extra)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+class Downpour(SyncRule):
+    name = "DOWNPOUR"
+    collective_eval = False
+
+    def __init__(self, world, cfg):
+        options = cfg["downpour"]
+        self.n_servers = options["servers"]
+        super().__init__(world, cfg)
+        self.n_fetch, self.n_push = options["n_fetch"], options["n_push"]
+        self.finished = False
+
+    def num_servers(self):
+        return self.n_servers
+
+    def start(self, model):
+        """Every rank starts from the first server's parameters."""
+        self.world.comm.Bcast(model.params, root=0)
+        self.bounds = shard_bounds(model.params.size, self.n_servers)
+        self.accrued = np.zeros_like(model.params)
+
+    def _note(self, server, tag):
+        self.world.comm.Send(np.zeros(1, np.int8), dest=server, tag=tag)
+
+    def fetch(self, params, tag=FETCH):
+        """Overwrite ``params`` with the servers' shards."""
+        for server, (lo, hi) in enumerate(self.bounds):
+            self._note(server, tag)
+        for server, (lo, hi) in enumerate(self.bounds):
+            self.world.comm.Recv(params[lo:hi], source=server, tag=PARAMS)
+
+    def push(self):
+        """Send every server its shard of the accrued gradient, then zero it."""
+        requests = [self.world.comm.Isend(self.accrued[lo:hi], dest=server, tag=PUSH)
+                    for server, (lo, hi) in enumerate(self.bounds)]
+        self.world.MPI.Request.Waitall(requests)
+        self.accrued[...] = 0
+
+    def after_backward(self, model, step):
+        self.accrued += model.grads
+
+    def after_update(self, model, step):
+        if step % self.n_push == 0:
+            self.push()
+        if step % self.n_fetch == 0:
+            self.fetch(model.params)
+
+    @contextlib.contextmanager
+    def evaluated(self, model):
+        """The first worker evaluates the servers' parameters."""
+        if self.worker_rank != 0:
+            yield
+            return
+        saved = model.params.copy()
+        if not self.finished:
+            self.fetch(model.params)
+        else:
+            model.params[...] = self.final
+        try:
+            yield
+        finally:
+            model.params[...] = saved
+
+    def finish(self, model):
+        """Push what is accrued, then tell the servers this worker is done; the first worker
+        receives the final parameters once every worker is."""
+        if self.accrued.any():
+            self.push()
+        if self.worker_rank == 0:
+            self.final = np.empty_like(model.params)
+            self.fetch(self.final, tag=DONE_FETCH)
+        else:
+            for server in range(self.n_servers):
+                self._note(server, DONE)
+        self.finished = True
+
+    def serve(self, model, optimizer, schedule, steps_per_epoch):
+        from mpi4py import MPI
+        comm, rank = self.world.comm, self.world.rank
+        lo, hi = shard_bounds(model.params.size, self.n_servers)[rank]
+        shard = model.params[lo:hi]
+        pushed, note = np.empty_like(shard), np.empty(1, np.int8)
+        status, done, final_to, pushes = MPI.Status(), 0, None, 0
+        while done < self.num_workers:
+            comm.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+            source, tag = status.Get_source(), status.Get_tag()
+            if tag == PUSH:
+                comm.Recv(pushed, source=source, tag=PUSH)
+                epoch = pushes * self.n_push / (self.num_workers * steps_per_epoch)
+                optimizer.step(shard, pushed, lr=schedule.lr_at(epoch))
+                pushes += 1
+                continue
+            comm.Recv(note, source=source, tag=tag)
+            if tag == FETCH:
+                comm.Send(shard, dest=source, tag=PARAMS)
+            else:
+                done += 1
+                if tag == DONE_FETCH:
+                    final_to = source
+        if final_to is not None:
+            comm.Send(shard, dest=final_to, tag=PARAMS)

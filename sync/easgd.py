@@ -1,0 +1,100 @@
+"""Elastic averaging SGD (Zhang, Choromanska & LeCun 2015), asynchronous, one server.
+
+Rank 0 holds the center variable x~. Every ``tau`` steps worker i sends its parameters x_i
+and receives the center; both move towards each other by the elastic difference
+
+    d = alpha * (x_i - x~),    x_i <- x_i - d,    x~ <- x~ + d
+
+(the worker computes d from the center it received, the server from the same center before
+its update, so both apply the same d). The server answers whichever worker's message arrives
+first; no worker waits for another. Workers end by sending DONE; the server stops when all
+have, then hands the final center to the first worker, which evaluates it (the model users
+care about). Defaults tau = 10, alpha = 0.5 as in Theano-MPI; the paper's beta = n * alpha.
+BatchNorm's running statistics are not exchanged: the evaluation uses the first worker's.
+"""
+import contextlib
+
+import numpy as np
+
+from sync.rule import SyncRule
+
+EXCHANGE, CENTER, FETCH, DONE, DONE_FETCH = range(11, 16)
+
+
+class EASGD(SyncRule):
+    name = "EASGD"
+    collective_eval = False
+
+    def __init__(self, world, cfg):
+        super().__init__(world, cfg)
+        self.tau, self.alpha = cfg["easgd"]["tau"], cfg["easgd"]["alpha"]
+        self.exchanges, self.finished = 0, False
+
+    def num_servers(self):
+        return 1
+
+    def start(self, model):
+        """Every worker and the center start from the server's parameters."""
+        self.world.comm.Bcast(model.params, root=0)
+        self.center = np.empty_like(model.params)
+
+    def after_update(self, model, step):
+        if step % self.tau:
+            return
+        self.world.comm.Sendrecv(model.params, dest=0, sendtag=EXCHANGE,
+                                 recvbuf=self.center, source=0, recvtag=CENTER)
+        model.params -= self.alpha * (model.params - self.center)
+        self.exchanges += 1
+
+    def _fetch_center(self, tag):
+        self.world.comm.Send(np.zeros(1, np.int8), dest=0, tag=tag)
+        self.world.comm.Recv(self.center, source=0, tag=CENTER)
+
+    @contextlib.contextmanager
+    def evaluated(self, model):
+        """The first worker evaluates the center (the others do not evaluate)."""
+        if self.worker_rank != 0:
+            yield
+            return
+        if not self.finished:
+            self._fetch_center(FETCH)
+        saved = model.params.copy()
+        model.params[...] = self.center
+        try:
+            yield
+        finally:
+            model.params[...] = saved
+
+    def finish(self, model):
+        """Tell the server this worker is done; the first worker waits for the final center."""
+        if self.worker_rank == 0:
+            self._fetch_center(DONE_FETCH)
+        else:
+            self.world.comm.Send(np.zeros(1, np.int8), dest=0, tag=DONE)
+        self.finished = True
+
+    def serve(self, model, optimizer, schedule, steps_per_epoch):
+        from mpi4py import MPI
+        comm, center = self.world.comm, model.params
+        incoming, note = np.empty_like(center), np.empty(1, np.int8)
+        status, done, final_to = MPI.Status(), 0, None
+        while done < self.num_workers:
+            comm.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+            source, tag = status.Get_source(), status.Get_tag()
+            if tag == EXCHANGE:
+                comm.Recv(incoming, source=source, tag=EXCHANGE)
+                comm.Send(center, dest=source, tag=CENTER)
+                incoming -= center
+                incoming *= self.alpha
+                center += incoming
+                self.exchanges += 1
+            else:
+                comm.Recv(note, source=source, tag=tag)
+                if tag == FETCH:
+                    comm.Send(center, dest=source, tag=CENTER)
+                else:
+                    done += 1
+                    if tag == DONE_FETCH:
+                        final_to = source
+        if final_to is not None:
+            comm.Send(center, dest=final_to, tag=CENTER)

@@ -1,0 +1,129 @@
+"""Gossip: workers average with one random peer at a time, with no server and no barrier.
+
+After each update, with probability ``p`` a worker picks a peer uniformly among the others.
+
+- ``variant: gosgd`` (Blot et al. 2016, GoSGD): every worker carries a mixing weight a_i
+  (1/n at start). The sender halves its weight and sends (x_s, a_s); the receiver mixes
+  ``x_r <- (a_r x_r + a_s x_s) / (a_r + a_s)``, ``a_r <- a_r + a_s``. Messages are one-way; the
+  weights always sum to 1 over workers and messages in flight.
+- ``variant: elastic`` (Elastic Gossip, Pramod 2018, arXiv 1812.02407): the pair exchanges
+  parameters and both move by the elastic difference, ``x_i <- x_i - alpha (x_i - x_j)``,
+  ``x_j <- x_j + alpha (x_i - x_j)`` (the pair's sum is kept).
+
+A worker that waits (for its own send, a reply, or the end) keeps answering the others, so no
+cycle of waiting workers can form. Validation evaluates the average of the workers' models
+after all have reached the end of the epoch.
+"""
+import contextlib
+
+import numpy as np
+
+from sync.rule import SyncRule
+
+WEIGHT, PARAMS, REQUEST, REPLY = range(31, 35)
+
+
+class Gossip(SyncRule):
+    name = "GOSSIP"
+
+    def __init__(self, world, cfg):
+        super().__init__(world, cfg)
+        options = cfg["gossip"]
+        self.variant, self.p, self.alpha = options["variant"], options["p"], options["alpha"]
+        self.rng = np.random.default_rng([cfg["seed"], world.rank, 4])
+        self.weight = 1.0 / self.num_workers
+        self.sent = np.zeros(self.num_workers, np.int64)
+        self.received = self.exchanges = 0
+        self.pending = None
+
+    # -- messages ---------------------------------------------------------------------------
+    def start(self, model):
+        super().start(model)
+        self.model = model
+        self.outgoing = np.empty_like(model.params)
+        self.incoming = np.empty_like(model.params)
+
+    def _answer(self, blocking=False):
+        """Receive (gosgd) or answer (elastic) what other workers sent; True if anything."""
+        from mpi4py import MPI
+        comm, status, any_ = self.workers, MPI.Status(), False
+        tag = WEIGHT if self.variant == "gosgd" else REQUEST
+        while blocking or comm.Iprobe(MPI.ANY_SOURCE, tag, status):
+            if blocking:
+                comm.Probe(MPI.ANY_SOURCE, tag, status)
+                blocking = False
+            source, any_ = status.Get_source(), True
+            params = self.model.params
+            if self.variant == "gosgd":
+                weight = np.empty(1)
+                comm.Recv(weight, source=source, tag=WEIGHT)
+                comm.Recv(self.incoming, source=source, tag=PARAMS)
+                params *= self.weight / (self.weight + weight[0])
+                params += (weight[0] / (self.weight + weight[0])) * self.incoming
+                self.weight += float(weight[0])
+                self.received += 1
+            else:
+                comm.Recv(self.incoming, source=source, tag=REQUEST)
+                comm.Send(params, dest=source, tag=REPLY)
+                params -= self.alpha * (params - self.incoming)
+        return any_
+
+    def _wait(self, request):
+        """Complete ``request`` while answering the others."""
+        while not request.Test():
+            self._answer()
+
+    def _peer(self):
+        peer = int(self.rng.integers(self.num_workers - 1))
+        return peer + (peer >= self.worker_rank)
+
+    def after_update(self, model, step):
+        self._answer()
+        if self.num_workers == 1 or self.rng.random() >= self.p:
+            return
+        peer, comm = self._peer(), self.workers
+        if self.pending is not None:
+            self._wait(self.pending)
+        self.outgoing[...] = model.params
+        if self.variant == "gosgd":
+            self.weight /= 2
+            comm.Send(np.array([self.weight]), dest=peer, tag=WEIGHT)
+            self.pending = comm.Isend(self.outgoing, dest=peer, tag=PARAMS)
+            self.sent[peer] += 1
+        else:
+            request = comm.Isend(self.outgoing, dest=peer, tag=REQUEST)
+            reply = comm.Irecv(self.incoming, source=peer, tag=REPLY)
+            self._wait(reply)
+            self._wait(request)
+            model.params -= self.alpha * (model.params - self.incoming)
+        self.exchanges += 1
+
+    def quiesce(self):
+        """Wait until every worker is here, answering the others meanwhile; for gosgd, then
+        receive every message still in flight."""
+        if self.num_workers == 1:
+            return
+        if self.pending is not None:
+            self._wait(self.pending)
+            self.pending = None
+        self._wait(self.workers.Ibarrier())
+        if self.variant == "gosgd":
+            expected = np.empty_like(self.sent)
+            self.workers.Alltoall(self.sent, expected)
+            while self.received < expected.sum():
+                self._answer(blocking=True)
+            self.sent[...] = 0
+            self.received = 0
+
+    def weights_sum(self):
+        """Sum of the gosgd mixing weights over the workers (1 when nothing is in flight)."""
+        return float(self.worker_sum([self.weight])[0])
+
+    @contextlib.contextmanager
+    def evaluated(self, model):
+        self.quiesce()
+        with super().evaluated(model):
+            yield
+
+    def finish(self, model):
+        self.quiesce()

@@ -1,0 +1,116 @@
+"""What every sync rule provides to the training loop.
+
+The loop calls, on a worker::
+
+    rule.start(model)                   # all workers begin from worker 0's parameters
+    loss = rule.agree_loss(loss)        # the loss every worker acts on (NaN guard, logging)
+    rule.after_backward(model, step)    # gradients ready (BSP averages them here)
+    rule.after_update(model, step)      # parameters ready (averaging, elastic moves, pushes)
+    with rule.evaluated(model): ...     # the model users care about, for validation
+    rule.finish(model)
+
+and on a server rank ``rule.serve(model, optimizer, schedule, steps_per_epoch)`` instead. ``workers`` is a communicator
+over the worker ranks only (None in a single process); ``worker_rank`` / ``num_workers`` say
+which data shard a worker reads.
+"""
+import contextlib
+
+import numpy as np
+
+
+class SyncRule:
+    name = "LOCAL"
+
+    def __init__(self, world, cfg):
+        self.world, self.cfg = world, cfg
+        self.servers = self.num_servers()
+        if world.size <= self.servers:
+            raise ValueError(f"sync_rule {self.name} needs more than {self.servers} ranks "
+                             f"(server ranks: {self.servers}), got {world.size}")
+        self.is_server = world.rank < self.servers
+        self.num_workers = world.size - self.servers
+        self.worker_rank = world.rank - self.servers
+        self.workers = None
+        if world.comm is not None:
+            self.workers = world.comm.Split(0 if self.is_server else 1, world.rank)
+
+    def num_servers(self):
+        return 0
+
+    # Validation: every worker evaluates its shard and the sums are added (synchronous rules),
+    # or the first worker alone evaluates the whole set (asynchronous rules, so that no worker
+    # waits for another).
+    collective_eval = True
+
+    @property
+    def reports(self):
+        """True on the rank that prints progress and validation results."""
+        return self.worker_rank == 0
+
+    @property
+    def evaluates(self):
+        return self.collective_eval or self.worker_rank == 0
+
+    @property
+    def val_shard(self):
+        """(rank, size) of this worker's part of the validation set."""
+        return (max(self.worker_rank, 0), self.num_workers) if self.collective_eval else (0, 1)
+
+    # -- collectives among the workers ------------------------------------------------------
+    def worker_sum(self, values):
+        """Element-wise sum of a small float64 array over the workers (over the evaluating
+        worker alone for asynchronous rules)."""
+        values = np.asarray(values, np.float64)
+        if self.workers is None or self.num_workers == 1 or not self.collective_eval:
+            return values
+        from mpi4py import MPI
+        out = np.empty_like(values)
+        self.workers.Allreduce(values, out, op=MPI.SUM)
+        return out
+
+    def broadcast_from_first_worker(self, model):
+        if self.workers is not None and self.num_workers > 1:
+            self.workers.Bcast(model.params, root=0)
+            for value in model.state().values():
+                self.workers.Bcast(value, root=0)
+
+    def average_over_workers(self, buffer):
+        if self.workers is not None and self.num_workers > 1:
+            from mpi4py import MPI
+            self.workers.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+            buffer *= buffer.dtype.type(1.0 / self.num_workers)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def start(self, model):
+        self.broadcast_from_first_worker(model)
+
+    def agree_loss(self, loss):
+        """The local loss (asynchronous rules do not wait for each other)."""
+        return loss
+
+    def after_backward(self, model, step):
+        """Gradients are ready."""
+
+    def after_update(self, model, step):
+        """Parameters are ready."""
+
+    @contextlib.contextmanager
+    def evaluated(self, model):
+        """Evaluate the average of the workers' models (parameters and BatchNorm statistics);
+        each worker's own model is restored afterwards."""
+        saved = model.params.copy(), {k: v.copy() for k, v in model.state().items()}
+        self.average_over_workers(model.params)
+        for value in model.state().values():
+            self.average_over_workers(value)
+        try:
+            yield
+        finally:
+            model.params[...] = saved[0]
+            model.load_state(saved[1])
+
+    def finish(self, model):
+        """The run is over on this worker."""
+
+    def serve(self, model, optimizer, schedule, steps_per_epoch):
+        """A server rank's whole run (rules with servers)."""
+        raise RuntimeError(f"sync rule {self.name} has no server ranks")

