@@ -192,6 +192,8 @@ SCHEMA = {
         "method": Key("str", "auto", choices=("auto", "allreduce", "ring")),
         "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
         "ring_min_bytes": Key("int", 1 << 20, low=0),   # auto: ring from this size up
+        "bucket_mb": Key("float", None, low=0, low_open=True, nullable=True),   # null: one
+        "overlap": Key("bool", False),            # average buckets while backward runs
     },
 }
 
@@ -202,6 +204,13 @@ def _prepared_data_needs_a_path(cfg):
                            "(python -m data.prepare ...)"
 
 
+def _overlap_needs_gradient_averaging(cfg):
+    if cfg["exchange"]["overlap"] and (cfg["sync_rule"] != "BSP" or cfg["avg_freq"] != 1):
+        yield "exchange.overlap", (f"true needs sync_rule BSP with avg_freq 1 (it overlaps the "
+                                   f"gradient exchange with backward), got {cfg['sync_rule']} "
+                                   f"with avg_freq {cfg['avg_freq']}")
+
+
 def _nesterov_needs_sgd_momentum(cfg):
     opt = cfg["optimizer"]
     if opt["nesterov"] and (opt["name"] != "sgd" or opt["momentum"] == 0):
@@ -210,7 +219,8 @@ def _nesterov_needs_sgd_momentum(cfg):
 
 
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
-CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path]
+CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path,
+          _overlap_needs_gradient_averaging]
 
 
 def register_section(name, keys):

@@ -30,6 +30,9 @@ class Model:
         self.params, self.grads = bind_flat(self.layers(), self.dtype,
                                             np.random.default_rng(seed), xp)
         self._leaves = list(leaves(self.layers()))   # the layer tree is fixed from here on
+        sizes = [sum(int(np.prod(v.shape)) for leaf in leaves([layer])
+                     for v in leaf.params.values()) for layer in self.layers()]
+        self.starts = [int(s) for s in np.cumsum([0] + sizes[:-1])]   # flat offset of each
 
     def layers(self):
         """Top-level layers in parameter order: the trunk stages, then the heads."""
@@ -77,16 +80,23 @@ class Model:
             total += head.weight * head.loss.forward(head_logits, labels)
         return total, logits
 
-    def backward(self):
-        """Gradients of the last ``forward_loss`` into ``self.grads``; returns d loss / d x."""
+    def backward(self, on_ready=None):
+        """Gradients of the last ``forward_loss`` into ``self.grads``; returns d loss / d x.
+
+        ``on_ready(offset)``, if given, is called whenever ``grads[offset:]`` is final: the
+        heads (at the end of the buffer) finish first, then the stages from the last one."""
         extra = {}
         for head in self.heads:
             d = head.layer.backward(head.loss.backward(head.weight))
             extra[head.after_stage] = d if head.after_stage not in extra \
                 else extra[head.after_stage] + d
+        if on_ready is not None and self.heads:
+            on_ready(self.starts[len(self.stages)])
         dy = self.loss.backward()
         for i in range(len(self.stages) - 1, -1, -1):
             if i in extra:
                 dy += extra[i]
             dy = self.stages[i].backward(dy)
+            if on_ready is not None:
+                on_ready(self.starts[i])
         return dy

@@ -9,6 +9,7 @@ the step and the last finite loss) or skips the step, as ``on_nonfinite`` says. 
 worker prints; every rank agrees at start that the setup worked on all of them.
 """
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -17,13 +18,13 @@ import numpy as np
 
 from data.dataset import build_data
 from data.format import DataError
-from engine.config import ConfigError, add_arguments, load_config
+from engine.config import ConfigError, add_arguments, dump, load_config
 from engine.metrics import topk_correct
 from engine.models import build_model
 from engine.optimizers import build_optimizer
 from engine.schedules import build_schedule
 from layers import parallel
-from sync import RULES, build_rule
+from sync import build_rule
 from sync.comm import install_abort_hook, world as mpi_world
 
 
@@ -69,6 +70,21 @@ def agree(world, problem):
             raise kind(where + message)
 
 
+def differences(world, model, cfg):
+    """A problem (for ``agree``) if this rank's model or config differs from rank 0's."""
+    mine = {"parameters": model.num_params, "dtype": str(model.params.dtype),
+            "layout": hashlib.sha1(repr([(layer.name, {k: v.shape for k, v in
+                                                      layer.params.items()})
+                                         for layer in model.leaves()]).encode()).hexdigest(),
+            "config": hashlib.sha1(dump(cfg).encode()).hexdigest()}
+    first = world.comm.bcast(mine, root=0) if world.comm is not None else mine
+    changed = [f"{key} {mine[key]} (rank 0: {first[key]})" for key in mine
+               if mine[key] != first[key]]
+    if changed:
+        return ConfigError, f"rank {world.rank} disagrees with rank 0: {', '.join(changed)}"
+    return None
+
+
 def setup(cfg, rule):
     """The model, optimizer, data and schedule of this worker; raises ConfigError/DataError."""
     data = build_data(cfg, max(rule.worker_rank, 0), rule.num_workers, rule.val_shard)
@@ -102,9 +118,6 @@ def train(cfg, out=None, world=None):
     install_abort_hook(world)
     problem, rule = None, None
     try:
-        if cfg["sync_rule"] not in RULES:
-            raise ConfigError(f"sync_rule: {cfg['sync_rule']} is not available yet; available: "
-                              f"{', '.join(RULES)}")
         try:
             rule = build_rule(world, cfg)
         except ValueError as err:
@@ -114,6 +127,7 @@ def train(cfg, out=None, world=None):
     except (ConfigError, DataError) as err:
         problem = (type(err), str(err))
     agree(world, problem)
+    agree(world, differences(world, model, cfg))
     out = (out or sys.stdout) if rule.reports else open(os.devnull, "w")
     print(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; "
           f"{rule.name} over {rule.num_workers} worker(s) of {world.size} rank(s), "
@@ -182,7 +196,7 @@ def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, rule, 
             progress.skipped += 1
             continue
         progress.last_finite = loss
-        model.backward()
+        model.backward(rule.backward_hook)
         rule.after_backward(model, progress.step)
         optimizer.step(model.params, model.grads, lr=lr)
         rule.after_update(model, progress.step)

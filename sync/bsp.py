@@ -5,12 +5,16 @@ of the flat gradient buffer), so n workers with batch b take exactly the steps o
 with batch n*b over the union of their batches. ``avg_freq: k > 1``: workers take k local steps,
 then average their parameters, ``x <- (1/n) sum_i x_i`` (model averaging).
 
+With ``exchange.bucket_mb`` the gradient goes in buckets, and with ``exchange.overlap`` they
+are averaged while backward runs (``sync/overlap.py``).
+
 BatchNorm's running statistics stay per worker (each normalizes its own batch, as in PyTorch's
 DDP without SyncBatchNorm); validation uses their average.
 """
 import contextlib
 
 from sync.exchange import Exchange
+from sync.overlap import BucketedExchange
 from sync.rule import SyncRule
 
 
@@ -22,13 +26,26 @@ class BSP(SyncRule):
         self.avg_freq = cfg["avg_freq"]
         ex = cfg["exchange"]
         self.exchange = Exchange(self.workers, ex["method"], ex["wire"], ex["ring_min_bytes"])
+        self.bucket_bytes = int(ex["bucket_mb"] * 2 ** 20) if ex["bucket_mb"] else None
+        self.overlap = ex["overlap"]
+        self.buckets = None
+
+    def start(self, model):
+        super().start(model)
+        if self.avg_freq == 1 and (self.bucket_bytes or self.overlap):
+            self.buckets = BucketedExchange(self.exchange, model.grads,
+                                            self.bucket_bytes or model.grads.nbytes,
+                                            self.overlap)
+            self.backward_hook = self.buckets.ready
 
     def agree_loss(self, loss):
         """The mean loss over the workers: the same on all, NaN on all if any is NaN."""
         return float(self.worker_sum([loss])[0]) / self.num_workers
 
     def after_backward(self, model, step):
-        if self.avg_freq == 1:
+        if self.buckets is not None:
+            self.buckets.finish()
+        elif self.avg_freq == 1:
             self.exchange.mean(model.grads)
 
     def after_update(self, model, step):

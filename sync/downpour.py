@@ -17,7 +17,7 @@ import contextlib
 
 import numpy as np
 
-from sync.rule import SyncRule
+from sync.rule import SyncRule, probe_sleeping
 
 PUSH, FETCH, PARAMS, DONE, DONE_FETCH = range(21, 26)
 
@@ -116,7 +116,7 @@ class Downpour(SyncRule):
         pushed, note = np.empty_like(shard), np.empty(1, np.int8)
         status, done, final_to, pushes = MPI.Status(), 0, None, 0
         while done < self.num_workers:
-            comm.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+            probe_sleeping(comm, status)
             source, tag = status.Get_source(), status.Get_tag()
             if tag == PUSH:
                 comm.Recv(pushed, source=source, tag=PUSH)

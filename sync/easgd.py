@@ -16,7 +16,7 @@ import contextlib
 
 import numpy as np
 
-from sync.rule import SyncRule
+from sync.rule import SyncRule, probe_sleeping
 
 EXCHANGE, CENTER, FETCH, DONE, DONE_FETCH = range(11, 16)
 
@@ -79,7 +79,7 @@ class EASGD(SyncRule):
         incoming, note = np.empty_like(center), np.empty(1, np.int8)
         status, done, final_to = MPI.Status(), 0, None
         while done < self.num_workers:
-            comm.Probe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)
+            probe_sleeping(comm, status)
             source, tag = status.Get_source(), status.Get_tag()
             if tag == EXCHANGE:
                 comm.Recv(incoming, source=source, tag=EXCHANGE)

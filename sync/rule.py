@@ -4,6 +4,7 @@ The loop calls, on a worker::
 
     rule.start(model)                   # all workers begin from worker 0's parameters
     loss = rule.agree_loss(loss)        # the loss every worker acts on (NaN guard, logging)
+    model.backward(rule.backward_hook)  # BSP may start averaging buckets from here
     rule.after_backward(model, step)    # gradients ready (BSP averages them here)
     rule.after_update(model, step)      # parameters ready (averaging, elastic moves, pushes)
     with rule.evaluated(model): ...     # the model users care about, for validation
@@ -14,8 +15,21 @@ over the worker ranks only (None in a single process); ``worker_rank`` / ``num_w
 which data shard a worker reads.
 """
 import contextlib
+import time
 
 import numpy as np
+
+IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
+
+
+def probe_sleeping(comm, status):
+    """``comm.Probe(ANY_SOURCE, ANY_TAG, status)`` that sleeps while nothing arrives: a
+    blocking Probe spins on a core, which a server sharing a host with workers must not."""
+    from mpi4py import MPI
+    pause = 0.0
+    while not comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
+        time.sleep(pause)
+        pause = min(IDLE_SLEEP, pause * 2 + 1e-5)
 
 
 class SyncRule:
@@ -25,8 +39,9 @@ class SyncRule:
         self.world, self.cfg = world, cfg
         self.servers = self.num_servers()
         if world.size <= self.servers:
-            raise ValueError(f"sync_rule {self.name} needs more than {self.servers} ranks "
-                             f"(server ranks: {self.servers}), got {world.size}")
+            raise ValueError(f"{self.name} needs more than {self.servers} ranks "
+                             f"({self.servers} server rank(s) and at least one worker), got "
+                             f"{world.size}")
         self.is_server = world.rank < self.servers
         self.num_workers = world.size - self.servers
         self.worker_rank = world.rank - self.servers
@@ -81,6 +96,7 @@ class SyncRule:
             buffer *= buffer.dtype.type(1.0 / self.num_workers)
 
     # -- hooks ------------------------------------------------------------------------------
+    backward_hook = None    # on_ready(offset) for Model.backward: gradients final from offset
     def start(self, model):
         self.broadcast_from_first_worker(model)
 

@@ -67,8 +67,8 @@ def test_skipped_nonfinite_batches_leave_batchnorm_statistics_finite(monkeypatch
     assert np.isfinite(result["loss"])           # evaluation uses the running statistics
 
 
-def test_rules_not_built_yet_are_refused():
-    with pytest.raises(ConfigError, match="sync_rule: EASGD is not available yet"):
+def test_rules_with_servers_need_more_ranks_than_servers():
+    with pytest.raises(ConfigError, match="sync_rule: EASGD needs more than 1 ranks"):
         train(load_config(None, TINY + ["sync_rule=EASGD"]))
 
 

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from engine.models import build_model
 from tests.sync.helpers import reference_setup, run_rule, sgd_step
 
 
@@ -30,17 +29,19 @@ def reference(n, settings, steps, avg_freq=1):
     return models[0].params
 
 
-@pytest.mark.parametrize("n, method", [(2, "ring"), (2, "allreduce"), (4, "auto")])
-def test_bsp_workers_equal_one_process_with_n_times_the_batch(tmp_path, n, method):
-    settings = ["batch_size=8", "max_steps=6", f"exchange.method={method}",
-                "exchange.ring_min_bytes=0"]
+@pytest.mark.parametrize("n, exchange", [
+    (2, ["exchange.method=ring"]), (2, ["exchange.method=allreduce"]), (4, []),
+    (3, ["exchange.bucket_mb=0.001"]),
+    (2, ["exchange.bucket_mb=0.0005", "exchange.overlap=true", "model_options={hidden: [16, 8]}"]),
+])
+def test_bsp_workers_equal_one_process_with_n_times_the_batch(tmp_path, n, exchange):
+    settings = ["batch_size=8", "max_steps=6", "exchange.ring_min_bytes=0"] + exchange
     workers = run_workers(tmp_path, n, settings)
     expected = reference(n, settings, steps=6)
     for params in workers:
         np.testing.assert_array_equal(params, workers[0])        # identical on every worker
     np.testing.assert_allclose(workers[0], expected, rtol=2e-5, atol=2e-6)
-    start = build_model("mlp", {"in_channels": 2, "num_classes": 10, "image_size": 6,
-                                "hidden": [16]}, "float32", 3).params
+    start = reference(n, settings, steps=0)
     assert np.abs(expected - start).max() > 1e-2                  # it did train
 
 
@@ -59,3 +60,38 @@ def test_float16_on_the_wire_stays_close_and_identical_on_all_workers(tmp_path):
     workers = run_workers(tmp_path, 2, settings)
     np.testing.assert_array_equal(workers[0], workers[1])
     np.testing.assert_allclose(workers[0], reference(2, settings, steps=6), atol=2e-3)
+
+
+def test_an_error_on_one_rank_ends_every_rank_quickly(tmp_path):
+    import time
+    from tests.mpi import ROOT, run_mpi
+    from tests.sync.helpers import COMMON
+    args = [ROOT / "tests" / "sync" / "save_params.py", tmp_path / "p", "--fail", "1:3"]
+    for s in COMMON + ["batch_size=8", "epochs=3"]:
+        args += ["--set", s]
+    tick = time.perf_counter()
+    done = run_mpi(2, args, timeout=60)
+    elapsed = time.perf_counter() - tick
+    assert done.returncode != 0
+    assert "rank 1 of 2 failed" in done.stderr and "injected failure" in done.stderr
+    assert elapsed < 30                      # rank 0 did not wait in the next exchange
+
+
+def test_ranks_that_disagree_on_the_model_stop_with_one_message(tmp_path):
+    from tests.mpi import ROOT, run_mpi
+    from tests.sync.helpers import COMMON
+    args = [ROOT / "tests" / "sync" / "save_params.py", tmp_path / "p",
+            "--rank-set", "1:model_options={hidden: [17]}"]
+    for s in COMMON + ["batch_size=8", "max_steps=2"]:
+        args += ["--set", s]
+    done = run_mpi(2, args, timeout=60)
+    assert done.returncode != 0
+    assert "rank 1 disagrees with rank 0: parameters" in done.stderr
+
+
+def test_more_servers_than_ranks_is_a_config_error_on_every_rank(tmp_path):
+    from tests.mpi import ROOT, run_mpi
+    done = run_mpi(2, ["-m", "engine.train", ROOT / "config.yaml", "--set",
+                       "sync_rule=DOWNPOUR", "--set", "downpour.servers=2"], timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("needs more than 2 ranks") == 2
