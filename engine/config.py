@@ -191,7 +191,7 @@ SCHEMA = {
     "exchange": {                                 # how BSP averages its buffer
         "method": Key("str", "auto", choices=("auto", "allreduce", "ring")),
         "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
-        "ring_min_bytes": Key("int", 1 << 20, low=0),   # auto: ring from this size up
+        "ring_min_bytes": Key("int", 20_000_000, low=0),   # auto: ring from this size up
         "bucket_mb": Key("float", None, low=0, low_open=True, nullable=True),   # null: one
         "overlap": Key("bool", False),            # average buckets while backward runs
     },

@@ -17,20 +17,17 @@ import contextlib
 
 import numpy as np
 
-from sync.rule import SyncRule, probe_sleeping
+from layers.parallel import ranges
+from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule
 
-PUSH, FETCH, PARAMS, DONE, DONE_FETCH = range(21, 26)
+PUSH = 21
 
 
 def shard_bounds(size, servers):
     """[(lo, hi), ...] of ``servers`` contiguous shards covering [0, size) exactly once."""
-    base, extra = divmod(size, servers)
-    bounds, lo = [], 0
-    for s in range(servers):
-        hi = lo + base + (s < extra)
-        bounds.append((lo, hi))
-        lo = hi
-    return bounds
+    if size < servers:
+        raise ValueError(f"{servers} servers for {size} parameters")
+    return ranges(size, servers)
 
 
 class Downpour(SyncRule):
@@ -53,15 +50,12 @@ class Downpour(SyncRule):
         self.bounds = shard_bounds(model.params.size, self.n_servers)
         self.accrued = np.zeros_like(model.params)
 
-    def _note(self, server, tag):
-        self.world.comm.Send(np.zeros(1, np.int8), dest=server, tag=tag)
-
     def fetch(self, params, tag=FETCH):
         """Overwrite ``params`` with the servers' shards."""
+        for server in range(self.n_servers):
+            self.notify(server, tag)
         for server, (lo, hi) in enumerate(self.bounds):
-            self._note(server, tag)
-        for server, (lo, hi) in enumerate(self.bounds):
-            self.world.comm.Recv(params[lo:hi], source=server, tag=PARAMS)
+            self.world.comm.Recv(params[lo:hi], source=server, tag=VALUES)
 
     def push(self):
         """Send every server its shard of the accrued gradient, then zero it."""
@@ -105,31 +99,18 @@ class Downpour(SyncRule):
             self.fetch(self.final, tag=DONE_FETCH)
         else:
             for server in range(self.n_servers):
-                self._note(server, DONE)
+                self.notify(server, DONE)
         self.finished = True
 
     def serve(self, model, optimizer, schedule, steps_per_epoch):
-        from mpi4py import MPI
-        comm, rank = self.world.comm, self.world.rank
-        lo, hi = shard_bounds(model.params.size, self.n_servers)[rank]
-        shard = model.params[lo:hi]
-        pushed, note = np.empty_like(shard), np.empty(1, np.int8)
-        status, done, final_to, pushes = MPI.Status(), 0, None, 0
-        while done < self.num_workers:
-            probe_sleeping(comm, status)
-            source, tag = status.Get_source(), status.Get_tag()
-            if tag == PUSH:
-                comm.Recv(pushed, source=source, tag=PUSH)
-                epoch = pushes * self.n_push / (self.num_workers * steps_per_epoch)
-                optimizer.step(shard, pushed, lr=schedule.lr_at(epoch))
-                pushes += 1
-                continue
-            comm.Recv(note, source=source, tag=tag)
-            if tag == FETCH:
-                comm.Send(shard, dest=source, tag=PARAMS)
-            else:
-                done += 1
-                if tag == DONE_FETCH:
-                    final_to = source
-        if final_to is not None:
-            comm.Send(shard, dest=final_to, tag=PARAMS)
+        lo, hi = shard_bounds(model.params.size, self.n_servers)[self.world.rank]
+        shard, pushed = model.params[lo:hi], np.empty(hi - lo, model.params.dtype)
+        pushes = 0
+
+        def apply_push(source, tag):
+            nonlocal pushes
+            self.world.comm.Recv(pushed, source=source, tag=PUSH)
+            epoch = pushes * self.n_push / (self.num_workers * steps_per_epoch)
+            optimizer.step(shard, pushed, lr=schedule.lr_at(epoch))
+            pushes += 1
+        self.serve_workers(shard, apply_push)

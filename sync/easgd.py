@@ -16,9 +16,9 @@ import contextlib
 
 import numpy as np
 
-from sync.rule import SyncRule, probe_sleeping
+from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule
 
-EXCHANGE, CENTER, FETCH, DONE, DONE_FETCH = range(11, 16)
+EXCHANGE = 11
 
 
 class EASGD(SyncRule):
@@ -42,13 +42,13 @@ class EASGD(SyncRule):
         if step % self.tau:
             return
         self.world.comm.Sendrecv(model.params, dest=0, sendtag=EXCHANGE,
-                                 recvbuf=self.center, source=0, recvtag=CENTER)
+                                 recvbuf=self.center, source=0, recvtag=VALUES)
         model.params -= self.alpha * (model.params - self.center)
         self.exchanges += 1
 
     def _fetch_center(self, tag):
-        self.world.comm.Send(np.zeros(1, np.int8), dest=0, tag=tag)
-        self.world.comm.Recv(self.center, source=0, tag=CENTER)
+        self.notify(0, tag)
+        self.world.comm.Recv(self.center, source=0, tag=VALUES)
 
     @contextlib.contextmanager
     def evaluated(self, model):
@@ -70,31 +70,18 @@ class EASGD(SyncRule):
         if self.worker_rank == 0:
             self._fetch_center(DONE_FETCH)
         else:
-            self.world.comm.Send(np.zeros(1, np.int8), dest=0, tag=DONE)
+            self.notify(0, DONE)
         self.finished = True
 
     def serve(self, model, optimizer, schedule, steps_per_epoch):
-        from mpi4py import MPI
         comm, center = self.world.comm, model.params
-        incoming, note = np.empty_like(center), np.empty(1, np.int8)
-        status, done, final_to = MPI.Status(), 0, None
-        while done < self.num_workers:
-            probe_sleeping(comm, status)
-            source, tag = status.Get_source(), status.Get_tag()
-            if tag == EXCHANGE:
-                comm.Recv(incoming, source=source, tag=EXCHANGE)
-                comm.Send(center, dest=source, tag=CENTER)
-                incoming -= center
-                incoming *= self.alpha
-                center += incoming
-                self.exchanges += 1
-            else:
-                comm.Recv(note, source=source, tag=tag)
-                if tag == FETCH:
-                    comm.Send(center, dest=source, tag=CENTER)
-                else:
-                    done += 1
-                    if tag == DONE_FETCH:
-                        final_to = source
-        if final_to is not None:
-            comm.Send(center, dest=final_to, tag=CENTER)
+        incoming = np.empty_like(center)
+
+        def exchange(source, tag):
+            comm.Recv(incoming, source=source, tag=EXCHANGE)
+            comm.Send(center, dest=source, tag=VALUES)      # the center before the move
+            np.subtract(incoming, center, out=incoming)
+            np.multiply(incoming, self.alpha, out=incoming)
+            np.add(center, incoming, out=center)
+            self.exchanges += 1
+        self.serve_workers(center, exchange)

@@ -21,6 +21,11 @@ import numpy as np
 
 IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
 
+# Tags of the server protocol that EASGD and Downpour share: a worker asks for the server's
+# values (FETCH), says it is done (DONE), or is done and wants the final values (DONE_FETCH);
+# the server answers with VALUES. Rule-specific messages use tags from 10 on.
+FETCH, DONE, DONE_FETCH, VALUES = 1, 2, 3, 4
+
 
 def probe_sleeping(comm, status):
     """``comm.Probe(ANY_SOURCE, ANY_TAG, status)`` that sleeps while nothing arrives: a
@@ -130,3 +135,30 @@ class SyncRule:
     def serve(self, model, optimizer, schedule, steps_per_epoch):
         """A server rank's whole run (rules with servers)."""
         raise RuntimeError(f"sync rule {self.name} has no server ranks")
+
+    # -- the server protocol ----------------------------------------------------------------
+    def notify(self, server, tag):
+        """Send ``server`` an empty note (FETCH, DONE or DONE_FETCH)."""
+        self.world.comm.Send(np.zeros(1, np.int8), dest=server, tag=tag)
+
+    def serve_workers(self, values, handle):
+        """Answer the workers until every one is done: FETCH gets ``values``, other tags go
+        to ``handle(source, tag)`` (which must receive the message); at the end the worker
+        that sent DONE_FETCH gets the final ``values``."""
+        from mpi4py import MPI
+        comm, status, note = self.world.comm, MPI.Status(), np.empty(1, np.int8)
+        done, final_to = 0, None
+        while done < self.num_workers:
+            probe_sleeping(comm, status)
+            source, tag = status.Get_source(), status.Get_tag()
+            if tag not in (FETCH, DONE, DONE_FETCH):
+                handle(source, tag)
+                continue
+            comm.Recv(note, source=source, tag=tag)
+            if tag == FETCH:
+                comm.Send(values, dest=source, tag=VALUES)
+            else:
+                done += 1
+                final_to = source if tag == DONE_FETCH else final_to
+        if final_to is not None:
+            comm.Send(values, dest=final_to, tag=VALUES)
