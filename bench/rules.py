@@ -47,7 +47,7 @@ def main():
     args = parser.parse_args()
     print(f"{args.workers} workers, {args.epochs:g} epochs, {args.config.name} "
           f"{' '.join(args.set)}")
-    print("| rule | top-1 | vs BSP | time | images/s (worker 0's progress lines x workers) |")
+    print("| rule | top-1 | vs BSP | time | images/s (mean of the progress lines) |")
     print("| --- | --- | --- | --- | --- |")
     bsp = None
     for rule in args.rules:

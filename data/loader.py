@@ -122,11 +122,12 @@ class Loader:
         """Batches per epoch on this rank (the same on every rank in training)."""
         return len(self.plan(0))
 
-    def epoch(self, epoch):
-        """Iterator over this rank's batches of ``epoch``."""
-        plan = self.plan(epoch)
+    def epoch(self, epoch, start=0):
+        """Iterator over this rank's batches of ``epoch``, from batch ``start`` on (the same
+        batches an uninterrupted epoch gives there: a resumed run continues exactly)."""
+        plan = list(enumerate(self.plan(epoch)))[start:]
         if self.prefetch == 0:
-            for b, pieces in enumerate(plan):
+            for b, pieces in plan:
                 yield self._make(epoch, b, pieces)
             return
         yield from self._prefetched(epoch, plan)
@@ -136,7 +137,7 @@ class Loader:
 
         def produce():
             try:
-                for b, pieces in enumerate(plan):
+                for b, pieces in plan:
                     if stop.is_set():
                         return
                     item = self._make(epoch, b, pieces)

@@ -169,6 +169,19 @@ SCHEMA = {
         "num_classes": Key("int", 10, low=2),
         "noise": Key("float", 0.5, low=0),
     },
+    "log": {
+        "dir": Key("str", None, nullable=True, path=True),  # null: runs/<date>-<time>-<rule>
+        "every": Key("int", 10, low=1),           # steps between lines of log.rank<r>.jsonl
+        "bar": Key("bool", None, nullable=True),  # progress bar; null: when on a terminal
+        "export": Key("bool", True),              # write weights.hkl at the end
+    },
+    "timeline": Key("bool", False),               # Chrome trace per rank in the run folder
+    "checkpoint": {
+        "every_epochs": Key("int", 1, low=0),     # 0: not by epochs
+        "every_minutes": Key("float", None, low=0, low_open=True, nullable=True),
+        "keep": Key("int", 3, low=1),
+    },
+    "resume": Key("str", None, nullable=True),    # auto (newest in log.dir) or a folder
     "on_nonfinite": Key("str", "stop", choices=("stop", "skip")),
     "print_every": Key("int", 10, low=1),         # steps
     "eval_every": Key("int", 1, low=1),           # epochs
@@ -211,6 +224,12 @@ def _overlap_needs_gradient_averaging(cfg):
                                    f"with avg_freq {cfg['avg_freq']}")
 
 
+def _auto_resume_needs_a_run_folder(cfg):
+    if cfg["resume"] == "auto" and not cfg["log"]["dir"]:
+        yield "resume", ("auto continues the run in log.dir, which is null (every run gets a "
+                         "new folder); set log.dir, or give resume the folder to continue")
+
+
 def _nesterov_needs_sgd_momentum(cfg):
     opt = cfg["optimizer"]
     if opt["nesterov"] and (opt["name"] != "sgd" or opt["momentum"] == 0):
@@ -220,7 +239,7 @@ def _nesterov_needs_sgd_momentum(cfg):
 
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
 CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path,
-          _overlap_needs_gradient_averaging]
+          _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder]
 
 
 def register_section(name, keys):

@@ -18,10 +18,13 @@ import numpy as np
 
 from data.dataset import build_data
 from data.format import DataError
+from engine.checkpoint import CheckpointError, Checkpoints, export_weights
 from engine.config import ConfigError, add_arguments, dump, load_config
 from engine.metrics import topk_correct
 from engine.models import build_model
 from engine.optimizers import build_optimizer
+from engine.progress import ProgressDisplay
+from engine.runlog import RunLog, run_folder
 from engine.schedules import build_schedule
 from layers import parallel
 from sync import build_rule
@@ -113,7 +116,8 @@ def setup(cfg, rule):
 
 def train(cfg, out=None, world=None):
     """Run this rank's part of the job described by the resolved config ``cfg``; returns the
-    final metrics (on the workers that evaluate) with the trained ``model`` and the ``rule``."""
+    final metrics (on the workers that evaluate) with the trained ``model``, the ``rule`` and
+    the run ``folder``."""
     world = world or mpi_world()
     install_abort_hook(world)
     problem, rule = None, None
@@ -128,15 +132,26 @@ def train(cfg, out=None, world=None):
         problem = (type(err), str(err))
     agree(world, problem)
     agree(world, differences(world, model, cfg))
-    out = (out or sys.stdout) if rule.reports else open(os.devnull, "w")
-    print(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; "
-          f"{rule.name} over {rule.num_workers} worker(s) of {world.size} rank(s), "
-          f"{threads} thread(s) each; {data.description}; batch {cfg['batch_size']} per "
-          f"worker, {progress.total_steps} steps", file=out, flush=True)
+    folder = run_folder(cfg, world)
+    log = RunLog(cfg, world, rule, folder)
+    rule.log = log
+    roles = world.comm.allgather("server" if rule.is_server else "worker") \
+        if world.comm is not None else ["worker"]
+    if world.rank == 0:
+        log.write_metadata(model, data.description, roles, progress.steps_per_epoch)
+    display = ProgressDisplay(out or sys.stdout, rule.reports, progress.total_steps,
+                              cfg["print_every"], rule.num_workers, bar=cfg["log"]["bar"])
+    display.message(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; "
+                    f"{rule.name} over {rule.num_workers} worker(s) of {world.size} rank(s), "
+                    f"{threads} thread(s) each; {data.description}; batch {cfg['batch_size']} "
+                    f"per worker, {progress.total_steps} steps; run folder {folder}")
     rule.start(model)
+    checkpoints = Checkpoints(cfg, world, rule, model, optimizer, progress, folder)
+    resumed = checkpoints.resume(display.message)
     if rule.is_server:
-        rule.serve(model, optimizer, schedule, progress.steps_per_epoch)
-        return {"model": model, "rule": rule, "role": "server"}
+        rule.serve(model, optimizer, schedule, progress.steps_per_epoch, checkpoints.write_own)
+        log.close()
+        return {"model": model, "rule": rule, "role": "server", "folder": folder}
     start, history = time.perf_counter(), []
 
     def validate(epoch):
@@ -146,24 +161,38 @@ def train(cfg, out=None, world=None):
             metrics.update(epoch=epoch, step=progress.step, train_loss=progress.last_finite,
                            time=time.perf_counter() - start)
             history.append(metrics)
-            print(f"epoch {epoch} val loss {metrics['loss']:.4f} top1 {metrics['top1']:.4f} "
-                  f"top5 {metrics['top5']:.4f} ({metrics['time']:.1f} s)", file=out, flush=True)
+            log.metrics(metrics)
+            display.message(f"epoch {epoch} val loss {metrics['loss']:.4f} top1 "
+                            f"{metrics['top1']:.4f} top5 {metrics['top5']:.4f} "
+                            f"({metrics['time']:.1f} s)")
 
     with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
+        epoch = progress.step // progress.steps_per_epoch + 1
         while progress.step < progress.total_steps:
             epoch = progress.step // progress.steps_per_epoch + 1
             train_epoch(model, optimizer, schedule, data.train, epoch, cfg, progress, rule,
-                        out)
-            if epoch % cfg["eval_every"] == 0 and progress.step < progress.total_steps:
+                        log, display)
+            end_of_epoch = progress.step % progress.steps_per_epoch == 0
+            if end_of_epoch and epoch % cfg["eval_every"] == 0 \
+                    and progress.step < progress.total_steps:
                 validate(epoch)
+            if end_of_epoch or progress.step == progress.total_steps:
+                checkpoints.maybe_save(epoch, display.message,
+                                       last=progress.step == progress.total_steps)
         rule.finish(model)
         validate(epoch)                      # the final model, after the rule's last exchange
+    if cfg["log"]["export"]:
+        with rule.evaluated(model):              # the model users care about
+            if rule.reports:
+                export_weights(folder / "weights.hkl", model)
+    log.close()
     final = dict(history[-1] if history else {}, skipped_steps=progress.skipped,
-                 history=history, model=model, rule=rule, role="worker")
+                 history=history, model=model, rule=rule, role="worker", folder=folder,
+                 resumed_from=resumed)
     if history:
-        print(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} after "
-              f"{progress.step} steps, {final['time']:.1f} s, {progress.skipped} skipped",
-              file=out, flush=True)
+        display.message(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} after "
+                        f"{progress.step} steps, {final['time']:.1f} s, {progress.skipped} "
+                        f"skipped")
     return final
 
 
@@ -175,18 +204,26 @@ class Progress:
         self.step, self.last_finite, self.skipped = 0, None, 0
 
 
-def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, rule, out):
-    """One epoch of ``loader`` (or what is left of the run): forward, non-finite guard (on the
-    loss the workers agree on), backward, the rule's hooks around the update, and a progress
-    line every ``print_every`` steps with the images/s and the time the step waited for data."""
-    tick, seen, waited = time.perf_counter(), 0, loader.wait_time
-    for x, y in loader.epoch(epoch - 1):
-        if progress.step >= progress.total_steps:
-            return
+def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, rule, log, display):
+    """What is left of epoch ``epoch`` (or of the run): forward, non-finite guard (on the loss
+    the workers agree on), backward, the rule's hooks around the update; the time of each part
+    goes to the run log, every ``log.every`` steps a log line, and the display is updated."""
+    first = progress.step - (epoch - 1) * progress.steps_per_epoch
+    display.start_epoch(epoch, progress.steps_per_epoch)
+    batches = loader.epoch(epoch - 1, start=first)
+    while progress.step < progress.total_steps:
+        with log.phase("data") as waited:
+            batch = next(batches, None)
+        if batch is None:
+            break
+        x, y = batch
         lr = schedule.lr_at(progress.step / progress.steps_per_epoch)
         saved = {k: v.copy() for k, v in model.state().items()} \
             if cfg["on_nonfinite"] == "skip" else None
-        loss = rule.agree_loss(float(model.forward_loss(x, y)[0]))
+        with log.phase("compute"):
+            loss = float(model.forward_loss(x, y)[0])
+        with log.phase("exchange"):
+            loss = rule.agree_loss(loss)
         progress.step += 1
         if not np.isfinite(loss):
             if saved is None:
@@ -196,32 +233,41 @@ def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, rule, 
             progress.skipped += 1
             continue
         progress.last_finite = loss
-        model.backward(rule.backward_hook)
-        rule.after_backward(model, progress.step)
-        optimizer.step(model.params, model.grads, lr=lr)
-        rule.after_update(model, progress.step)
-        seen += len(x)
-        if progress.step % cfg["print_every"] == 0:
-            rate = seen * rule.num_workers / (time.perf_counter() - tick)
-            wait_ms = (loader.wait_time - waited) * 1e3 / cfg["print_every"]
-            print(f"epoch {epoch} step {progress.step}/{progress.total_steps} loss {loss:.4f} "
-                  f"lr {lr:.4g} {rate:.1f} img/s, data wait {wait_ms:.1f} ms/step",
-                  file=out, flush=True)
-            tick, seen, waited = time.perf_counter(), 0, loader.wait_time
+        with log.phase("compute"):
+            model.backward(rule.backward_hook)
+        with log.phase("exchange"):
+            rule.after_backward(model, progress.step)
+        with log.phase("compute"):
+            optimizer.step(model.params, model.grads, lr=lr)
+        with log.phase("exchange"):
+            rule.after_update(model, progress.step)
+        display.step(epoch, progress.step, loss, lr, len(x), waited.seconds)
+        if progress.step % log.every == 0:
+            log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,
+                      "images": len(x) * log.every})
+    batches.close()
+    display.end_epoch()
 
 
 def main(argv=None):
     parser = add_arguments(argparse.ArgumentParser(
         prog="python -m engine.train", description=__doc__.split("\n")[0]))
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                        help="continue from the newest checkpoint in log.dir (or from PATH: a "
+                             "run folder or one checkpoint's folder)")
     args = parser.parse_args(argv)
+    overrides = args.set + ([f"resume={args.resume}"] if args.resume else [])
     try:
-        train(load_config(args.config, args.set))
+        train(load_config(args.config, overrides))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 3
+    except CheckpointError as err:
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        return 4
     except NonFiniteLoss as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 1

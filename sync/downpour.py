@@ -39,7 +39,7 @@ class Downpour(SyncRule):
         self.n_servers = options["servers"]
         super().__init__(world, cfg)
         self.n_fetch, self.n_push = options["n_fetch"], options["n_push"]
-        self.finished = False
+        self.finished, self.pushes = False, 0
 
     def num_servers(self):
         return self.n_servers
@@ -56,6 +56,19 @@ class Downpour(SyncRule):
             self.notify(server, tag)
         for server, (lo, hi) in enumerate(self.bounds):
             self.world.comm.Recv(params[lo:hi], source=server, tag=VALUES)
+
+    def state_dict(self):
+        """A worker's accrued gradient; a server's count of pushes (its learning-rate clock).
+        The server's shard and Adagrad sums are its parameters and optimizer state."""
+        if self.is_server:
+            return {"pushes": np.array([self.pushes])}
+        return {"accrued": self.accrued}
+
+    def load_state_dict(self, state):
+        if self.is_server:
+            self.pushes = int(state["pushes"][0])
+        else:
+            self.accrued[...] = state["accrued"]
 
     def push(self):
         """Send every server its shard of the accrued gradient, then zero it."""
@@ -102,15 +115,13 @@ class Downpour(SyncRule):
                 self.notify(server, DONE)
         self.finished = True
 
-    def serve(self, model, optimizer, schedule, steps_per_epoch):
+    def serve(self, model, optimizer, schedule, steps_per_epoch, save):
         lo, hi = shard_bounds(model.params.size, self.n_servers)[self.world.rank]
         shard, pushed = model.params[lo:hi], np.empty(hi - lo, model.params.dtype)
-        pushes = 0
 
         def apply_push(source, tag):
-            nonlocal pushes
             self.world.comm.Recv(pushed, source=source, tag=PUSH)
-            epoch = pushes * self.n_push / (self.num_workers * steps_per_epoch)
+            epoch = self.pushes * self.n_push / (self.num_workers * steps_per_epoch)
             optimizer.step(shard, pushed, lr=schedule.lr_at(epoch))
-            pushes += 1
-        self.serve_workers(shard, apply_push)
+            self.pushes += 1
+        self.serve_workers(shard, apply_push, save)

@@ -73,7 +73,7 @@ class EASGD(SyncRule):
             self.notify(0, DONE)
         self.finished = True
 
-    def serve(self, model, optimizer, schedule, steps_per_epoch):
+    def serve(self, model, optimizer, schedule, steps_per_epoch, save):
         comm, center = self.world.comm, model.params
         incoming = np.empty_like(center)
 
@@ -84,4 +84,4 @@ class EASGD(SyncRule):
             np.multiply(incoming, self.alpha, out=incoming)
             np.add(center, incoming, out=center)
             self.exchanges += 1
-        self.serve_workers(center, exchange)
+        self.serve_workers(center, exchange, save)

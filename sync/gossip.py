@@ -115,6 +115,16 @@ class Gossip(SyncRule):
             self.sent[...] = 0
             self.received = 0
 
+    def state_dict(self):
+        return {"weight": np.array([self.weight])}
+
+    def load_state_dict(self, state):
+        self.weight = float(state["weight"][0])
+
+    def save_checkpoint(self, folder, save):
+        self.quiesce()                      # no mixing weight may be in flight
+        return super().save_checkpoint(folder, save)
+
     def weights_sum(self):
         """Sum of the gosgd mixing weights over the workers (1 when nothing is in flight)."""
         return float(self.worker_sum([self.weight])[0])

@@ -16,6 +16,7 @@ which data shard a worker reads.
 """
 import contextlib
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -23,8 +24,9 @@ IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
 
 # Tags of the server protocol that EASGD and Downpour share: a worker asks for the server's
 # values (FETCH), says it is done (DONE), or is done and wants the final values (DONE_FETCH);
-# the server answers with VALUES. Rule-specific messages use tags from 10 on.
-FETCH, DONE, DONE_FETCH, VALUES = 1, 2, 3, 4
+# the server answers with VALUES. CHECKPOINT (a folder) asks a server to write its part of a
+# checkpoint, SAVED answers it. Rule-specific messages use tags from 10 on.
+FETCH, DONE, DONE_FETCH, VALUES, CHECKPOINT, SAVED = 1, 2, 3, 4, 5, 6
 
 
 def probe_sleeping(comm, status):
@@ -39,6 +41,7 @@ def probe_sleeping(comm, status):
 
 class SyncRule:
     name = "LOCAL"
+    log = None              # the run's RunLog (engine/runlog.py), set by the driver
 
     def __init__(self, world, cfg):
         self.world, self.cfg = world, cfg
@@ -132,33 +135,60 @@ class SyncRule:
     def finish(self, model):
         """The run is over on this worker."""
 
-    def serve(self, model, optimizer, schedule, steps_per_epoch):
-        """A server rank's whole run (rules with servers)."""
+    def serve(self, model, optimizer, schedule, steps_per_epoch, save):
+        """A server rank's whole run (rules with servers); ``save(folder)`` writes this rank's
+        part of a checkpoint and returns None or the problem."""
         raise RuntimeError(f"sync rule {self.name} has no server ranks")
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self):
+        """Arrays of the rule's own state on this rank, for a checkpoint."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned."""
+
+    def save_checkpoint(self, folder, save):
+        """Every worker writes its part (``save(folder)``); the first worker has the servers
+        write theirs. Returns the problems (on the first worker; [] elsewhere)."""
+        failures = [save(folder)]
+        if self.workers is not None and self.num_workers > 1:
+            failures = self.workers.allgather(failures[0])
+        if self.worker_rank == 0:
+            for server in range(self.servers):
+                self.world.comm.send(str(folder), dest=server, tag=CHECKPOINT)
+                failures.append(self.world.comm.recv(source=server, tag=SAVED))
+        return [f for f in failures if f] if self.worker_rank == 0 else []
 
     # -- the server protocol ----------------------------------------------------------------
     def notify(self, server, tag):
         """Send ``server`` an empty note (FETCH, DONE or DONE_FETCH)."""
         self.world.comm.Send(np.zeros(1, np.int8), dest=server, tag=tag)
 
-    def serve_workers(self, values, handle):
-        """Answer the workers until every one is done: FETCH gets ``values``, other tags go
-        to ``handle(source, tag)`` (which must receive the message); at the end the worker
-        that sent DONE_FETCH gets the final ``values``."""
+    def serve_workers(self, values, handle, save):
+        """Answer the workers until every one is done: FETCH gets ``values``, CHECKPOINT has
+        ``save`` write this rank's part, other tags go to ``handle(source, tag)`` (which must
+        receive the message); at the end the worker that sent DONE_FETCH gets the final
+        ``values``. Each message served is a "serve" event of the timeline."""
         from mpi4py import MPI
         comm, status, note = self.world.comm, MPI.Status(), np.empty(1, np.int8)
         done, final_to = 0, None
         while done < self.num_workers:
             probe_sleeping(comm, status)
             source, tag = status.Get_source(), status.Get_tag()
-            if tag not in (FETCH, DONE, DONE_FETCH):
-                handle(source, tag)
-                continue
-            comm.Recv(note, source=source, tag=tag)
-            if tag == FETCH:
-                comm.Send(values, dest=source, tag=VALUES)
-            else:
-                done += 1
-                final_to = source if tag == DONE_FETCH else final_to
+            with self.log.phase("serve", f"tag {tag} from rank {source}"):
+                if tag == CHECKPOINT:
+                    folder = comm.recv(source=source, tag=CHECKPOINT)
+                    comm.send(save(Path(folder)), dest=source, tag=SAVED)
+                    continue
+                if tag not in (FETCH, DONE, DONE_FETCH):
+                    handle(source, tag)
+                    continue
+                comm.Recv(note, source=source, tag=tag)
+                if tag == FETCH:
+                    comm.Send(values, dest=source, tag=VALUES)
+                else:
+                    done += 1
+                    final_to = source if tag == DONE_FETCH else final_to
         if final_to is not None:
             comm.Send(values, dest=final_to, tag=VALUES)

@@ -29,7 +29,7 @@ def run_mpi(n, args, timeout=120, cwd=None):
     """``mpiexec -n n python args...``; returns the CompletedProcess (text output)."""
     command = [mpiexec(), "--oversubscribe", "-n", str(n), sys.executable] + [str(a) for a in args]
     try:
-        return subprocess.run(command, cwd=cwd or ROOT, env=mpi_env(), capture_output=True,
+        return subprocess.run(command, cwd=cwd, env=mpi_env(), capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"mpiexec -n {n} {' '.join(map(str, args))} did not finish in {timeout} s:"

@@ -229,13 +229,13 @@ def test_bad_override_value_yaml():
 
 def test_register_section_extends_the_schema(monkeypatch):
     monkeypatch.setattr(config, "SCHEMA", dict(SCHEMA))
-    register_section("log", {"dir": Key("str", "logs"), "every": Key("int", 10, low=1)})
-    assert resolve({"log": {"every": 5}})["log"] == {"dir": "logs", "every": 5}
-    with pytest.raises(ConfigError, match="did you mean 'log.every'"):
-        resolve({"log": {"evry": 5}})
+    register_section("plot", {"dir": Key("str", "plots"), "every": Key("int", 10, low=1)})
+    assert resolve({"plot": {"every": 5}})["plot"] == {"dir": "plots", "every": 5}
+    with pytest.raises(ConfigError, match="did you mean 'plot.every'"):
+        resolve({"plot": {"evry": 5}})
     with pytest.raises(ValueError, match="already exists"):
-        register_section("log", {})
-    assert "log" not in SCHEMA
+        register_section("plot", {})
+    assert "plot" not in SCHEMA
 
 
 def test_command_line(tmp_path, capsys):

@@ -20,6 +20,7 @@ COMMON = ["model=mlp", "model_options={hidden: [16]}", "data.dataset=synthetic",
 
 def run_rule(tmp_path, ranks, settings, timeout=120):
     """Run the job on ``ranks`` MPI ranks; returns (params per rank, summary per rank)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "rank"
     args = [ROOT / "tests" / "sync" / "save_params.py", out]
     for s in COMMON + settings:

@@ -1,0 +1,110 @@
+"""Checkpoints: exact BSP resume, keeping K, damaged files, changed setups, full disks."""
+import json
+
+import numpy as np
+import pytest
+
+from engine.checkpoint import CheckpointError, export_weights, import_weights
+from engine.config import load_config
+from engine.models import build_model
+from engine.train import main, train
+from tests.mpi import ROOT, run_mpi
+from tests.sync.helpers import COMMON, run_rule
+
+TWO_EPOCHS = ["batch_size=8", "epochs=2", "lr_schedule.policy=cosine",
+              "lr_schedule.warmup_epochs=0.5"]
+
+
+def test_a_resumed_bsp_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path):
+    whole, _ = run_rule(tmp_path / "whole", 2, TWO_EPOCHS + [f"log.dir={tmp_path / 'a'}"])
+    run = f"log.dir={tmp_path / 'b'}"
+    first, _ = run_rule(tmp_path / "first", 2, TWO_EPOCHS + [run, "max_steps=45"])
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == \
+        ["step-00000030", "step-00000045"]             # end of epoch 1, and where it stopped
+    rest, _ = run_rule(tmp_path / "rest", 2, TWO_EPOCHS + [run, "resume=auto"])
+    assert np.abs(first[0] - whole[0]).max() > 1e-3     # it had really stopped early
+    for params in rest:
+        np.testing.assert_array_equal(params, whole[0])
+
+
+def one_process(tmp_path, *extra):
+    return load_config(None, COMMON + TWO_EPOCHS + [f"log.dir={tmp_path / 'run'}", *extra])
+
+
+def test_only_the_last_k_checkpoints_are_kept(tmp_path):
+    train(one_process(tmp_path, "epochs=4", "checkpoint.keep=2"))
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step-00000180", "step-00000240"]
+
+
+def test_a_corrupted_checkpoint_is_named_and_auto_falls_back(tmp_path, capsys):
+    train(one_process(tmp_path, "epochs=3"))
+    newest = tmp_path / "run" / "checkpoints" / "step-00000180" / "rank0.npz"
+    newest.write_bytes(newest.read_bytes()[:1000])            # truncated
+    result = train(one_process(tmp_path, "epochs=3", "resume=auto"))
+    out = capsys.readouterr().out
+    assert "step-00000180/rank0.npz: corrupted or truncated" in out
+    assert "falling back to" in out and "step-00000120" in out
+    assert result["resumed_from"].name == "step-00000120" and result["step"] == 180
+    newest.write_bytes(newest.read_bytes()[:1000])            # rewritten by that run: again
+    with pytest.raises(CheckpointError, match="rank0.npz: corrupted or truncated"):
+        train(one_process(tmp_path, "epochs=3", f"resume={newest.parent}"))
+
+
+def test_resuming_with_a_different_model_or_rule_says_what_differs(tmp_path, capsys):
+    train(one_process(tmp_path, "max_steps=60"))
+    config = tmp_path / "c.yaml"
+    config.write_text("")
+    sets = ["--set", f"log.dir={tmp_path / 'run'}", "--set", "model_options={hidden: [9]}"]
+    for s in COMMON + TWO_EPOCHS:
+        sets = ["--set", s] + sets
+    assert main([str(config), *sets, "--resume"]) == 4
+    err = capsys.readouterr().err
+    assert "what differs" in err and "model_options" in err and "parameters" in err
+    assert main([str(config), *sets[:-2], "--set", "optimizer.lr=0.01", "--resume"]) == 0
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch, capsys):
+    train(one_process(tmp_path, "max_steps=60"))
+    import engine.checkpoint as checkpoint
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.np, "savez", no_space)
+    train(one_process(tmp_path, "epochs=3", "resume=auto"))
+    out = capsys.readouterr().out
+    assert "checkpoint at step 120 not written (the previous one is intact)" in out
+    assert "No space left on device" in out
+    folders = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert [p.name for p in folders if (p / "manifest.json").exists()] == ["step-00000060"]
+    assert not list((tmp_path / "run" / "checkpoints").rglob("*.tmp"))
+    manifest = json.loads((folders[0] / "manifest.json").read_text())
+    assert manifest["step"] == 60 and manifest["model"] == "mlp"
+
+
+def test_resume_auto_without_a_run_folder_is_a_config_error():
+    with pytest.raises(Exception, match="resume: auto continues the run in log.dir"):
+        load_config(None, ["resume=auto"])
+
+
+def test_weights_export_and_load_alone(tmp_path):
+    options = {"in_channels": 2, "num_classes": 10, "image_size": 6, "hidden": [16]}
+    trained = build_model("mlp", options, "float32", 1)
+    trained.params[...] = np.random.default_rng(0).standard_normal(trained.num_params)
+    export_weights(tmp_path / "w.hkl", trained)
+    fresh = build_model("mlp", options, "float32", 2)
+    import_weights(tmp_path / "w.hkl", fresh)
+    np.testing.assert_array_equal(fresh.params, trained.params)
+    other = build_model("mlp", dict(options, hidden=[8]), "float32", 2)
+    with pytest.raises(CheckpointError, match="w.hkl: weights of 'mlp' with"):
+        import_weights(tmp_path / "w.hkl", other)
+
+
+def test_checkpoints_of_rules_with_servers_include_the_servers(tmp_path):
+    run_rule(tmp_path, 3, ["sync_rule=DOWNPOUR", "downpour.servers=1", "batch_size=8",
+                           "epochs=1", f"log.dir={tmp_path / 'run'}"])
+    (folder,) = (tmp_path / "run" / "checkpoints").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "rank0.npz",
+                                                        "rank1.npz", "rank2.npz"]
+    with np.load(folder / "rank0.npz") as server:
+        assert "rule/pushes" in server.files and server["rule/pushes"][0] == 60
