@@ -182,11 +182,18 @@ class Checkpoints:
         return None
 
     def due(self, epoch, last):
+        """Whether to save at the end of ``epoch``: the same answer on every worker (the
+        clock of the first worker decides for ``every_minutes``)."""
         every, minutes = self.options["every_epochs"], self.options["every_minutes"]
         if not (every or minutes):
             return False
-        return last or bool(every and epoch % every == 0) or bool(
-            minutes and time.monotonic() - self.last_time >= 60 * minutes)
+        due = last or bool(every and epoch % every == 0)
+        if minutes and not due:
+            due = time.monotonic() - self.last_time >= 60 * minutes
+            workers = self.rule.workers
+            if workers is not None and self.rule.num_workers > 1:
+                due = workers.bcast(due, root=0)
+        return due
 
     def maybe_save(self, epoch, say, last=False):
         """On the workers at the end of an epoch: save if one is due (every rank takes part;

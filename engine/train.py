@@ -32,7 +32,13 @@ from sync.comm import install_abort_hook, world as mpi_world
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite (with ``on_nonfinite: stop``)."""
+    """The training loss, the gradient or the parameters became NaN or infinite (with
+    ``on_nonfinite: stop``; parameters always stop the run)."""
+
+
+def all_finite(buffer):
+    """No NaN or infinity in ``buffer`` (one float64 sum, no temporary array)."""
+    return bool(np.isfinite(np.sum(buffer, dtype=np.float64)))
 
 
 def model_options(cfg, data):
@@ -167,7 +173,7 @@ def train(cfg, out=None, world=None):
                             f"({metrics['time']:.1f} s)")
 
     with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
-        epoch = progress.step // progress.steps_per_epoch + 1
+        epoch = max(1, -(-progress.step // progress.steps_per_epoch))   # a finished run's last
         while progress.step < progress.total_steps:
             epoch = progress.step // progress.steps_per_epoch + 1
             train_epoch(model, optimizer, schedule, data.train, epoch, cfg, progress, rule,
@@ -237,10 +243,23 @@ def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, rule, 
             model.backward(rule.backward_hook)
         with log.phase("exchange"):
             rule.after_backward(model, progress.step)
+            finite = rule.agree_finite(all_finite(model.grads))
+        if not finite:                         # caught before it reaches the parameters
+            if saved is None:
+                raise NonFiniteLoss(f"the gradient became non-finite at step {progress.step} "
+                                    f"(epoch {epoch}, after the {rule.name} exchange); loss "
+                                    f"{loss}")
+            model.load_state(saved)
+            progress.skipped += 1
+            continue
         with log.phase("compute"):
             optimizer.step(model.params, model.grads, lr=lr)
         with log.phase("exchange"):
             rule.after_update(model, progress.step)
+        if not all_finite(model.params):
+            raise NonFiniteLoss(f"the parameters became non-finite at step {progress.step} "
+                                f"(epoch {epoch}) after the update and the {rule.name} "
+                                f"exchange")
         display.step(epoch, progress.step, loss, lr, len(x), waited.seconds)
         if progress.step % log.every == 0:
             log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,

@@ -42,6 +42,13 @@ class BSP(SyncRule):
         """The mean loss over the workers: the same on all, NaN on all if any is NaN."""
         return float(self.worker_sum([loss])[0]) / self.num_workers
 
+    def agree_finite(self, finite):
+        """All workers skip (or stop) together: averaged gradients are the same everywhere,
+        and with ``avg_freq > 1`` a skipped step must not skip an averaging on one rank only."""
+        if self.avg_freq == 1:
+            return finite
+        return bool(self.worker_sum([0.0 if finite else 1.0])[0] == 0)
+
     def after_backward(self, model, step):
         if self.buckets is not None:
             self.buckets.finish()

@@ -112,6 +112,11 @@ class SyncRule:
         """The local loss (asynchronous rules do not wait for each other)."""
         return loss
 
+    def agree_finite(self, finite):
+        """Whether every worker that must act together saw finite gradients (asynchronous
+        rules decide alone)."""
+        return finite
+
     def after_backward(self, model, step):
         """Gradients are ready."""
 

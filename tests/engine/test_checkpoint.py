@@ -108,3 +108,16 @@ def test_checkpoints_of_rules_with_servers_include_the_servers(tmp_path):
                                                         "rank1.npz", "rank2.npz"]
     with np.load(folder / "rank0.npz") as server:
         assert "rule/pushes" in server.files and server["rule/pushes"][0] == 60
+
+
+@pytest.mark.parametrize("settings, expected", [
+    (["checkpoint.every_epochs=0", "checkpoint.every_minutes=1e-6"],
+     ["step-00000060", "step-00000120"]),
+    (["checkpoint.every_epochs=0"], []),
+    (["checkpoint.every_epochs=2", "epochs=3"], ["step-00000120", "step-00000180"]),
+])
+def test_when_checkpoints_are_written(tmp_path, settings, expected):
+    train(one_process(tmp_path, *settings))
+    root = tmp_path / "run" / "checkpoints"
+    written = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    assert written == expected

@@ -139,3 +139,24 @@ def test_a_damaged_dataset_stops_before_training_with_the_file_named(tmp_path, c
 def test_prepared_data_without_a_path_is_a_config_error():
     with pytest.raises(ConfigError, match="data.path: dataset 'prepared' needs"):
         load_config(None, ["data.dataset=prepared"])
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_non_finite_gradient_never_reaches_the_parameters(monkeypatch, policy):
+    from engine.model import Model
+    backward, calls = Model.backward, []
+
+    def nan_on_third_call(self, *args):
+        dx = backward(self, *args)
+        calls.append(1)
+        if len(calls) == 3:
+            self.grads[5] = np.inf
+        return dx
+    monkeypatch.setattr(Model, "backward", nan_on_third_call)
+    cfg = load_config(None, TINY + [f"on_nonfinite={policy}", "max_steps=6"])
+    if policy == "stop":
+        with pytest.raises(NonFiniteLoss, match="gradient became non-finite at step 3"):
+            train(cfg)
+        return
+    result = train(cfg)
+    assert result["skipped_steps"] == 1 and np.isfinite(result["model"].params).all()
