@@ -13,9 +13,11 @@ units) and, with ``mirror``, a coin-flip horizontal flip; validation takes the c
 output is ``(image - mean) * scale`` in the model's dtype.
 
 With ``prefetch`` > 0 a background thread prepares the next batches while the model trains
-(NumPy releases the GIL in its copies); a yielded batch stays valid until the next one is
-requested, and ``wait_time`` adds up the seconds the consumer waited for data.
+(NumPy releases the GIL in its copies), across epoch boundaries with ``stream``; a yielded
+batch stays valid until the next one is requested, and ``wait_time`` adds up the seconds the
+consumer waited for data.
 """
+import itertools
 import queue
 import threading
 import time
@@ -125,38 +127,58 @@ class Loader:
     def epoch(self, epoch, start=0):
         """Iterator over this rank's batches of ``epoch``, from batch ``start`` on (the same
         batches an uninterrupted epoch gives there: a resumed run continues exactly)."""
-        plan = list(enumerate(self.plan(epoch)))[start:]
-        if self.prefetch == 0:
-            for b, pieces in plan:
-                yield self._make(epoch, b, pieces)
-            return
-        yield from self._prefetched(epoch, plan)
+        items = [(epoch, b, pieces) for b, pieces in enumerate(self.plan(epoch))][start:]
+        return self._batches(iter(items))
 
-    def _prefetched(self, epoch, plan):
+    def stream(self, epoch, start=0):
+        """Batches from batch ``start`` of ``epoch`` on, epoch after epoch without end, so that
+        the prefetch runs on across epoch boundaries (training takes exactly
+        ``steps_per_epoch`` batches an epoch)."""
+        def items():
+            first = start
+            for e in itertools.count(epoch):
+                for b, pieces in enumerate(self.plan(e)):
+                    if b >= first:
+                        yield e, b, pieces
+                first = 0
+        return self._batches(items())
+
+    def _batches(self, items):
+        if self.prefetch == 0:
+            for slot, (epoch, b, pieces) in enumerate(items):
+                yield self._make(epoch, b, pieces, slot)
+            return
+        yield from self._prefetched(items)
+
+    def _prefetched(self, items):
         ready, stop = queue.Queue(maxsize=self.prefetch), threading.Event()
+        done = object()
 
         def produce():
             try:
-                for b, pieces in plan:
+                for slot, (epoch, b, pieces) in enumerate(items):
                     if stop.is_set():
                         return
-                    item = self._make(epoch, b, pieces)
+                    item = self._make(epoch, b, pieces, slot)
                     while not stop.is_set():
                         try:
                             ready.put(item, timeout=0.1)
                             break
                         except queue.Full:
                             continue
+                ready.put(done)
             except BaseException as err:           # handed to the consumer, raised there
                 ready.put(err)
 
         worker = threading.Thread(target=produce, name=f"loader-{self.split.name}", daemon=True)
         worker.start()
         try:
-            for _ in plan:
+            while True:
                 tick = time.perf_counter()
                 item = ready.get()
                 self.wait_time += time.perf_counter() - tick
+                if item is done:
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -172,9 +194,11 @@ class Loader:
             self._file_buffer = np.empty(shape, np.uint8)
         return self.split.read(file, self._file_buffer)
 
-    def _make(self, epoch, b, pieces):
+    def _make(self, epoch, b, pieces, slot):
+        """Batch ``b`` of ``epoch`` into ring buffer ``slot`` (counted across epochs, so a
+        buffer is rewritten only after ``prefetch + 1`` later batches were handed out)."""
         n = sum(stop - start for _, start, stop in pieces)
-        x = self._buffers[b % len(self._buffers)][:n]
+        x = self._buffers[slot % len(self._buffers)][:n]
         rng = np.random.default_rng([self.seed, epoch, self.rank, b, 2])
         top, left = crop_offsets(rng, n, *self.mean.shape[1:], self.crop, self.pad, self.train)
         flip = rng.random(n) < 0.5 if self.mirror else np.zeros(n, bool)

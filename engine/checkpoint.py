@@ -103,11 +103,20 @@ def write_manifest(folder, manifest):
 
 
 def complete(root):
-    """Folders of the checkpoints under ``root`` that have a manifest, newest first."""
+    """Folders of the checkpoints under ``root`` that have a manifest and every rank's file,
+    newest first (asynchronous workers may still be on their way to one)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.glob("step-*") if (p / MANIFEST).exists()), reverse=True)
+
+    def whole(folder):
+        try:
+            ranks = json.loads((folder / MANIFEST).read_text())["ranks"]
+        except (OSError, ValueError, KeyError):
+            return (folder / MANIFEST).exists()      # unreadable: load() will say so
+        return all((folder / f"rank{r}.npz").exists() for r in range(ranks))
+    return sorted((p for p in root.glob("step-*") if (p / MANIFEST).exists() and whole(p)),
+                  reverse=True)
 
 
 def load(folder, rank, expected):

@@ -201,6 +201,7 @@ SCHEMA = {
         "p": Key("float", 0.1, low=0, high=1, low_open=True),       # exchange probability
         "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # elastic moving rate
     },
+    "worker_timeout": Key("float", 300, low=0, low_open=True),   # s; servers drop silent workers
     "exchange": {                                 # how BSP averages its buffer
         "method": Key("str", "auto", choices=("auto", "allreduce", "ring")),
         "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype

@@ -28,7 +28,7 @@ from engine.runlog import RunLog, run_folder
 from engine.schedules import build_schedule
 from layers import parallel
 from sync import build_rule
-from sync.comm import install_abort_hook, world as mpi_world
+from sync.comm import install_abort_hook, leave, world as mpi_world
 
 
 class NonFiniteLoss(RuntimeError):
@@ -174,10 +174,12 @@ def train(cfg, out=None, world=None):
 
     with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
         epoch = max(1, -(-progress.step // progress.steps_per_epoch))   # a finished run's last
+        batches = data.train.stream(progress.step // progress.steps_per_epoch,
+                                    start=progress.step % progress.steps_per_epoch)
         while progress.step < progress.total_steps:
             epoch = progress.step // progress.steps_per_epoch + 1
-            train_epoch(model, optimizer, schedule, data.train, epoch, cfg, progress, rule,
-                        log, display)
+            train_epoch(model, optimizer, schedule, batches, epoch, cfg, progress, rule, log,
+                        display)
             end_of_epoch = progress.step % progress.steps_per_epoch == 0
             if end_of_epoch and epoch % cfg["eval_every"] == 0 \
                     and progress.step < progress.total_steps:
@@ -185,6 +187,7 @@ def train(cfg, out=None, world=None):
             if end_of_epoch or progress.step == progress.total_steps:
                 checkpoints.maybe_save(epoch, display.message,
                                        last=progress.step == progress.total_steps)
+        batches.close()
         rule.finish(model)
         validate(epoch)                      # the final model, after the rule's last exchange
     if cfg["log"]["export"]:
@@ -210,19 +213,16 @@ class Progress:
         self.step, self.last_finite, self.skipped = 0, None, 0
 
 
-def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, rule, log, display):
-    """What is left of epoch ``epoch`` (or of the run): forward, non-finite guard (on the loss
-    the workers agree on), backward, the rule's hooks around the update; the time of each part
-    goes to the run log, every ``log.every`` steps a log line, and the display is updated."""
-    first = progress.step - (epoch - 1) * progress.steps_per_epoch
+def train_epoch(model, optimizer, schedule, batches, epoch, cfg, progress, rule, log, display):
+    """What is left of epoch ``epoch`` (or of the run), from the loader's stream ``batches``:
+    forward, non-finite guard (on the loss the workers agree on), backward, the rule's hooks
+    around the update; the time of each part goes to the run log, every ``log.every`` steps a
+    log line, and the display is updated."""
     display.start_epoch(epoch, progress.steps_per_epoch)
-    batches = loader.epoch(epoch - 1, start=first)
-    while progress.step < progress.total_steps:
+    end = min(epoch * progress.steps_per_epoch, progress.total_steps)
+    while progress.step < end:
         with log.phase("data") as waited:
-            batch = next(batches, None)
-        if batch is None:
-            break
-        x, y = batch
+            x, y = next(batches)
         lr = schedule.lr_at(progress.step / progress.steps_per_epoch)
         saved = {k: v.copy() for k, v in model.state().items()} \
             if cfg["on_nonfinite"] == "skip" else None
@@ -264,7 +264,6 @@ def train_epoch(model, optimizer, schedule, loader, epoch, cfg, progress, rule, 
         if progress.step % log.every == 0:
             log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,
                       "images": len(x) * log.every})
-    batches.close()
     display.end_epoch()
 
 
@@ -294,4 +293,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(leave(main()))

@@ -27,9 +27,10 @@ parse_args() {   # sets WORKERS, CONFIG and EXTRA from "$@"
     EXTRA=("$@")
 }
 
-launch() {   # launch RULE RANKS
+launch() {   # launch RULE RANKS [mpiexec options...]
     local rule=$1 ranks=$2
-    local flags=()
+    shift 2
+    local flags=("$@")
     if [ "$(id -u)" = 0 ]; then
         export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
     fi

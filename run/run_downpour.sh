@@ -5,4 +5,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args "$@"
 servers=$(config_value downpour.servers)
-launch DOWNPOUR $((WORKERS + servers))
+# ULFM: a worker that dies is reported to the servers, which drop it; the others go on.
+launch DOWNPOUR $((WORKERS + servers)) --with-ft ulfm

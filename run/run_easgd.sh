@@ -3,4 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args "$@"
-launch EASGD $((WORKERS + 1))
+# ULFM: a worker that dies is reported to the server, which drops it; the others go on.
+launch EASGD $((WORKERS + 1)) --with-ft ulfm

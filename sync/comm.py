@@ -41,10 +41,30 @@ class World:
         sys.exit(code)
 
 
+def fault_tolerant():
+    """True when ``mpiexec --with-ft ulfm`` started this process (Open MPI's ULFM: a dead
+    rank is reported to the others instead of ending the job)."""
+    return os.environ.get("OMPI_MCA_mpi_ft_enable") == "1"
+
+
+def leave(code):
+    """End the process with ``code``. Under ULFM after a rank died, ``MPI_Finalize`` can wait
+    forever for it, so a fault-tolerant run skips it: output is flushed and the process
+    exits directly (all files are closed by then)."""
+    if fault_tolerant() and "mpi4py.MPI" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def world():
     """The run's ``World``: MPI's when launched by ``mpiexec``, a world of one otherwise."""
     if not launched_by_mpi():
         return World()
+    if fault_tolerant():
+        import mpi4py
+        mpi4py.rc.finalize = False          # see leave()
     try:
         from mpi4py import MPI
     except ImportError as err:

@@ -32,7 +32,7 @@ def shard_bounds(size, servers):
 
 class Downpour(SyncRule):
     name = "DOWNPOUR"
-    collective_eval = False
+    synchronous = False
 
     def __init__(self, world, cfg):
         options = cfg["downpour"]

@@ -23,7 +23,7 @@ EXCHANGE = 11
 
 class EASGD(SyncRule):
     name = "EASGD"
-    collective_eval = False
+    synchronous = False
 
     def __init__(self, world, cfg):
         super().__init__(world, cfg)

@@ -15,6 +15,7 @@ over the worker ranks only (None in a single process); ``worker_rank`` / ``num_w
 which data shard a worker reads.
 """
 import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -29,14 +30,32 @@ IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
 FETCH, DONE, DONE_FETCH, VALUES, CHECKPOINT, SAVED = 1, 2, 3, 4, 5, 6
 
 
-def probe_sleeping(comm, status):
-    """``comm.Probe(ANY_SOURCE, ANY_TAG, status)`` that sleeps while nothing arrives: a
-    blocking Probe spins on a core, which a server sharing a host with workers must not."""
+def probe_sleeping(comm, status, timeout):
+    """``comm.Probe(ANY_SOURCE, ANY_TAG, status)`` that sleeps while nothing arrives (a
+    blocking Probe spins on a core, which a server sharing a host with workers must not) and
+    gives up after ``timeout`` seconds; True if a message is there."""
     from mpi4py import MPI
-    pause = 0.0
+    pause, give_up = 0.0, time.monotonic() + timeout
     while not comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
+        if time.monotonic() > give_up:
+            return False
         time.sleep(pause)
         pause = min(IDLE_SLEEP, pause * 2 + 1e-5)
+    return True
+
+
+def failed_ranks(comm):
+    """Ranks of ``comm`` whose processes failed (ULFM), acknowledged so that receives from
+    any source work again."""
+    from mpi4py import MPI
+    comm.Ack_failed()
+    failed = comm.Get_failed()
+    ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), comm.Get_group())
+    return [r for r in ranks if r != MPI.UNDEFINED]
+
+
+def warn(message):
+    print(message, file=sys.stderr, flush=True)
 
 
 class SyncRule:
@@ -53,6 +72,7 @@ class SyncRule:
         self.is_server = world.rank < self.servers
         self.num_workers = world.size - self.servers
         self.worker_rank = world.rank - self.servers
+        self.worker_timeout, self.dropped = cfg["worker_timeout"], []
         self.workers = None
         if world.comm is not None:
             self.workers = world.comm.Split(0 if self.is_server else 1, world.rank)
@@ -60,10 +80,11 @@ class SyncRule:
     def num_servers(self):
         return 0
 
-    # Validation: every worker evaluates its shard and the sums are added (synchronous rules),
-    # or the first worker alone evaluates the whole set (asynchronous rules, so that no worker
-    # waits for another).
-    collective_eval = True
+    # Synchronous rules (BSP, gossip, LOCAL) evaluate with every worker taking its shard of the
+    # validation set and save checkpoints together. In asynchronous ones (EASGD, Downpour) no
+    # worker waits for another: the first worker alone evaluates the whole set, and each
+    # worker writes its part of a checkpoint when it gets there.
+    synchronous = True
 
     @property
     def reports(self):
@@ -72,19 +93,19 @@ class SyncRule:
 
     @property
     def evaluates(self):
-        return self.collective_eval or self.worker_rank == 0
+        return self.synchronous or self.worker_rank == 0
 
     @property
     def val_shard(self):
         """(rank, size) of this worker's part of the validation set."""
-        return (max(self.worker_rank, 0), self.num_workers) if self.collective_eval else (0, 1)
+        return (max(self.worker_rank, 0), self.num_workers) if self.synchronous else (0, 1)
 
     # -- collectives among the workers ------------------------------------------------------
     def worker_sum(self, values):
         """Element-wise sum of a small float64 array over the workers (over the evaluating
         worker alone for asynchronous rules)."""
         values = np.asarray(values, np.float64)
-        if self.workers is None or self.num_workers == 1 or not self.collective_eval:
+        if self.workers is None or self.num_workers == 1 or not self.synchronous:
             return values
         from mpi4py import MPI
         out = np.empty_like(values)
@@ -155,9 +176,11 @@ class SyncRule:
 
     def save_checkpoint(self, folder, save):
         """Every worker writes its part (``save(folder)``); the first worker has the servers
-        write theirs. Returns the problems (on the first worker; [] elsewhere)."""
+        write theirs. Returns the problems (on the first worker; [] elsewhere); asynchronous
+        workers do not wait for each other (the checkpoint is whole once every file is
+        there)."""
         failures = [save(folder)]
-        if self.workers is not None and self.num_workers > 1:
+        if self.synchronous and self.workers is not None and self.num_workers > 1:
             failures = self.workers.allgather(failures[0])
         if self.worker_rank == 0:
             for server in range(self.servers):
@@ -174,26 +197,51 @@ class SyncRule:
         """Answer the workers until every one is done: FETCH gets ``values``, CHECKPOINT has
         ``save`` write this rank's part, other tags go to ``handle(source, tag)`` (which must
         receive the message); at the end the worker that sent DONE_FETCH gets the final
-        ``values``. Each message served is a "serve" event of the timeline."""
+        ``values``. Each message served is a "serve" event of the timeline.
+
+        A worker whose process died (reported by MPI when the job runs with ULFM, as the
+        launchers start it) or that has sent nothing for ``worker_timeout`` seconds is
+        dropped with a warning; the others go on."""
         from mpi4py import MPI
         comm, status, note = self.world.comm, MPI.Status(), np.empty(1, np.int8)
-        done, final_to = 0, None
-        while done < self.num_workers:
-            probe_sleeping(comm, status)
+        active = set(range(self.servers, self.world.size))
+        heard = dict.fromkeys(active, time.monotonic())
+        final_to = None
+        while active:
+            try:
+                arrived = probe_sleeping(comm, status, timeout=1.0)
+            except MPI.Exception:
+                self._drop(active, failed_ranks(comm), "its process died")
+                continue
+            if not arrived:
+                now = time.monotonic()
+                self._drop(active, [r for r in active if now - heard[r] > self.worker_timeout],
+                           f"it sent nothing for {self.worker_timeout:g} s")
+                continue
             source, tag = status.Get_source(), status.Get_tag()
-            with self.log.phase("serve", f"tag {tag} from rank {source}"):
-                if tag == CHECKPOINT:
-                    folder = comm.recv(source=source, tag=CHECKPOINT)
-                    comm.send(save(Path(folder)), dest=source, tag=SAVED)
-                    continue
-                if tag not in (FETCH, DONE, DONE_FETCH):
-                    handle(source, tag)
-                    continue
-                comm.Recv(note, source=source, tag=tag)
-                if tag == FETCH:
-                    comm.Send(values, dest=source, tag=VALUES)
-                else:
-                    done += 1
-                    final_to = source if tag == DONE_FETCH else final_to
+            heard[source] = time.monotonic()
+            try:
+                with self.log.phase("serve", f"tag {tag} from rank {source}"):
+                    if tag == CHECKPOINT:
+                        folder = comm.recv(source=source, tag=CHECKPOINT)
+                        comm.send(save(Path(folder)), dest=source, tag=SAVED)
+                    elif tag not in (FETCH, DONE, DONE_FETCH):
+                        handle(source, tag)
+                    else:
+                        comm.Recv(note, source=source, tag=tag)
+                        if tag == FETCH:
+                            comm.Send(values, dest=source, tag=VALUES)
+                        else:
+                            active.discard(source)
+                            final_to = source if tag == DONE_FETCH else final_to
+            except MPI.Exception:            # the worker died while being served
+                self._drop(active, failed_ranks(comm), "its process died")
         if final_to is not None:
             comm.Send(values, dest=final_to, tag=VALUES)
+
+    def _drop(self, active, ranks, why):
+        for rank in sorted(set(ranks) & active):
+            active.discard(rank)
+            self.dropped.append(rank)
+            warn(f"warning: server rank {self.world.rank} drops worker rank {rank}: {why}; "
+                 f"the other workers go on")

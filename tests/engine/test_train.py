@@ -52,8 +52,8 @@ def test_skipped_nonfinite_batches_leave_batchnorm_statistics_finite(monkeypatch
     from data.loader import Loader
     make = Loader._make
 
-    def nan_in_first_training_batch(self, epoch, b, pieces):
-        x, y = make(self, epoch, b, pieces)
+    def nan_in_first_training_batch(self, epoch, b, *rest):
+        x, y = make(self, epoch, b, *rest)
         if self.train and b == 0:
             x[0, 0, 0, 0] = np.nan
         return x, y

@@ -18,17 +18,20 @@ COMMON = ["model=mlp", "model_options={hidden: [16]}", "data.dataset=synthetic",
           "print_every=1000", "seed=3", "epochs=1"]
 
 
-def run_rule(tmp_path, ranks, settings, timeout=120):
-    """Run the job on ``ranks`` MPI ranks; returns (params per rank, summary per rank)."""
+def run_rule(tmp_path, ranks, settings, timeout=120, faults=(), flags=()):
+    """Run the job on ``ranks`` MPI ranks (``faults``: save_params.py's injection options);
+    returns (params per rank, summary per rank)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "rank"
     args = [ROOT / "tests" / "sync" / "save_params.py", out]
     for s in COMMON + settings:
         args += ["--set", s]
-    done = run_mpi(ranks, args, timeout=timeout)
+    done = run_mpi(ranks, args + list(faults), timeout=timeout, flags=flags)
     assert done.returncode == 0, done.stdout + done.stderr
-    return ([np.load(f"{out}.{r}.npy") for r in range(ranks)],
-            [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(ranks)])
+    alive = [r for r in range(ranks) if (tmp_path / f"rank.{r}.json").exists()]
+    return ([np.load(f"{out}.{r}.npy") if r in alive else None for r in range(ranks)],
+            [json.loads((tmp_path / f"rank.{r}.json").read_text()) if r in alive else None
+             for r in range(ranks)])
 
 
 def reference_setup(settings, shards=1, copies=1):

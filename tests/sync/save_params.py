@@ -3,7 +3,8 @@ save what each rank ends with: OUT.<rank>.npy (its parameters: a worker's own, a
 center or shard) and OUT.<rank>.json (role, final metrics, the rule's counters).
 
 Fault injection for tests: ``--rank-set R:k=v`` applies an override on rank R only;
-``--fail R:S`` raises an error on rank R after its step S."""
+``--fail R:S`` raises an error on rank R at its step S; ``--die R:S`` kills rank R (SIGKILL)
+at its step S; ``--slow R:T`` makes rank R sleep T seconds every step (a straggler)."""
 import argparse
 import json
 import sys
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.config import load_config   # noqa: E402
 from engine.train import train          # noqa: E402
-from sync.comm import world             # noqa: E402
+from sync.comm import leave, world      # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
@@ -23,29 +24,45 @@ if __name__ == "__main__":
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--rank-set", action="append", default=[])
     parser.add_argument("--fail", default=None)
+    parser.add_argument("--die", default=None)
+    parser.add_argument("--slow", default=None)
     args = parser.parse_args()
     w = world()
     overrides = args.set + [s.split(":", 1)[1] for s in args.rank_set
                             if int(s.split(":", 1)[0]) == w.rank]
-    if args.fail is not None and int(args.fail.split(":")[0]) == w.rank:
-        import engine.train
-        fail_step, build = int(args.fail.split(":")[1]), engine.train.build_rule
+    faults = {name: value.split(":") for name, value in
+              (("fail", args.fail), ("die", args.die), ("slow", args.slow)) if value}
+    mine = {name: float(v[1]) for name, v in faults.items() if int(v[0]) == w.rank}
+    if mine:
+        import os
+        import signal
+        import time
 
-        def build_failing(world_, cfg):
+        import engine.train
+        build = engine.train.build_rule
+
+        def build_faulty(world_, cfg):
             rule, after_update = build(world_, cfg), None
 
-            def fail_at_step(model, step):
-                if step == fail_step:
+            def faulty(model, step):
+                if step == mine.get("fail"):
                     raise RuntimeError(f"injected failure on rank {w.rank} at step {step}")
+                if step == mine.get("die"):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(mine.get("slow", 0))
                 after_update(model, step)
-            rule.after_update, after_update = fail_at_step, rule.after_update
+            rule.after_update, after_update = faulty, rule.after_update
             return rule
-        engine.train.build_rule = build_failing
+        engine.train.build_rule = build_faulty
+    import time
+    tick = time.perf_counter()
     result = train(load_config(None, overrides), world=w)
+    seconds = time.perf_counter() - tick
     rule = result["rule"]
     np.save(f"{args.out}.{w.rank}.npy", result["model"].params)
-    summary = {"role": result["role"], "top1": result.get("top1"),
-               "exchanges": getattr(rule, "exchanges", None)}
+    summary = {"role": result["role"], "top1": result.get("top1"), "seconds": seconds,
+               "exchanges": getattr(rule, "exchanges", None), "dropped": rule.dropped}
     if hasattr(rule, "weights_sum"):
         summary["weights_sum"] = rule.weights_sum()
     Path(f"{args.out}.{w.rank}.json").write_text(json.dumps(summary))
+    leave(0)
