@@ -82,7 +82,7 @@ def batch_shape(path):
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: batch file is missing") from None
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         raise DataError(f"{path}: cannot read batch file (truncated or corrupted?): "
                         f"{err}") from None
 
@@ -108,7 +108,7 @@ def read_batch(path, out=None):
         raise
     except FileNotFoundError:
         raise DataError(f"{path}: batch file is missing") from None
-    except (OSError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         raise DataError(f"{path}: cannot read batch file (truncated or corrupted?): "
                         f"{err}") from None
 
@@ -211,8 +211,9 @@ def _load_npy(path, what):
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file is missing") from None
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{path}: cannot read {what} (truncated or corrupted?): {err}") from None
+    except Exception as err:        # a damaged header fails in many ways inside NumPy
+        raise DataError(f"{path}: cannot read {what} (truncated or corrupted?): "
+                        f"{type(err).__name__}: {err}") from None
 
 
 def _check_labels(path, labels, count, num_classes):

@@ -111,8 +111,7 @@ class Loader:
         self.prefetch = prefetch
         self.shape = (channels,) + self.crop
         self.wait_time = 0.0
-        self._buffers = [np.empty((batch_size,) + self.shape, self.dtype)
-                         for _ in range(prefetch + 2)]
+        self._buffers = [None] * (prefetch + 2)          # allocated on first use
         self._file_buffer = None
 
     def plan(self, epoch):
@@ -198,7 +197,10 @@ class Loader:
         """Batch ``b`` of ``epoch`` into ring buffer ``slot`` (counted across epochs, so a
         buffer is rewritten only after ``prefetch + 1`` later batches were handed out)."""
         n = sum(stop - start for _, start, stop in pieces)
-        x = self._buffers[slot % len(self._buffers)][:n]
+        ring = slot % len(self._buffers)
+        if self._buffers[ring] is None:
+            self._buffers[ring] = np.empty((self.batch_size,) + self.shape, self.dtype)
+        x = self._buffers[ring][:n]
         rng = np.random.default_rng([self.seed, epoch, self.rank, b, 2])
         top, left = crop_offsets(rng, n, *self.mean.shape[1:], self.crop, self.pad, self.train)
         flip = rng.random(n) < 0.5 if self.mirror else np.zeros(n, bool)

@@ -131,9 +131,9 @@ SCHEMA = {
     "dtype": Key("str", "float32", choices=("float32", "float64")),
     "seed": Key("int", 0, low=0),
     "device": Key("str", "cpu", choices=("cpu",)),   # "gpu" comes with the GPU issue
-    "threads": Key("int", None, low=1, nullable=True),   # null: all cores
-    "batch_size": Key("int", 128, low=1),                     # per worker
-    "epochs": Key("number", 10, low=0, low_open=True),
+    "threads": Key("int", None, low=1, high=1024, nullable=True),   # null: all cores
+    "batch_size": Key("int", 128, low=1, high=65536),                     # per worker
+    "epochs": Key("number", 10, low=0, low_open=True, high=1e6),
     "max_steps": Key("int", None, low=1, nullable=True),
     "optimizer": {
         "name": Key("str", "sgd", choices=("sgd", "adagrad")),
@@ -145,29 +145,29 @@ SCHEMA = {
     },
     "lr_schedule": {
         "policy": Key("str", "constant", choices=("constant", "step", "poly", "cosine")),
-        "step_size": Key("number", 30, low=0, low_open=True),   # epochs, for 'step'
+        "step_size": Key("number", 30, low=0, low_open=True, high=1e6),   # epochs, for 'step'
         "gamma": Key("float", 0.1, low=0, low_open=True),       # for 'step'
         "power": Key("float", 0.5, low=0, low_open=True),       # for 'poly'
         "final_lr": Key("float", 0.0, low=0),                   # for 'cosine'
-        "warmup_epochs": Key("number", 0, low=0),
+        "warmup_epochs": Key("number", 0, low=0, high=1e6),
         "warmup_start": Key("float", 0.1, low=0),               # fraction of optimizer.lr
     },
     "data": {
         "dataset": Key("str", "synthetic", choices=("synthetic", "prepared")),
         "path": Key("str", None, nullable=True, path=True),   # a prepared dataset folder
-        "crop": Key("int", None, low=1, nullable=True),       # square crop; null: whole image
-        "pad": Key("int", 0, low=0),                          # zero padding before a train crop
+        "crop": Key("int", None, low=1, high=4096, nullable=True),       # square crop; null: whole image
+        "pad": Key("int", 0, low=0, high=4096),                          # zero padding before a train crop
         "mirror": Key("bool", False),                         # random horizontal flips
-        "scale": Key("float", None, low=0, low_open=True,     # x = (image - mean) * scale;
+        "scale": Key("float", None, low=0, low_open=True, high=1e6,   # x = (image - mean) * scale;
                      nullable=True),                      # null: 1 / the pixels' std
-        "prefetch": Key("int", 2, low=0),                     # batches prepared ahead
+        "prefetch": Key("int", 2, low=0, high=64),                     # batches prepared ahead
         "verify": Key("bool", True),                          # check each file's crc32
-        "num_train": Key("int", 1024, low=1),                 # synthetic only, from here on
-        "num_val": Key("int", 256, low=1),
-        "image_size": Key("int", 32, low=1),
-        "channels": Key("int", 3, low=1),
-        "num_classes": Key("int", 10, low=2),
-        "noise": Key("float", 0.5, low=0),
+        "num_train": Key("int", 1024, low=1, high=10_000_000),                 # synthetic only, from here on
+        "num_val": Key("int", 256, low=1, high=10_000_000),
+        "image_size": Key("int", 32, low=1, high=4096),
+        "channels": Key("int", 3, low=1, high=64),
+        "num_classes": Key("int", 10, low=2, high=100_000),
+        "noise": Key("float", 0.5, low=0, high=1e6),
     },
     "log": {
         "dir": Key("str", None, nullable=True, path=True),  # null: runs/<date>-<time>-<rule>
@@ -178,7 +178,7 @@ SCHEMA = {
     "timeline": Key("bool", False),               # Chrome trace per rank in the run folder
     "checkpoint": {
         "every_epochs": Key("int", 1, low=0),     # 0: not by epochs
-        "every_minutes": Key("float", None, low=0, low_open=True, nullable=True),
+        "every_minutes": Key("float", None, low=0, low_open=True, high=1e7, nullable=True),
         "keep": Key("int", 3, low=1),
     },
     "resume": Key("str", None, nullable=True),    # auto (newest in log.dir) or a folder
@@ -201,12 +201,13 @@ SCHEMA = {
         "p": Key("float", 0.1, low=0, high=1, low_open=True),       # exchange probability
         "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # elastic moving rate
     },
-    "worker_timeout": Key("float", 300, low=0, low_open=True),   # s; servers drop silent workers
+    "worker_timeout": Key("float", 300, low=0, low_open=True, high=1e7),   # s; servers drop silent workers
+    "watchdog": Key("float", 600, low=0, low_open=True, high=1e7, nullable=True),   # s in an exchange
     "exchange": {                                 # how BSP averages its buffer
         "method": Key("str", "auto", choices=("auto", "allreduce", "ring")),
         "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
         "ring_min_bytes": Key("int", 20_000_000, low=0),   # auto: ring from this size up
-        "bucket_mb": Key("float", None, low=0, low_open=True, nullable=True),   # null: one
+        "bucket_mb": Key("float", None, low=0, low_open=True, high=1e5, nullable=True),   # null: one
         "overlap": Key("bool", False),            # average buckets while backward runs
     },
 }
@@ -231,6 +232,16 @@ def _auto_resume_needs_a_run_folder(cfg):
                          "new folder); set log.dir, or give resume the folder to continue")
 
 
+def _synthetic_data_fits_in_memory(cfg):
+    data = cfg["data"]
+    if data["dataset"] == "synthetic":
+        size = (data["num_train"] + data["num_val"]) * data["channels"] * data["image_size"] ** 2
+        if size > 2 ** 31:
+            yield "data", (f"synthetic data of {data['num_train'] + data['num_val']} images of "
+                           f"{data['channels']}x{data['image_size']}x{data['image_size']} would "
+                           f"take {size / 2 ** 30:.0f} GiB; at most 2 GiB is generated in memory")
+
+
 def _nesterov_needs_sgd_momentum(cfg):
     opt = cfg["optimizer"]
     if opt["nesterov"] and (opt["name"] != "sgd" or opt["momentum"] == 0):
@@ -240,7 +251,8 @@ def _nesterov_needs_sgd_momentum(cfg):
 
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
 CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path,
-          _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder]
+          _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder,
+          _synthetic_data_fits_in_memory]
 
 
 def register_section(name, keys):

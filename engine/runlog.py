@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import dump
+from engine.config import ConfigError, dump
 
 
 def git_revision(root):
@@ -49,14 +49,22 @@ def versions():
 
 def run_folder(cfg, world):
     """The run's folder, chosen on rank 0 and shared; created there."""
-    name = None
+    name, problem = None, None
     if world.rank == 0:
         name = cfg["log"]["dir"] or os.path.join(
             "runs", time.strftime("%Y%m%d-%H%M%S") + f"-{cfg['sync_rule'].lower()}")
-        Path(name).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(name).mkdir(parents=True, exist_ok=True)
+            probe = Path(name) / ".writable"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            problem = f"log.dir: cannot write the run folder {name}: {err}"
     if world.comm is not None:
-        name = world.comm.bcast(name, root=0)
-    return Path(name)
+        name, problem = world.comm.bcast((name, problem), root=0)
+    if problem:
+        raise ConfigError(problem)
+    return Path(name).absolute()
 
 
 class Timing:
@@ -74,6 +82,7 @@ class RunLog:
         self._events = [] if cfg["timeline"] else None
         self.times = dict.fromkeys(("compute", "exchange", "data"), 0.0)
         self.origin = time.perf_counter()
+        self.current = ("starting", time.time())     # the phase now and since when (watchdog)
 
     def write_metadata(self, model, description, roles, steps_per_epoch):
         meta = {"config": json.loads(json.dumps(self.cfg, default=str)),
@@ -97,11 +106,13 @@ class RunLog:
     def phase(self, name, category=None):
         """Time the enclosed code as ``name`` (compute, exchange, data or another); the
         ``Timing`` it yields holds the seconds once the block is done."""
-        start, timing = time.perf_counter(), Timing()
+        start, timing, outer = time.perf_counter(), Timing(), self.current
+        self.current = (name, time.time())
         try:
             yield timing
         finally:
             end = time.perf_counter()
+            self.current = outer if outer[0] != "starting" else ("between phases", time.time())
             timing.seconds = end - start
             if name in self.times:
                 self.times[name] += end - start

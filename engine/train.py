@@ -25,6 +25,7 @@ from engine.models import build_model
 from engine.optimizers import build_optimizer
 from engine.progress import ProgressDisplay
 from engine.runlog import RunLog, run_folder
+from engine.watchdog import Watchdog
 from engine.schedules import build_schedule
 from layers import parallel
 from sync import build_rule
@@ -154,10 +155,37 @@ def train(cfg, out=None, world=None):
     rule.start(model)
     checkpoints = Checkpoints(cfg, world, rule, model, optimizer, progress, folder)
     resumed = checkpoints.resume(display.message)
-    if rule.is_server:
-        rule.serve(model, optimizer, schedule, progress.steps_per_epoch, checkpoints.write_own)
+    watchdog = Watchdog(folder, world.rank, world.size, log, progress,
+                        cfg["watchdog"]).start() if cfg["watchdog"] else None
+    try:
+        if rule.is_server:
+            rule.serve(model, optimizer, schedule, progress.steps_per_epoch,
+                       checkpoints.write_own)
+            return {"model": model, "rule": rule, "role": "server", "folder": folder}
+        history = run_epochs(cfg, model, optimizer, data, schedule, progress, rule, log,
+                             display, checkpoints)
+        if cfg["log"]["export"]:
+            with rule.evaluated(model):          # the model users care about
+                if rule.reports:
+                    export_weights(folder / "weights.hkl", model)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
         log.close()
-        return {"model": model, "rule": rule, "role": "server", "folder": folder}
+    final = dict(history[-1] if history else {}, skipped_steps=progress.skipped,
+                 history=history, model=model, rule=rule, role="worker", folder=folder,
+                 resumed_from=resumed)
+    if history:
+        display.message(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} after "
+                        f"{progress.step} steps, {final['time']:.1f} s, {progress.skipped} "
+                        f"skipped")
+    return final
+
+
+def run_epochs(cfg, model, optimizer, data, schedule, progress, rule, log, display,
+               checkpoints):
+    """A worker's training from where ``progress`` is to the end: epochs, validations of the
+    model users care about, checkpoints, the rule's finish; returns the validation history."""
     start, history = time.perf_counter(), []
 
     def validate(epoch):
@@ -176,33 +204,23 @@ def train(cfg, out=None, world=None):
         epoch = max(1, -(-progress.step // progress.steps_per_epoch))   # a finished run's last
         batches = data.train.stream(progress.step // progress.steps_per_epoch,
                                     start=progress.step % progress.steps_per_epoch)
-        while progress.step < progress.total_steps:
-            epoch = progress.step // progress.steps_per_epoch + 1
-            train_epoch(model, optimizer, schedule, batches, epoch, cfg, progress, rule, log,
-                        display)
-            end_of_epoch = progress.step % progress.steps_per_epoch == 0
-            if end_of_epoch and epoch % cfg["eval_every"] == 0 \
-                    and progress.step < progress.total_steps:
-                validate(epoch)
-            if end_of_epoch or progress.step == progress.total_steps:
-                checkpoints.maybe_save(epoch, display.message,
-                                       last=progress.step == progress.total_steps)
-        batches.close()
+        try:
+            while progress.step < progress.total_steps:
+                epoch = progress.step // progress.steps_per_epoch + 1
+                train_epoch(model, optimizer, schedule, batches, epoch, cfg, progress, rule,
+                            log, display)
+                end_of_epoch = progress.step % progress.steps_per_epoch == 0
+                if end_of_epoch and epoch % cfg["eval_every"] == 0 \
+                        and progress.step < progress.total_steps:
+                    validate(epoch)
+                if end_of_epoch or progress.step == progress.total_steps:
+                    checkpoints.maybe_save(epoch, display.message,
+                                           last=progress.step == progress.total_steps)
+        finally:
+            batches.close()
         rule.finish(model)
         validate(epoch)                      # the final model, after the rule's last exchange
-    if cfg["log"]["export"]:
-        with rule.evaluated(model):              # the model users care about
-            if rule.reports:
-                export_weights(folder / "weights.hkl", model)
-    log.close()
-    final = dict(history[-1] if history else {}, skipped_steps=progress.skipped,
-                 history=history, model=model, rule=rule, role="worker", folder=folder,
-                 resumed_from=resumed)
-    if history:
-        display.message(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} after "
-                        f"{progress.step} steps, {final['time']:.1f} s, {progress.skipped} "
-                        f"skipped")
-    return final
+    return history
 
 
 class Progress:
@@ -289,6 +307,10 @@ def main(argv=None):
     except NonFiniteLoss as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 1
+    except MemoryError as err:
+        print(f"out of memory: {err or 'an allocation failed'}; use a smaller batch_size, "
+              f"model or dataset", file=sys.stderr)
+        return 5
     return 0
 
 

