@@ -22,6 +22,7 @@ from sync.comm import leave, world      # noqa: E402
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
+    parser.add_argument("--config", default=None, help="a config file (default: none)")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--rank-set", action="append", default=[])
     parser.add_argument("--fail", default=None)
@@ -62,7 +63,7 @@ if __name__ == "__main__":
         engine.train.build_rule = build_faulty
     import time
     tick = time.perf_counter()
-    result = train(load_config(None, overrides), world=w)
+    result = train(load_config(args.config, overrides), world=w)
     seconds = time.perf_counter() - tick
     rule = result["rule"]
     np.save(f"{args.out}.{w.rank}.npy", result["model"].params)
