@@ -41,7 +41,8 @@ class Gossip(SyncRule):
         super().start(model)
         self.model = model
         self.outgoing = np.empty_like(model.params)
-        self.incoming = np.empty_like(model.params)
+        self.incoming = np.empty_like(model.params)   # what others send us
+        self.reply = np.empty_like(model.params)      # a peer's answer to our request
 
     def _answer(self, blocking=False):
         """Receive (gosgd) or answer (elastic) what other workers sent; True if anything."""
@@ -92,10 +93,10 @@ class Gossip(SyncRule):
             self.sent[peer] += 1
         else:
             request = comm.Isend(self.outgoing, dest=peer, tag=REQUEST)
-            reply = comm.Irecv(self.incoming, source=peer, tag=REPLY)
+            reply = comm.Irecv(self.reply, source=peer, tag=REPLY)
             self._wait(reply)
             self._wait(request)
-            model.params -= self.alpha * (model.params - self.incoming)
+            model.params -= self.alpha * (model.params - self.reply)
         self.exchanges += 1
 
     def quiesce(self):

@@ -10,9 +10,9 @@ The loop calls, on a worker::
     with rule.evaluated(model): ...     # the model users care about, for validation
     rule.finish(model)
 
-and on a server rank ``rule.serve(model, optimizer, schedule, steps_per_epoch)`` instead. ``workers`` is a communicator
-over the worker ranks only (None in a single process); ``worker_rank`` / ``num_workers`` say
-which data shard a worker reads.
+and on a server rank ``rule.serve(model, optimizer, schedule, steps_per_epoch, save)``
+instead. ``workers`` is a communicator over the worker ranks only (None in a single process);
+``worker_rank`` / ``num_workers`` say which data shard a worker reads.
 """
 import contextlib
 import sys
