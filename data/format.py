@@ -20,6 +20,7 @@ Legacy Theano-MPI layout (read as is, no metadata.json): folders ``train_hkl*/``
 of the recorded size, label counts and range, mean shape) and raises ``DataError`` naming the
 file and the problem; ``Split.read`` checks each batch's shape and checksum as it loads it.
 """
+import contextlib
 import json
 import os
 import zlib
@@ -71,13 +72,14 @@ def _array_dataset(handle, path):
     return found[0]
 
 
-def batch_shape(path):
-    """The stored array's shape and dtype, read from the file's header only."""
+@contextlib.contextmanager
+def _batch_array(path):
+    """The h5py dataset of the batch file at ``path``, open while the block runs; every way
+    a missing or damaged file fails becomes a ``DataError`` naming it."""
     import h5py
     try:
         with h5py.File(path, "r") as handle:
-            node = _array_dataset(handle, path)
-            return tuple(node.shape), np.dtype(node.dtype)
+            yield _array_dataset(handle, path)
     except DataError:
         raise
     except FileNotFoundError:
@@ -85,32 +87,28 @@ def batch_shape(path):
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         raise DataError(f"{path}: cannot read batch file (truncated or corrupted?): "
                         f"{err}") from None
+
+
+def batch_shape(path):
+    """The stored array's shape and dtype, read from the file's header only."""
+    with _batch_array(path) as node:
+        return tuple(node.shape), np.dtype(node.dtype)
 
 
 def read_batch(path, out=None):
     """The stored uint8 array, read into ``out`` (same shape, C-contiguous) when given."""
-    import h5py
-    try:
-        with h5py.File(path, "r") as handle:
-            node = _array_dataset(handle, path)
-            if node.dtype != np.uint8 or node.ndim != 4:
-                raise DataError(f"{path}: expected a uint8 4-D image array, found "
-                                f"{node.dtype} {node.shape}")
-            if out is None:
-                out = np.empty(node.shape, np.uint8)
-            elif out.shape != node.shape:
-                raise DataError(f"{path}: expected an array of shape {out.shape}, found "
-                                f"{node.shape}")
-            if out.size:
-                node.read_direct(out)
-            return out
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: batch file is missing") from None
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise DataError(f"{path}: cannot read batch file (truncated or corrupted?): "
-                        f"{err}") from None
+    with _batch_array(path) as node:
+        if node.dtype != np.uint8 or node.ndim != 4:
+            raise DataError(f"{path}: expected a uint8 4-D image array, found "
+                            f"{node.dtype} {node.shape}")
+        if out is None:
+            out = np.empty(node.shape, np.uint8)
+        elif out.shape != node.shape:
+            raise DataError(f"{path}: expected an array of shape {out.shape}, found "
+                            f"{node.shape}")
+        if out.size:
+            node.read_direct(out)
+        return out
 
 
 # -- reading a dataset ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ class Watchdog:
         self.folder, self.rank, self.size = Path(folder), rank, size
         self.log, self.progress, self.seconds = log, progress, seconds
         self.interval, self.out = interval, out or sys.stderr
-        self.reported = None
+        self.reported = self.write_error = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
@@ -41,8 +41,10 @@ class Watchdog:
             try:
                 temporary.write_text(json.dumps(beat))
                 temporary.replace(path)
-            except OSError:                   # a full disk must not end the run
-                pass
+            except OSError as err:            # a full disk must not end the run
+                if self.write_error is None:
+                    self.out.write(f"watchdog: cannot write {path}: {err}\n")
+                self.write_error = err
             waited = time.time() - since
             if phase == "exchange" and waited > self.seconds and self.reported != since:
                 self.reported = since
