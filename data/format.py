@@ -259,10 +259,12 @@ def read_metadata(root):
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"format_version {version!r}, this engine reads {FORMAT_VERSION}")
-        for split in SPLITS:
-            for entry in meta["splits"][split]["files"]:
-                entry["name"], entry["images"], entry["bytes"], entry["crc32"]  # noqa: B018
-        meta["channels"], meta["image_size"][1], meta["classes"]  # noqa: B018
+        missing = [key for key in ("channels", "image_size", "classes") if key not in meta]
+        missing += [f"{split} file {i}: {key}" for split in SPLITS
+                    for i, entry in enumerate(meta["splits"][split]["files"])
+                    for key in ("name", "images", "bytes", "crc32") if key not in entry]
+        if missing or len(meta["image_size"]) != 2:
+            raise ValueError(f"missing {', '.join(missing) or 'a 2-element image_size'}")
     except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
         raise DataError(f"{path}: unreadable or incomplete metadata: {err!r}") from None
     return meta

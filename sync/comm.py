@@ -10,12 +10,12 @@ import os
 import sys
 import traceback
 
-LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_NTASKS")
+LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
 
 
 def launched_by_mpi():
     """True when an MPI launcher started this process (its environment says so)."""
-    return any(os.environ.get(v) for v in LAUNCHER_VARIABLES[:3])
+    return any(os.environ.get(v) for v in LAUNCHER_VARIABLES)
 
 
 class World:
@@ -34,11 +34,6 @@ class World:
     def barrier(self):
         if self.comm is not None:
             self.comm.Barrier()
-
-    def abort(self, code=1):
-        if self.comm is not None and self.size > 1:
-            self.comm.Abort(code)
-        sys.exit(code)
 
 
 def fault_tolerant():
