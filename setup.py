@@ -1,8 +1,14 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'VERSION = "(.+)"',
+                    (Path(__file__).parent / "engine" / "version.py").read_text())[1]
 
 setup(
     name="parallel-training",
-    version="0.1.0",
+    version=VERSION,
     description="Framework-free data-parallel deep-learning training engine (NumPy/CuPy + MPI)",
     packages=find_packages(include=["engine*", "layers*", "sync*", "data*", "run*"]),
     python_requires=">=3.9",

@@ -210,6 +210,11 @@ SCHEMA = {
         "bucket_mb": Key("float", None, low=0, low_open=True, high=1e5, nullable=True),   # null: one
         "overlap": Key("bool", False),            # average buckets while backward runs
     },
+    "cluster": {                                  # for the run/ launchers: mpiexec's options
+        "hostfile": Key("str", None, nullable=True, path=True),   # null: this machine only
+        "interface": Key("str", None, nullable=True),   # MPI's network: eth1 or 10.0.0.0/24
+        "agent": Key("str", "ssh"),               # starts ranks on other hosts (plm_ssh_agent)
+    },
 }
 
 

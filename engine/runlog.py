@@ -1,7 +1,7 @@
 """The run folder (``log.dir``): what a run did, readable with ``jq`` and by ``engine.report``.
 
-    RUN/metadata.json        resolved config, versions, MPI library, ranks and roles, device,
-                             start time, git revision
+    RUN/metadata.json        resolved config, versions, MPI library, ranks with roles and hosts,
+                             device, start time, git revision
     RUN/log.rank<r>.jsonl    one line per logged step: step, epoch, loss, lr, images/s and the
                              seconds spent computing, exchanging and waiting for data
     RUN/metrics.jsonl        validation results of the model users care about (top-1, top-5,
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import ConfigError, dump
+from engine.version import source_fingerprint
 
 
 def git_revision(root):
@@ -39,7 +40,8 @@ def git_revision(root):
 
 
 def versions():
-    found = {"python": platform.python_version(), "numpy": np.__version__}
+    found = {"parallel-training": source_fingerprint(), "python": platform.python_version(),
+             "numpy": np.__version__}
     for name in ("mpi4py", "h5py", "hickle", "yaml", "cupy"):
         module = sys.modules.get(name)
         if module is not None:
@@ -84,15 +86,16 @@ class RunLog:
         self.origin = time.perf_counter()
         self.current = ("starting", time.time())     # the phase now and since when (watchdog)
 
-    def write_metadata(self, model, description, roles, steps_per_epoch):
+    def write_metadata(self, model, description, roles, hosts, steps_per_epoch):
         meta = {"config": json.loads(json.dumps(self.cfg, default=str)),
                 "config_yaml": dump(self.cfg), "versions": versions(),
-                "mpi": self._mpi_library(), "ranks": self.world.size, "roles": roles,
+                "mpi": self._mpi_library(), "ranks": self.world.size, "roles": list(roles),
+                "hosts": list(hosts),
                 "workers": self.rule.num_workers, "sync_rule": self.rule.name,
                 "device": self.cfg["device"], "model": model.name,
                 "parameters": model.num_params, "data": description,
                 "steps_per_epoch": steps_per_epoch,
-                "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+                "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "git": git_revision(Path(__file__).resolve().parents[1])}
         path = self.folder / "metadata.json"
         path.write_text(json.dumps(meta, indent=1))

@@ -11,6 +11,7 @@ worker prints; every rank agrees at start that the setup worked on all of them.
 import argparse
 import hashlib
 import os
+import platform
 import sys
 import time
 
@@ -27,6 +28,7 @@ from engine.progress import ProgressDisplay
 from engine.runlog import RunLog, run_folder
 from engine.watchdog import Watchdog
 from engine.schedules import build_schedule
+from engine.version import source_fingerprint
 from layers import parallel
 from sync import build_rule
 from sync.comm import install_abort_hook, leave, world as mpi_world
@@ -64,10 +66,12 @@ def evaluate(model, loader, rule):
 
 
 def cores_per_rank(world):
-    """This host's cores shared among its ranks."""
+    """This host's cores shared among its ranks, and no more than this process may run on
+    (``mpiexec`` or Slurm may have bound it to fewer)."""
     local = world.comm.Split_type(world.MPI.COMM_TYPE_SHARED).Get_size() \
         if world.comm is not None else 1
-    return max(1, (os.cpu_count() or 1) // local)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1 << 16
+    return max(1, min(usable, (os.cpu_count() or 1) // local))
 
 
 def agree(world, problem):
@@ -82,16 +86,21 @@ def agree(world, problem):
 
 def differences(world, model, cfg):
     """A problem (for ``agree``) if this rank's model or config differs from rank 0's."""
-    mine = {"parameters": model.num_params, "dtype": str(model.params.dtype),
+    mine = {"version": source_fingerprint(), "parameters": model.num_params, "dtype": str(model.params.dtype),
             "layout": hashlib.sha1(repr([(layer.name, {k: v.shape for k, v in
                                                       layer.params.items()})
                                          for layer in model.leaves()]).encode()).hexdigest(),
             "config": hashlib.sha1(dump(cfg).encode()).hexdigest()}
-    first = world.comm.bcast(mine, root=0) if world.comm is not None else mine
+    here = platform.node()
+    first, host0 = world.comm.bcast((mine, here), root=0) if world.comm is not None \
+        else (mine, here)
     changed = [f"{key} {mine[key]} (rank 0: {first[key]})" for key in mine
                if mine[key] != first[key]]
+    if mine["version"] != first["version"]:
+        changed.append("every host needs the same checkout of the project")
     if changed:
-        return ConfigError, f"rank {world.rank} disagrees with rank 0: {', '.join(changed)}"
+        return ConfigError, (f"rank {world.rank} on host {here} disagrees with rank 0 on host "
+                             f"{host0}: {', '.join(changed)}")
     return None
 
 
@@ -142,15 +151,16 @@ def train(cfg, out=None, world=None):
     folder = run_folder(cfg, world)
     log = RunLog(cfg, world, rule, folder)
     rule.log = log
-    roles = world.comm.allgather("server" if rule.is_server else "worker") \
-        if world.comm is not None else ["worker"]
+    placement = ("server" if rule.is_server else "worker", platform.node())
+    roles, hosts = zip(*(world.comm.allgather(placement) if world.comm is not None
+                         else [placement]))
     if world.rank == 0:
-        log.write_metadata(model, data.description, roles, progress.steps_per_epoch)
+        log.write_metadata(model, data.description, roles, hosts, progress.steps_per_epoch)
     display = ProgressDisplay(out or sys.stdout, rule.reports, progress.total_steps,
                               cfg["print_every"], rule.num_workers, bar=cfg["log"]["bar"])
     display.message(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; "
-                    f"{rule.name} over {rule.num_workers} worker(s) of {world.size} rank(s), "
-                    f"{threads} thread(s) each; {data.description}; batch {cfg['batch_size']} "
+                    f"{rule.name} over {rule.num_workers} worker(s) of {world.size} rank(s) "
+                    f"on {len(set(hosts))} host(s), {threads} thread(s) per rank here; {data.description}; batch {cfg['batch_size']} "
                     f"per worker, {progress.total_steps} steps; run folder {folder}")
     rule.start(model)
     checkpoints = Checkpoints(cfg, world, rule, model, optimizer, progress, folder)

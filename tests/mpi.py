@@ -25,9 +25,10 @@ def mpiexec():
     return path
 
 
-def run_mpi(n, args, timeout=120, cwd=None, flags=()):
-    """``mpiexec [flags] -n n python args...``; returns the CompletedProcess (text output)."""
-    command = [mpiexec(), "--oversubscribe", *flags, "-n", str(n), sys.executable] + \
+def run_mpi(n, args, timeout=120, cwd=None, flags=(), prefix=()):
+    """``[prefix] mpiexec [flags] -n n python args...``; returns the CompletedProcess (text
+    output). ``prefix`` runs mpiexec inside something, e.g. ``ip netns exec HOST``."""
+    command = [*prefix, mpiexec(), "--oversubscribe", *flags, "-n", str(n), sys.executable] + \
         [str(a) for a in args]
     try:
         return subprocess.run(command, cwd=cwd, env=mpi_env(), capture_output=True,

@@ -1,6 +1,7 @@
 """The run folder, the progress display, the report and the timeline."""
 import io
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from engine.config import load_config
 from engine.progress import ProgressDisplay
 from engine.report import main as report
 from engine.train import train
+from engine.version import source_fingerprint
 from tests.mpi import ROOT, run_mpi
 from tests.sync.helpers import COMMON
 
@@ -24,6 +26,8 @@ def test_a_two_rank_run_leaves_its_folder_readable(tmp_path):
     run = tmp_path / "run"
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["roles"] == ["worker", "worker"] and meta["ranks"] == 2
+    assert meta["hosts"] == [platform.node()] * 2
+    assert meta["versions"]["parallel-training"] == source_fingerprint()
     assert meta["config"]["batch_size"] == 16 and "Open MPI" in meta["mpi"]
     assert meta["versions"]["numpy"] == np.__version__ and meta["steps_per_epoch"] == 15
     for rank in (0, 1):

@@ -18,15 +18,15 @@ COMMON = ["model=mlp", "model_options={hidden: [16]}", "data.dataset=synthetic",
           "print_every=1000", "seed=3", "epochs=1"]
 
 
-def run_rule(tmp_path, ranks, settings, timeout=120, faults=(), flags=()):
-    """Run the job on ``ranks`` MPI ranks (``faults``: save_params.py's injection options);
-    returns (params per rank, summary per rank)."""
+def run_rule(tmp_path, ranks, settings, timeout=120, faults=(), flags=(), prefix=()):
+    """Run the job on ``ranks`` MPI ranks (``faults``: save_params.py's injection options;
+    ``flags`` and ``prefix``: see ``run_mpi``); returns (params per rank, summary per rank)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "rank"
     args = [ROOT / "tests" / "sync" / "save_params.py", out]
     for s in COMMON + settings:
         args += ["--set", s]
-    done = run_mpi(ranks, args + list(faults), timeout=timeout, flags=flags)
+    done = run_mpi(ranks, args + list(faults), timeout=timeout, flags=flags, prefix=prefix)
     assert done.returncode == 0, done.stdout + done.stderr
     alive = [r for r in range(ranks) if (tmp_path / f"rank.{r}.json").exists()]
     return ([np.load(f"{out}.{r}.npy") if r in alive else None for r in range(ranks)],

@@ -86,7 +86,8 @@ def test_ranks_that_disagree_on_the_model_stop_with_one_message(tmp_path):
         args += ["--set", s]
     done = run_mpi(2, args, timeout=60)
     assert done.returncode != 0
-    assert "rank 1 disagrees with rank 0: parameters" in done.stderr
+    assert "rank 1 on host " in done.stderr and "disagrees with rank 0 on host" in done.stderr
+    assert "parameters 1421 (rank 0: 1338)" in done.stderr
 
 
 def test_more_servers_than_ranks_is_a_config_error_on_every_rank(tmp_path):
