@@ -20,6 +20,10 @@ parse_args() {   # sets WORKERS, CONFIG and EXTRA from "$@"
     [ "$1" -ge 1 ] || { echo "N must be at least 1, got $1" >&2; usage; }
     WORKERS=$1
     shift
+    parse_config "$@"
+}
+
+parse_config() {   # sets CONFIG and EXTRA from "[config.yaml] [--set key=value ...]"
     CONFIG="$root/config.yaml"
     if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then
         CONFIG="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"

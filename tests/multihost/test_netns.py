@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from run.netns import NetnsCluster, NetnsError
-from tests.mpi import ROOT, mpi_env, mpiexec
+from tests.mpi import OVERSUBSCRIBE, ROOT, mpi_env, mpiexec
 from tests.sync.helpers import COMMON, run_rule
 
 WIDE = ["model_options={hidden: [512]}"]      # 42,506 parameters: 170 KB a step crosses
@@ -70,7 +70,7 @@ def launcher(cluster, script, workers, hostfile, extra=(), timeout=180):
     """A run/ launcher started on the first host with the PT_* cluster variables."""
     env = dict(mpi_env(), PT_HOSTFILE=str(hostfile), PT_AGENT=str(cluster.agent),
                PT_INTERFACE=cluster.network)
-    env.pop("OMPI_MCA_rmaps_base_oversubscribe")        # the hostfile's slots count
+    env.pop(OVERSUBSCRIBE)                              # the hostfile's slots count
     sets = [a for s in COMMON + ["batch_size=8", "max_steps=10", "log.export=false"]
             for a in ("--set", s)]
     command = cluster.command(cluster.names[0], [ROOT / "run" / script, workers, *sets, *extra])
