@@ -33,6 +33,8 @@ from layers import parallel
 from sync import build_rule
 from sync.comm import install_abort_hook, leave, world as mpi_world
 
+STALLED = 6     # exit status when stall_abort ends a job stuck in an exchange
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss, the gradient or the parameters became NaN or infinite (with
@@ -165,8 +167,10 @@ def train(cfg, out=None, world=None):
     rule.start(model)
     checkpoints = Checkpoints(cfg, world, rule, model, optimizer, progress, folder)
     resumed = checkpoints.resume(display.message)
-    watchdog = Watchdog(folder, world.rank, world.size, log, progress,
-                        cfg["watchdog"]).start() if cfg["watchdog"] else None
+    watchdog = Watchdog(folder, world.rank, world.size, log, progress, cfg["watchdog"],
+                        abort_seconds=cfg["stall_abort"], abort=lambda: world.comm.Abort(STALLED)
+                        ).start() if world.size > 1 and (cfg["watchdog"] or cfg["stall_abort"]) \
+        else None
     try:
         if rule.is_server:
             rule.serve(model, optimizer, schedule, progress.steps_per_epoch,

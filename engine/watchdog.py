@@ -5,7 +5,9 @@ the run folder (``heartbeat.rank<r>.json``: step, the phase the rank is in, sinc
 checks its own phase: when the rank has waited in an exchange for more than
 ``watchdog_seconds``, it prints once, to stderr, which ranks are behind (a lower step, or not
 in an exchange) and how long ago each was last heard of. The files need no MPI, so the report
-works while MPI itself is stuck (on several hosts, when the run folder is shared).
+works while MPI itself is stuck (on several hosts, when the run folder is shared). After
+``abort_seconds`` in one exchange it reports again and calls ``abort`` (``MPI.Abort``: every
+rank ends, the hung one too), so a stuck job does not hold its machines forever.
 """
 import json
 import sys
@@ -15,9 +17,11 @@ from pathlib import Path
 
 
 class Watchdog:
-    def __init__(self, folder, rank, size, log, progress, seconds, interval=2.0, out=None):
+    def __init__(self, folder, rank, size, log, progress, seconds, interval=2.0, out=None,
+                 abort_seconds=None, abort=None):
         self.folder, self.rank, self.size = Path(folder), rank, size
         self.log, self.progress, self.seconds = log, progress, seconds
+        self.abort_seconds, self.abort = abort_seconds, abort
         self.interval, self.out = interval, out or sys.stderr
         self.reported = self.write_error = None
         self._stop = threading.Event()
@@ -46,7 +50,14 @@ class Watchdog:
                     self.out.write(f"watchdog: cannot write {path}: {err}\n")
                 self.write_error = err
             waited = time.time() - since
-            if phase == "exchange" and waited > self.seconds and self.reported != since:
+            if phase != "exchange":
+                continue
+            if self.abort_seconds is not None and waited > self.abort_seconds:
+                self.out.write(self.report(beat, waited) + f"; ending the job (stall_abort: "
+                               f"{self.abort_seconds:g} s)\n")
+                self.out.flush()
+                self.abort()
+            elif self.seconds is not None and waited > self.seconds and self.reported != since:
                 self.reported = since
                 self.out.write(self.report(beat, waited) + "\n")
                 self.out.flush()
