@@ -49,6 +49,8 @@ class Downpour(SyncRule):
         self.world.comm.Bcast(model.params, root=0)
         self.bounds = shard_bounds(model.params.size, self.n_servers)
         self.accrued = np.zeros_like(model.params)
+        if not self.is_server:
+            self.listen_for_drop()
 
     def fetch(self, params, tag=FETCH):
         """Overwrite ``params`` with the servers' shards."""
@@ -114,6 +116,7 @@ class Downpour(SyncRule):
             for server in range(self.n_servers):
                 self.notify(server, DONE)
         self.finished = True
+        self.listener.stop()
 
     def serve(self, model, optimizer, schedule, steps_per_epoch, save):
         lo, hi = shard_bounds(model.params.size, self.n_servers)[self.world.rank]

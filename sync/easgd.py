@@ -37,6 +37,8 @@ class EASGD(SyncRule):
         """Every worker and the center start from the server's parameters."""
         self.world.comm.Bcast(model.params, root=0)
         self.center = np.empty_like(model.params)
+        if not self.is_server:
+            self.listen_for_drop()
 
     def after_update(self, model, step):
         if step % self.tau:
@@ -72,6 +74,7 @@ class EASGD(SyncRule):
         else:
             self.notify(0, DONE)
         self.finished = True
+        self.listener.stop()
 
     def serve(self, model, optimizer, schedule, steps_per_epoch, save):
         comm, center = self.world.comm, model.params

@@ -21,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sync.dropped import DROPPED, DropListener
+
 IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
 
 # Tags of the server protocol that EASGD and Downpour share: a worker asks for the server's
 # values (FETCH), says it is done (DONE), or is done and wants the final values (DONE_FETCH);
 # the server answers with VALUES. CHECKPOINT (a folder) asks a server to write its part of a
 # checkpoint, SAVED answers it. Rule-specific messages use tags from 10 on.
+# DROPPED (sync/dropped.py) tells a worker the server dropped it.
 FETCH, DONE, DONE_FETCH, VALUES, CHECKPOINT, SAVED = 1, 2, 3, 4, 5, 6
 
 
@@ -189,6 +192,10 @@ class SyncRule:
         return [f for f in failures if f] if self.worker_rank == 0 else []
 
     # -- the server protocol ----------------------------------------------------------------
+    def listen_for_drop(self):
+        """On a worker of a rule with servers: end this process if a server drops it."""
+        self.listener = DropListener(self.world.comm, self.world.rank, self.servers).start()
+
     def notify(self, server, tag):
         """Send ``server`` an empty note (FETCH, DONE or DONE_FETCH)."""
         self.world.comm.Send(np.zeros(1, np.int8), dest=server, tag=tag)
@@ -204,7 +211,7 @@ class SyncRule:
         dropped with a warning; the others go on."""
         from mpi4py import MPI
         comm, status, note = self.world.comm, MPI.Status(), np.empty(1, np.int8)
-        active = set(range(self.servers, self.world.size))
+        active, self.notices = set(range(self.servers, self.world.size)), []
         heard = dict.fromkeys(active, time.monotonic())
         final_to = None
         while active:
@@ -215,8 +222,10 @@ class SyncRule:
                 continue
             if not arrived:
                 now = time.monotonic()
-                self._drop(active, [r for r in active if now - heard[r] > self.worker_timeout],
-                           f"it sent nothing for {self.worker_timeout:g} s")
+                silent = [r for r in active if now - heard[r] > self.worker_timeout]
+                self._drop(active, silent, f"it sent nothing for {self.worker_timeout:g} s")
+                self.notices += [comm.issend(f"silent for {self.worker_timeout:g} s", dest=r,
+                                             tag=DROPPED) for r in silent]
                 continue
             source, tag = status.Get_source(), status.Get_tag()
             heard[source] = time.monotonic()
@@ -238,6 +247,17 @@ class SyncRule:
                 self._drop(active, failed_ranks(comm), "its process died")
         if final_to is not None:
             comm.Send(values, dest=final_to, tag=VALUES)
+        self._deliver_notices()
+
+    def _deliver_notices(self, seconds=10.0):
+        """Wait until the dropped workers have received their DROPPED notes (sent in
+        synchronous mode: under ULFM a note is lost once its sender has ended), for no more
+        than ``seconds`` (a worker whose every thread is stuck never receives it)."""
+        from mpi4py import MPI
+        give_up = time.monotonic() + seconds
+        while self.notices and not MPI.Request.Testall(self.notices) and \
+                time.monotonic() < give_up:
+            time.sleep(0.05)
 
     def _drop(self, active, ranks, why):
         for rank in sorted(set(ranks) & active):

@@ -39,6 +39,21 @@ def test_asynchronous_rules_drop_a_killed_worker_and_finish(tmp_path, rule):
     assert not (tmp_path / "rank.3.json").exists()
 
 
+@pytest.mark.parametrize("rule", ["EASGD", "DOWNPOUR"])
+def test_a_hung_worker_is_dropped_told_so_and_the_job_still_ends(tmp_path, rule):
+    settings = [f"sync_rule={rule}", "batch_size=16", "epochs=3", "checkpoint.every_epochs=0",
+                "worker_timeout=3", "easgd.tau=2"]
+    tick = time.perf_counter()
+    done = run_mpi(4, job(tmp_path, settings, ["--hang", "3:5"]), timeout=120,
+                   flags=["--with-ft", "ulfm"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "drops worker rank 3: it sent nothing for 3 s" in done.stderr
+    assert "rank 3: server rank 0 dropped this worker (silent for 3 s)" in done.stderr
+    assert json.loads((tmp_path / "rank.1.json").read_text())["top1"] > 0.85
+    assert not (tmp_path / "rank.3.json").exists()
+    assert time.perf_counter() - tick < 90
+
+
 def test_a_straggler_does_not_slow_the_others_under_easgd(tmp_path):
     settings = ["sync_rule=EASGD", "batch_size=16", "epochs=1", "easgd.tau=2"]
     tick = time.perf_counter()
