@@ -1,7 +1,7 @@
 """The run folder (``log.dir``): what a run did, readable with ``jq`` and by ``engine.report``.
 
-    RUN/metadata.json        resolved config, versions, MPI library, ranks with roles and hosts,
-                             device, start time, git revision
+    RUN/metadata.json        resolved config, versions, MPI library, each rank's role, host
+                             and threads, device, start time, git revision
     RUN/log.rank<r>.jsonl    one line per logged step: step, epoch, loss, lr, images/s and the
                              seconds spent computing, exchanging and waiting for data
     RUN/metrics.jsonl        validation results of the model users care about (top-1, top-5,
@@ -86,11 +86,12 @@ class RunLog:
         self.origin = time.perf_counter()
         self.current = ("starting", time.time())     # the phase now and since when (watchdog)
 
-    def write_metadata(self, model, description, roles, hosts, steps_per_epoch):
+    def write_metadata(self, model, description, ranks, steps_per_epoch):
+        """``ranks``: {"roles", "hosts", "threads"}, each a sequence with one entry per rank."""
         meta = {"config": json.loads(json.dumps(self.cfg, default=str)),
                 "config_yaml": dump(self.cfg), "versions": versions(),
-                "mpi": self._mpi_library(), "ranks": self.world.size, "roles": list(roles),
-                "hosts": list(hosts),
+                "mpi": self._mpi_library(), "ranks": self.world.size,
+                **{key: list(values) for key, values in ranks.items()},
                 "workers": self.rule.num_workers, "sync_rule": self.rule.name,
                 "device": self.cfg["device"], "model": model.name,
                 "parameters": model.num_params, "data": description,

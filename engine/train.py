@@ -153,11 +153,13 @@ def train(cfg, out=None, world=None):
     folder = run_folder(cfg, world)
     log = RunLog(cfg, world, rule, folder)
     rule.log = log
-    placement = ("server" if rule.is_server else "worker", platform.node())
-    roles, hosts = zip(*(world.comm.allgather(placement) if world.comm is not None
-                         else [placement]))
+    placement = ("server" if rule.is_server else "worker", platform.node(), threads)
+    roles, hosts, counts = zip(*(world.comm.allgather(placement) if world.comm is not None
+                                 else [placement]))
     if world.rank == 0:
-        log.write_metadata(model, data.description, roles, hosts, progress.steps_per_epoch)
+        log.write_metadata(model, data.description, {"roles": roles, "hosts": hosts,
+                                                     "threads": counts},
+                           progress.steps_per_epoch)
     display = ProgressDisplay(out or sys.stdout, rule.reports, progress.total_steps,
                               cfg["print_every"], rule.num_workers, bar=cfg["log"]["bar"])
     display.message(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; "

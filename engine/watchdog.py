@@ -11,56 +11,49 @@ rank ends, the hung one too), so a stuck job does not hold its machines forever.
 """
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
+from sync.periodic import Periodic
 
-class Watchdog:
+
+class Watchdog(Periodic):
+    name = "watchdog"
+
     def __init__(self, folder, rank, size, log, progress, seconds, interval=2.0, out=None,
                  abort_seconds=None, abort=None):
+        super().__init__(interval)
         self.folder, self.rank, self.size = Path(folder), rank, size
         self.log, self.progress, self.seconds = log, progress, seconds
         self.abort_seconds, self.abort = abort_seconds, abort
-        self.interval, self.out = interval, out or sys.stderr
+        self.out = out or sys.stderr
         self.reported = self.write_error = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
-        while not self._stop.wait(self.interval):
-            phase, since = self.log.current
-            beat = {"rank": self.rank, "step": self.progress.step, "phase": phase,
-                    "since": since, "written": time.time()}
-            path = self.folder / f"heartbeat.rank{self.rank}.json"
-            temporary = path.with_suffix(".tmp")
-            try:
-                temporary.write_text(json.dumps(beat))
-                temporary.replace(path)
-            except OSError as err:            # a full disk must not end the run
-                if self.write_error is None:
-                    self.out.write(f"watchdog: cannot write {path}: {err}\n")
-                self.write_error = err
-            waited = time.time() - since
-            if phase != "exchange":
-                continue
-            if self.abort_seconds is not None and waited > self.abort_seconds:
-                self.out.write(self.report(beat, waited) + f"; ending the job (stall_abort: "
-                               f"{self.abort_seconds:g} s)\n")
-                self.out.flush()
-                self.abort()
-            elif self.seconds is not None and waited > self.seconds and self.reported != since:
-                self.reported = since
-                self.out.write(self.report(beat, waited) + "\n")
-                self.out.flush()
+    def tick(self):
+        phase, since = self.log.current
+        beat = {"rank": self.rank, "step": self.progress.step, "phase": phase,
+                "since": since, "written": time.time()}
+        path = self.folder / f"heartbeat.rank{self.rank}.json"
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(beat))
+            temporary.replace(path)
+        except OSError as err:            # a full disk must not end the run
+            if self.write_error is None:
+                self.out.write(f"watchdog: cannot write {path}: {err}\n")
+            self.write_error = err
+        waited = time.time() - since
+        if phase != "exchange":
+            return
+        if self.abort_seconds is not None and waited > self.abort_seconds:
+            self.out.write(self.report(beat, waited) + f"; ending the job (stall_abort: "
+                           f"{self.abort_seconds:g} s)\n")
+            self.out.flush()
+            self.abort()
+        elif self.seconds is not None and waited > self.seconds and self.reported != since:
+            self.reported = since
+            self.out.write(self.report(beat, waited) + "\n")
+            self.out.flush()
 
     def report(self, mine, waited):
         behind = []

@@ -9,37 +9,30 @@ process with status 0: the run itself goes on and ends normally without it.
 """
 import os
 import sys
-import threading
+
+from sync.periodic import Periodic
 
 DROPPED = 7             # a tag of the server protocol (sync/rule.py)
 
 
-class DropListener:
+class DropListener(Periodic):
+    name = "dropped"
+
     def __init__(self, comm, rank, servers, interval=0.5, out=None, leave=os._exit):
-        self.comm, self.rank, self.servers, self.interval = comm, rank, servers, interval
+        super().__init__(interval)
+        self.comm, self.rank, self.servers = comm, rank, servers
         self.out, self.leave = out or sys.stderr, leave
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dropped", daemon=True)
 
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
+    def tick(self):
         from mpi4py import MPI
-        while not self._stop.wait(self.interval):
-            for server in range(self.servers):   # by source: under ULFM, a probe of any
-                try:                             # source fails once any rank has ended
-                    if not self.comm.Iprobe(server, DROPPED):
-                        continue
-                    why = self.comm.recv(source=server, tag=DROPPED)
-                except MPI.Exception:            # that server is gone: nothing will come
-                    return
-                self.out.write(f"rank {self.rank}: server rank {server} dropped this worker "
-                               f"({why}); the others go on, this process ends\n")
-                self.out.flush()
-                self.leave(0)
+        for server in range(self.servers):   # by source: under ULFM, a probe of any source
+            try:                             # fails once any rank has ended
+                if not self.comm.Iprobe(server, DROPPED):
+                    continue
+                why = self.comm.recv(source=server, tag=DROPPED)
+            except MPI.Exception:            # that server is gone: nothing will come
+                return False
+            self.out.write(f"rank {self.rank}: server rank {server} dropped this worker "
+                           f"({why}); the others go on, this process ends\n")
+            self.out.flush()
+            self.leave(0)

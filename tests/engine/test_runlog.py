@@ -26,7 +26,7 @@ def test_a_two_rank_run_leaves_its_folder_readable(tmp_path):
     run = tmp_path / "run"
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["roles"] == ["worker", "worker"] and meta["ranks"] == 2
-    assert meta["hosts"] == [platform.node()] * 2
+    assert meta["hosts"] == [platform.node()] * 2 and meta["threads"] == [1, 1]
     assert meta["versions"]["parallel-training"] == source_fingerprint()
     assert meta["config"]["batch_size"] == 16 and "Open MPI" in meta["mpi"]
     assert meta["versions"]["numpy"] == np.__version__ and meta["steps_per_epoch"] == 15
