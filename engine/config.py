@@ -203,7 +203,8 @@ SCHEMA = {
     },
     "worker_timeout": Key("float", 300, low=0, low_open=True, high=1e7),   # s; servers drop silent workers
     "watchdog": Key("float", 600, low=0, low_open=True, high=1e7, nullable=True),   # s in an exchange
-    "stall_abort": Key("float", 3600, low=0, low_open=True, high=1e7, nullable=True),   # s: end the job
+    "stall_abort": Key("float", 3600, low=0, low_open=True, high=1e7,   # s in one exchange:
+                       nullable=True),                                 # then end the job
     "exchange": {                                 # how BSP averages its buffer
         "method": Key("str", "auto", choices=("auto", "allreduce", "ring")),
         "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype

@@ -88,7 +88,8 @@ def agree(world, problem):
 
 def differences(world, model, cfg):
     """A problem (for ``agree``) if this rank's model or config differs from rank 0's."""
-    mine = {"version": source_fingerprint(), "parameters": model.num_params, "dtype": str(model.params.dtype),
+    mine = {"version": source_fingerprint(), "parameters": model.num_params,
+            "dtype": str(model.params.dtype),
             "layout": hashlib.sha1(repr([(layer.name, {k: v.shape for k, v in
                                                       layer.params.items()})
                                          for layer in model.leaves()]).encode()).hexdigest(),
@@ -164,8 +165,9 @@ def train(cfg, out=None, world=None):
                               cfg["print_every"], rule.num_workers, bar=cfg["log"]["bar"])
     display.message(f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; "
                     f"{rule.name} over {rule.num_workers} worker(s) of {world.size} rank(s) "
-                    f"on {len(set(hosts))} host(s), {threads} thread(s) per rank here; {data.description}; batch {cfg['batch_size']} "
-                    f"per worker, {progress.total_steps} steps; run folder {folder}")
+                    f"on {len(set(hosts))} host(s), {threads} thread(s) per rank here; "
+                    f"{data.description}; batch {cfg['batch_size']} per worker, "
+                    f"{progress.total_steps} steps; run folder {folder}")
     rule.start(model)
     checkpoints = Checkpoints(cfg, world, rule, model, optimizer, progress, folder)
     resumed = checkpoints.resume(display.message)
