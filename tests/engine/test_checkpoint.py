@@ -107,7 +107,9 @@ def test_checkpoints_of_rules_with_servers_include_the_servers(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "rank0.npz",
                                                         "rank1.npz", "rank2.npz"]
     with np.load(folder / "rank0.npz") as server:
-        assert "rule/pushes" in server.files and server["rule/pushes"][0] == 60
+        # written when worker 0 asked, after its own 30 pushes (MPI keeps one sender's
+        # messages in order); worker 1 may not have pushed all of its 30 by then
+        assert "rule/pushes" in server.files and 30 <= server["rule/pushes"][0] <= 60
 
 
 @pytest.mark.parametrize("settings, expected", [
