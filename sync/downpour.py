@@ -39,7 +39,8 @@ class Downpour(SyncRule):
         self.n_servers = options["servers"]
         super().__init__(world, cfg)
         self.n_fetch, self.n_push = options["n_fetch"], options["n_push"]
-        self.finished, self.pushes = False, 0
+        self.finished = False
+        self.pushes = np.zeros(self.num_workers, np.int64)   # a server's count per worker
 
     def num_servers(self):
         return self.n_servers
@@ -60,15 +61,16 @@ class Downpour(SyncRule):
             self.world.comm.Recv(params[lo:hi], source=server, tag=VALUES)
 
     def state_dict(self):
-        """A worker's accrued gradient; a server's count of pushes (its learning-rate clock).
-        The server's shard and Adagrad sums are its parameters and optimizer state."""
+        """A worker's accrued gradient; a server's counts of pushes per worker (its
+        learning-rate clock). The server's shard and Adagrad sums are its parameters and
+        optimizer state."""
         if self.is_server:
-            return {"pushes": np.array([self.pushes])}
+            return {"pushes": self.pushes}
         return {"accrued": self.accrued}
 
     def load_state_dict(self, state):
         if self.is_server:
-            self.pushes = int(state["pushes"][0])
+            self.pushes[...] = state["pushes"]
         else:
             self.accrued[...] = state["accrued"]
 
@@ -124,7 +126,13 @@ class Downpour(SyncRule):
 
         def apply_push(source, tag):
             self.world.comm.Recv(pushed, source=source, tag=PUSH)
-            epoch = self.pushes * self.n_push / (self.num_workers * steps_per_epoch)
-            optimizer.step(shard, pushed, lr=schedule.lr_at(epoch))
-            self.pushes += 1
+            optimizer.step(shard, pushed, lr=schedule.lr_at(self.epoch(steps_per_epoch)))
+            self.pushes[source - self.servers] += 1
         self.serve_workers(shard, apply_push, save)
+
+    def epoch(self, steps_per_epoch):
+        """The servers' learning-rate clock: the mean epoch of the workers still in the run,
+        from their pushes (a dropped worker stops counting, so the schedule still reaches its
+        end with the run)."""
+        live = [w for w in range(self.num_workers) if w + self.servers not in self.dropped]
+        return self.pushes[live or slice(None)].mean() * self.n_push / steps_per_epoch

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sync.downpour import shard_bounds
+from sync.downpour import Downpour, shard_bounds
 from tests.sync.helpers import reference_setup, run_rule, sgd_step
 
 
@@ -43,6 +43,17 @@ def test_downpour_with_one_worker_and_pushing_every_step_is_plain_sgd(tmp_path, 
     served = np.concatenate([params[s][lo:hi] for s, (lo, hi) in enumerate(bounds)])
     np.testing.assert_allclose(served, model.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(params[servers], model.params, rtol=1e-5, atol=1e-6)
+
+
+def test_downpours_learning_rate_clock_follows_the_workers_still_running():
+    rule = Downpour.__new__(Downpour)      # the clock alone, without MPI
+    rule.servers, rule.num_workers, rule.n_push, rule.dropped = 1, 4, 2, []
+    rule.pushes = np.array([234, 234, 234, 50])     # a push every 2 steps; 468 steps an epoch
+    assert rule.epoch(468) == pytest.approx(752 * 2 / 4 / 468)
+    rule.dropped = [4]                     # the 4th worker (rank 4) was lost at its step 100
+    assert rule.epoch(468) == 1.0          # the schedule ends when the others do
+    rule.dropped = [1, 2, 3, 4]            # a push from a dropped worker: every count
+    assert rule.epoch(468) == pytest.approx(752 * 2 / 4 / 468)
 
 
 @pytest.mark.parametrize("size, servers", [(10, 1), (10, 3), (7, 7), (1000003, 4)])
