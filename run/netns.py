@@ -78,6 +78,11 @@ class NetnsCluster:
             _ip("-n", host, "link", "set", "lo", "up")
         self.agent.write_text(AGENT)
         self.agent.chmod(0o755)
+        probe = subprocess.run([str(self.agent), self.names[0], "true"], capture_output=True,
+                               text=True)
+        if probe.returncode != 0:           # e.g. no right to make a UTS namespace
+            raise NetnsError(f"the agent cannot start commands on {self.names[0]}: "
+                             f"{probe.stderr.strip()}")
         return self
 
     def down(self):
