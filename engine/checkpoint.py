@@ -232,6 +232,11 @@ class Checkpoints:
             return [path]
         return complete(path / "checkpoints")
 
+    def _everyones(self, problem):
+        """The problems (not None) of every rank, in rank order."""
+        found = self.world.comm.allgather(problem) if self.world.comm is not None else [problem]
+        return [p for p in found if p]
+
     def resume(self, say):
         """Restore the newest usable checkpoint (``resume: auto``) or the one named; every
         rank takes part. Returns its folder, or None when starting fresh."""
@@ -244,10 +249,17 @@ class Checkpoints:
                 problem = None
             except CheckpointError as err:
                 problem = (str(err), err.setup_differs)
-            problems = [p for p in (self.world.comm.allgather(problem)
-                                    if self.world.comm is not None else [problem]) if p]
+            problems = self._everyones(problem)
             if not problems:
-                restore(self.model, self.optimizer, self.rule, self.progress, arrays, values)
+                try:
+                    restore(self.model, self.optimizer, self.rule, self.progress, arrays,
+                            values)
+                    problem = None
+                except ValueError as err:        # arrays that do not fit this setup
+                    problem = f"{folder}: cannot restore rank {self.world.rank}: {err}"
+                failed = self._everyones(problem)
+                if failed:
+                    raise CheckpointError(failed[0])
                 say(f"resumed from {folder} (step {self.progress.step})")
                 return folder
             message, setup_differs = problems[0]

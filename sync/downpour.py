@@ -70,6 +70,9 @@ class Downpour(SyncRule):
 
     def load_state_dict(self, state):
         if self.is_server:
+            if state["pushes"].shape != self.pushes.shape:
+                raise ValueError(f"rule/pushes has shape {state['pushes'].shape}, not one "
+                                 f"count per worker {self.pushes.shape} (an older format)")
             self.pushes[...] = state["pushes"]
         else:
             self.accrued[...] = state["accrued"]

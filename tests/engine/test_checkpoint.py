@@ -110,6 +110,19 @@ def test_checkpoints_of_rules_with_servers_include_the_servers(tmp_path):
         # pushes per worker, written when worker 0 asked, after its own 30 (MPI keeps one
         # sender's messages in order); worker 1 may not have pushed all of its 30 by then
         assert server["rule/pushes"][0] == 30 and server["rule/pushes"][1] <= 30
+        arrays = {key: server[key] for key in server.files}
+    # a checkpoint of the older format (one push count in all) is refused on every rank,
+    # not broadcast into the per-worker counts
+    arrays["rule/pushes"] = arrays["rule/pushes"].sum(keepdims=True)
+    np.savez(folder / "rank0.npz", **arrays)
+    args = ["-m", "engine.train", ROOT / "config.yaml"]
+    for setting in COMMON + ["sync_rule=DOWNPOUR", "batch_size=8", "epochs=2",
+                             f"log.dir={tmp_path / 'run'}", "resume=auto"]:
+        args += ["--set", setting]
+    done = run_mpi(3, args, timeout=60)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "cannot restore rank 0: rule/pushes has shape (1,), not one count per worker (2,)" \
+        in done.stderr
 
 
 @pytest.mark.parametrize("settings, expected", [
