@@ -86,7 +86,7 @@ HOSTS
 deadline=$((SECONDS + {WAIT_S}))
 for ip in {workers}; do
     until ssh -o ConnectTimeout=10 "$ip" test -f {READY}; do
-        [ $SECONDS -lt $deadline ] || {{ echo "worker $ip not ready after {WAIT_S} s" >&2; exit 1; }}
+        [ $SECONDS -lt $deadline ] || {{ echo "worker $ip not ready in {WAIT_S} s" >&2; exit 1; }}
         sleep 15
     done
 done

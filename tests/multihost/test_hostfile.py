@@ -16,7 +16,7 @@ def write(tmp_path, text):
 
 
 def test_reads_hosts_slots_and_comments(tmp_path):
-    path = write(tmp_path, "# head\nnode1 slots=4   # gpu box\n\nnode2 slots=2 max_slots=8\nnode3\n")
+    path = write(tmp_path, "# head\nnode1 slots=4  # gpu box\n\nnode2 slots=2 max_slots=8\nnode3\n")
     assert read_hostfile(path) == [("node1", 4), ("node2", 2), ("node3", None)]
 
 
