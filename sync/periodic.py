@@ -1,5 +1,6 @@
 """A daemon thread that calls ``tick()`` every ``interval`` seconds until stopped (or until
-``tick`` returns False): the stall watchdog and the dropped-worker listener."""
+``tick`` returns False): the base of the stall watchdog and the dropped-worker listener, which
+define ``tick``."""
 import threading
 
 
@@ -23,6 +24,3 @@ class Periodic:
         while not self._stop.wait(self.interval):
             if self.tick() is False:
                 return
-
-    def tick(self):
-        raise NotImplementedError
