@@ -1,9 +1,10 @@
 """BSP exchange benchmark: ``mpiexec -n 2 python bench/exchange.py [--sizes MB ...]``.
 
 For each buffer size (float32), in the same run: plain ``MPI.Allreduce``, the ring, the
-``auto`` choice that BSP uses by default, float16 on the wire, and a ``memcpy`` (``np.copyto``)
-of the same buffer. Times are medians over repeats (the ranks start each together after a
-barrier). Prints per size the bus bandwidth ``2 (n - 1) / n * bytes / time`` of each method,
+shared-memory sum (on a buffer ``share`` placed in shared memory, as BSP does), the ``auto``
+choice that BSP uses by default, float16 on the wire, and a ``memcpy`` (``np.copyto``) of the
+same buffer. Times are medians over repeats, the methods taking turns in a shuffled order
+within each round (the ranks start each call together after a barrier). Prints per size the bus bandwidth ``2 (n - 1) / n * bytes / time`` of each method,
 its share of memcpy bandwidth, and ``speedup <x>`` of ``auto`` over Allreduce.
 """
 import argparse
@@ -21,15 +22,19 @@ from sync.exchange import Exchange   # noqa: E402
 DEFAULT_SIZES_MB = [0.004, 0.016, 0.064, 0.25, 0.5, 1, 2, 4, 6.6, 16, 28, 64, 128]
 
 
-def timed(comm, fn, repeats):
-    times = []
+def timed(comm, functions, repeats):
+    """Median seconds per call of each function, the slowest rank's. The functions take turns,
+    one call each per round in an order shuffled every round (the same on every rank), so
+    neither the machine's drift nor what ran just before favours one of them."""
+    times = {name: [] for name in functions}
+    order = np.random.default_rng(0)
     for _ in range(repeats):
-        comm.Barrier()
-        tick = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tick)
-    # the slowest rank sets the pace
-    return comm.allreduce(float(np.median(times)), op=MPI.MAX)
+        for name in order.permutation(list(functions)):
+            comm.Barrier()
+            tick = time.perf_counter()
+            functions[name]()
+            times[name].append(time.perf_counter() - tick)
+    return {name: comm.allreduce(float(np.median(t)), op=MPI.MAX) for name, t in times.items()}
 
 
 def main():
@@ -41,29 +46,36 @@ def main():
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     n = comm.Get_size()
-    methods = {"allreduce": Exchange(comm, "allreduce"), "ring": Exchange(comm, "ring"),
-               "auto": Exchange(comm, "auto"), "ring-f16": Exchange(comm, "ring", "float16")}
+    auto = Exchange(comm, "auto")
+    names = ["allreduce", "ring"] + (["shared"] if auto.one_host else []) + ["auto", "ring-f16"]
     if comm.Get_rank() == 0:
-        print(f"{n} ranks, {MPI.Get_library_version().splitlines()[0]}; auto = allreduce below "
-              f"{methods['auto'].ring_min_bytes / 1e6:g} MB, ring from there")
-        print(f"{'MB':>8} {'memcpy GB/s':>11} " + " ".join(f"{m + ' GB/s':>14}" for m in methods)
+        where = (f"shared from {auto.shared_min_bytes / 1e6:g} MB up, otherwise "
+                 if auto.one_host else "")
+        print(f"{n} ranks, {MPI.Get_library_version().splitlines()[0]}; auto = {where}"
+              f"allreduce below {auto.ring_min_bytes / 1e6:g} MB, ring from there")
+        print(f"{'MB':>8} {'memcpy GB/s':>11} " + " ".join(f"{m + ' GB/s':>14}" for m in names)
               + "  auto/memcpy  speedup")
     for mb in args.sizes:
         count = max(1, int(mb * 1e6 / 4))
         data = np.random.default_rng(comm.Get_rank()).standard_normal(count).astype(np.float32)
-        buffer, copy = data.copy(), np.empty_like(data)
+        copy = np.empty_like(data)
         repeats = args.repeats or int(np.clip(2e8 / data.nbytes, 5, 200))
         bus = 2 * (n - 1) / n * data.nbytes
-        memcpy = data.nbytes / timed(comm, lambda: np.copyto(copy, data), repeats)
-        rates = {}
-        for name, exchange in methods.items():
+        calls = {"memcpy": lambda: np.copyto(copy, data)}
+        for name in names:
+            exchange = Exchange(comm, "ring", "float16") if name == "ring-f16" else \
+                Exchange(comm, name)
+            buffer = exchange.share(data.copy())        # where BSP keeps it
             exchange.mean(buffer)                       # warm-up (scratch buffers, connections)
-            rates[name] = bus / timed(comm, lambda: exchange.mean(buffer), repeats)
+            calls[name] = lambda exchange=exchange, buffer=buffer: exchange.mean(buffer)
+        seconds = timed(comm, calls, repeats)
+        memcpy = data.nbytes / seconds["memcpy"]
+        rates = {name: bus / seconds[name] for name in names}
         if comm.Get_rank() == 0:
             print(f"{data.nbytes / 1e6:8.3f} {memcpy / 1e9:11.2f} "
-                  + " ".join(f"{rates[m] / 1e9:14.2f}" for m in methods)
-                  + f"  {rates['auto'] / memcpy:11.2f}  speedup {rates['auto'] / rates['allreduce']:.2f}x",
-                  flush=True)
+                  + " ".join(f"{rates[m] / 1e9:14.2f}" for m in names)
+                  + f"  {rates['auto'] / memcpy:11.2f}  speedup "
+                    f"{rates['auto'] / rates['allreduce']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

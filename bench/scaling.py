@@ -29,7 +29,8 @@ def worker(args):
 
     w = world()
     parallel.set_workers(1)
-    cfg = load_config(None, [f"exchange.overlap={str(args.overlap).lower()}",
+    cfg = load_config(None, [f"exchange.method={args.method}",
+                             f"exchange.overlap={str(args.overlap).lower()}",
                              f"exchange.bucket_mb={args.bucket_mb}" if args.overlap else
                              "exchange.bucket_mb=null"])
     options = {"in_channels": 3, "num_classes": 10}
@@ -69,6 +70,7 @@ def main():
     parser.add_argument("--size", type=int, default=28, help="image height and width")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--method", default="auto", help="exchange.method (default auto)")
     parser.add_argument("--overlap", action="store_true")
     parser.add_argument("--bucket-mb", type=float, default=1.0)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -25,6 +25,8 @@ import sys
 
 import yaml
 
+from sync.exchange import RING_MIN_BYTES, SHARED_MIN_BYTES
+
 
 class ConfigError(ValueError):
     """One or more configuration problems; ``errors`` lists them, one line each."""
@@ -206,9 +208,10 @@ SCHEMA = {
     "stall_abort": Key("float", 3600, low=0, low_open=True, high=1e7,   # s in one exchange:
                        nullable=True),                                 # then end the job
     "exchange": {                                 # how BSP averages its buffer
-        "method": Key("str", "auto", choices=("auto", "allreduce", "ring")),
+        "method": Key("str", "auto", choices=("auto", "allreduce", "ring", "shared")),
         "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
-        "ring_min_bytes": Key("int", 20_000_000, low=0),   # auto: ring from this size up
+        "ring_min_bytes": Key("int", RING_MIN_BYTES, low=0),   # auto: ring from this size up
+        "shared_min_bytes": Key("int", SHARED_MIN_BYTES, low=0),   # auto, one host: shared
         "bucket_mb": Key("float", None, low=0, low_open=True, high=1e5, nullable=True),   # null: one
         "overlap": Key("bool", False),            # average buckets while backward runs
     },
@@ -231,6 +234,13 @@ def _overlap_needs_gradient_averaging(cfg):
         yield "exchange.overlap", (f"true needs sync_rule BSP with avg_freq 1 (it overlaps the "
                                    f"gradient exchange with backward), got {cfg['sync_rule']} "
                                    f"with avg_freq {cfg['avg_freq']}")
+
+
+def _wire_needs_the_ring(cfg):
+    ex = cfg["exchange"]
+    if ex["wire"] is not None and ex["method"] not in ("auto", "ring"):
+        yield "exchange.wire", (f"{ex['wire']} travels on the ring only (method auto or ring), "
+                                f"got method {ex['method']!r}")
 
 
 def _auto_resume_needs_a_run_folder(cfg):
@@ -259,7 +269,7 @@ def _nesterov_needs_sgd_momentum(cfg):
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
 CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path,
           _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder,
-          _synthetic_data_fits_in_memory]
+          _synthetic_data_fits_in_memory, _wire_needs_the_ring]
 
 
 def register_section(name, keys):

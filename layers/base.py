@@ -109,11 +109,16 @@ def bind_flat(layers, dtype, rng, xp=np):
         layer.initializers[name](rng, view)
     params = xp.asarray(host.astype(dtype))
     grads = xp.zeros(total, dtype=dtype)
-    for layer, name, shape, offset in slots:
-        size = int(np.prod(shape))
-        layer.params[name] = params[offset:offset + size].reshape(shape)
-        layer.grads[name] = grads[offset:offset + size].reshape(shape)
+    bind_views(layers, params, grads)
     for layer in leaves(layers):
         for key, value in list(layer.state.items()):
             layer.state[key] = xp.asarray(value, dtype=dtype)
     return params, grads
+
+
+def bind_views(layers, params, grads):
+    """Point every layer's ``params``/``grads`` entries at its slice of the flat buffers."""
+    for layer, name, shape, offset in param_slots(layers)[0]:
+        size = int(np.prod(shape))
+        layer.params[name] = params[offset:offset + size].reshape(shape)
+        layer.grads[name] = grads[offset:offset + size].reshape(shape)

@@ -25,13 +25,18 @@ class BSP(SyncRule):
         super().__init__(world, cfg)
         self.avg_freq = cfg["avg_freq"]
         ex = cfg["exchange"]
-        self.exchange = Exchange(self.workers, ex["method"], ex["wire"], ex["ring_min_bytes"])
+        self.exchange = Exchange(self.workers, ex["method"], ex["wire"], ex["ring_min_bytes"],
+                                 ex["shared_min_bytes"])
         self.bucket_bytes = int(ex["bucket_mb"] * 2 ** 20) if ex["bucket_mb"] else None
         self.overlap = ex["overlap"]
         self.buckets = None
 
     def start(self, model):
         super().start(model)
+        if self.avg_freq == 1:                 # the buffer exchanged goes where it is fastest
+            model.move_buffers(grads=self.exchange.share(model.grads))
+        else:
+            model.move_buffers(params=self.exchange.share(model.params))
         if self.avg_freq == 1 and (self.bucket_bytes or self.overlap):
             self.buckets = BucketedExchange(self.exchange, model.grads,
                                             self.bucket_bytes or model.grads.nbytes,

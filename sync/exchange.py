@@ -6,8 +6,16 @@ Methods (``exchange.method``):
 - ``ring``: reduce-scatter then allgather around a ring of point-to-point ``Sendrecv`` calls
   (Patarasuk & Yuan 2009): each rank sends and receives ``2 (n - 1) / n`` of the buffer, the
   minimum, and the sum of a chunk is done in NumPy as it arrives.
-- ``auto`` (default): ``allreduce`` for buffers below ``ring_min_bytes``, ``ring`` from there
-  (the threshold comes from ``bench/exchange.py`` on the 2-core machine; see bench/README.md).
+- ``shared``: for ranks that all run on one host. Every rank's buffer lives in memory all of
+  them map (``sync/node_memory.py``; ``share`` moves a buffer there once). Between two barriers,
+  rank r sums its 1/n of the buffer straight from the n buffers, in cache-sized blocks, and
+  writes the result into all n: each rank reads and writes the buffer's size once, as a memcpy
+  does, where a message-based all-reduce copies every byte into and out of a transfer buffer
+  as well. A buffer not in shared memory is copied in and out (correct, but slower).
+- ``auto`` (default): ``shared`` from ``shared_min_bytes`` up when the ranks share one host
+  (and NumPy buffers), otherwise ``allreduce`` for buffers below ``ring_min_bytes`` and
+  ``ring`` from there (thresholds measured with ``bench/exchange.py`` on the 2-core machine;
+  see bench/README.md).
 
 ``wire: float16`` halves the bytes sent by the ring: each chunk travels as float16 and is
 added into the float32 (or float64) buffer, so the sum itself is carried out at full precision;
@@ -15,19 +23,47 @@ only the values on the wire are rounded. float32 stays the default everywhere.
 """
 import numpy as np
 
-METHODS = ("auto", "allreduce", "ring")
+from sync.node_memory import NodeBuffers, NodeMemoryError
+
+METHODS = ("auto", "allreduce", "ring", "shared")
 RING_MIN_BYTES = 20_000_000   # measured: bench/README.md, "bench/exchange.py"
+SHARED_MIN_BYTES = 32_768     # measured likewise
+SHARED_BLOCK = 65_536         # elements summed at a time: 256 KB of float32 stays in L2
+
+
+def ranks_on_one_host(comm):
+    """True when every rank of ``comm`` runs on this host (collective)."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return local.Get_size() == comm.Get_size()
+    finally:
+        local.Free()
 
 
 class Exchange:
-    def __init__(self, comm, method="auto", wire=None, ring_min_bytes=RING_MIN_BYTES):
+    def __init__(self, comm, method="auto", wire=None, ring_min_bytes=RING_MIN_BYTES,
+                 shared_min_bytes=SHARED_MIN_BYTES):
+        """Collective over ``comm`` (None: one process)."""
         if method not in METHODS:
             raise ValueError(f"exchange method {method!r} is not one of {METHODS}")
         self.comm, self.method, self.ring_min_bytes = comm, method, ring_min_bytes
+        self.shared_min_bytes = shared_min_bytes
         self.wire = np.dtype(wire) if wire is not None else None
         self.size = comm.Get_size() if comm is not None else 1
         self.rank = comm.Get_rank() if comm is not None else 0
+        self.one_host = self.size == 1 or ranks_on_one_host(comm)
+        if comm is not None:
+            from mpi4py import MPI
+            self._mpi = MPI
+        if method == "shared" and not self.one_host:
+            raise ValueError("exchange.method 'shared' needs every worker on one host; these "
+                             f"{self.size} workers span several (use auto, allreduce or ring)")
+        if method == "shared" and self.wire is not None:
+            raise ValueError(f"exchange.wire {self.wire.name} goes with the ring only; "
+                             "'shared' sums in memory, with nothing on a wire")
         self._scratch = {}
+        self._shared = []             # NodeBuffers made by share(), searched by _sum_shared
 
     def method_for(self, buffer):
         """The method used for ``buffer``: the configured one, or by size for ``auto``."""
@@ -35,23 +71,52 @@ class Exchange:
             return self.method
         if self.wire is not None:
             return "ring"
+        if self.one_host and isinstance(buffer, np.ndarray) \
+                and buffer.nbytes >= self.shared_min_bytes:
+            return "shared"
         return "ring" if buffer.nbytes >= self.ring_min_bytes else "allreduce"
+
+    def share(self, array):
+        """``array``'s contents in memory every rank on this host maps, when ``mean`` of it
+        would take the shared path; otherwise ``array`` itself. Collective; the caller uses
+        the result in place of ``array`` from then on. Where shared memory cannot be made,
+        ``auto`` goes on without it (the reason printed once); ``shared`` raises."""
+        if self.size == 1 or self.method_for(array) != "shared":
+            return array
+        try:
+            buffers = NodeBuffers(self.comm, array.size, array.dtype)
+        except NodeMemoryError as err:
+            if self.method == "shared":
+                raise
+            self.one_host = False
+            if self.rank == 0:
+                print(f"exchange: no shared memory ({err}); averaging by messages instead",
+                      flush=True)
+            return array
+        self._shared.append(buffers)
+        buffers.mine[...] = array
+        return buffers.mine
 
     def mean(self, buffer):
         """Replace the contiguous 1-D ``buffer`` by its mean over the ranks."""
-        self.sum(buffer)
-        buffer *= buffer.dtype.type(1.0 / self.size)
-        return buffer
+        return self._reduce(buffer, 1.0 / self.size)
 
     def sum(self, buffer):
         """Replace the contiguous 1-D ``buffer`` by its sum over the ranks."""
+        return self._reduce(buffer, None)
+
+    def _reduce(self, buffer, scale):
         if self.size == 1:
             return buffer
-        if self.method_for(buffer) == "allreduce":
-            from mpi4py import MPI
-            self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        method = self.method_for(buffer)
+        if method == "shared":
+            return self._sum_shared(buffer, scale)
+        if method == "allreduce":
+            self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
         else:
             self._ring(buffer)
+        if scale is not None:
+            buffer *= buffer.dtype.type(scale)
         return buffer
 
     def _buffer(self, key, n, dtype):
@@ -59,6 +124,49 @@ class Exchange:
         if scratch is None or scratch.size < n or scratch.dtype != dtype:
             scratch = self._scratch[key] = np.empty(n, dtype)
         return scratch[:n]
+
+    def _sum_shared(self, buffer, scale=None):
+        """The ``shared`` method; ``scale`` multiplies the sum on the way (for ``mean``)."""
+        for buffers in self._shared:
+            offset = buffers.offset_of(buffer)
+            if offset is not None:
+                self._reduce_in_place(buffers, offset, buffer.size, scale)
+                return buffer
+        buffers = self._shared_scratch(buffer.size, buffer.dtype)
+        buffers.mine[:buffer.size] = buffer
+        self._reduce_in_place(buffers, 0, buffer.size, scale)
+        buffer[...] = buffers.mine[:buffer.size]
+        return buffer
+
+    def _shared_scratch(self, count, dtype):
+        scratch = self._scratch.get("shared")
+        if scratch is None or scratch.mine.size < count or scratch.dtype != dtype:
+            scratch = self._scratch["shared"] = NodeBuffers(self.comm, count, dtype)
+        return scratch
+
+    def _reduce_in_place(self, buffers, offset, count, scale):
+        """Every rank's ``[offset, offset + count)`` of ``buffers`` becomes the sum of all.
+
+        Rank r owns a 1/n share (cut at multiples of 16 elements, so no two ranks write one
+        cache line); the barriers make sure every buffer is final before anyone reads, and
+        every share written before anyone goes on."""
+        n, rank = self.size, self.rank
+        cuts = [offset + (count * i // n) // 16 * 16 for i in range(n)] + [offset + count]
+        block = self._buffer("block", SHARED_BLOCK, buffers.dtype)
+        factor = buffers.dtype.type(scale) if scale is not None else None
+        arrays = buffers.arrays
+        self.comm.Barrier()
+        for lo in range(cuts[rank], cuts[rank + 1], SHARED_BLOCK):
+            hi = min(lo + SHARED_BLOCK, cuts[rank + 1])
+            total = block[:hi - lo]
+            np.add(arrays[0][lo:hi], arrays[1][lo:hi], out=total)
+            for other in arrays[2:]:
+                total += other[lo:hi]
+            if factor is not None:
+                total *= factor
+            for array in arrays:
+                array[lo:hi] = total
+        self.comm.Barrier()
 
     def _ring(self, buffer):
         n, rank = self.size, self.rank

@@ -69,6 +69,11 @@ if __name__ == "__main__":
     np.save(f"{args.out}.{w.rank}.npy", result["model"].params)
     summary = {"role": result["role"], "top1": result.get("top1"), "seconds": seconds,
                "exchanges": getattr(rule, "exchanges", None), "dropped": rule.dropped}
+    if hasattr(rule, "exchange"):             # BSP: how its buffer was averaged
+        model = result["model"]
+        buffer = model.grads if rule.avg_freq == 1 else model.params
+        summary["exchange"] = rule.exchange.method_for(buffer)
+        summary["shared"] = any(b.offset_of(buffer) == 0 for b in rule.exchange._shared)
     if hasattr(rule, "weights_sum"):
         summary["weights_sum"] = rule.weights_sum()
     Path(f"{args.out}.{w.rank}.json").write_text(json.dumps(summary))

@@ -29,14 +29,20 @@ def reference(n, settings, steps, avg_freq=1):
     return models[0].params
 
 
-@pytest.mark.parametrize("n, exchange", [
-    (2, ["exchange.method=ring"]), (2, ["exchange.method=allreduce"]), (4, []),
-    (3, ["exchange.bucket_mb=0.001"]),
-    (2, ["exchange.bucket_mb=0.0005", "exchange.overlap=true", "model_options={hidden: [16, 8]}"]),
+@pytest.mark.parametrize("n, exchange, method", [
+    (2, ["exchange.method=ring"], "ring"), (2, ["exchange.method=allreduce"], "allreduce"),
+    (2, ["exchange.method=shared"], "shared"), (4, [], "shared"),
+    (3, ["exchange.method=ring", "exchange.bucket_mb=0.001"], "ring"),
+    (3, ["exchange.bucket_mb=0.001"], "shared"),
+    (2, ["exchange.bucket_mb=0.0005", "exchange.overlap=true", "model_options={hidden: [16, 8]}"],
+     "shared"),
 ])
-def test_bsp_workers_equal_one_process_with_n_times_the_batch(tmp_path, n, exchange):
-    settings = ["batch_size=8", "max_steps=6", "exchange.ring_min_bytes=0"] + exchange
-    workers = run_workers(tmp_path, n, settings)
+def test_bsp_workers_equal_one_process_with_n_times_the_batch(tmp_path, n, exchange, method):
+    settings = ["batch_size=8", "max_steps=6", "exchange.ring_min_bytes=0",
+                "exchange.shared_min_bytes=0"] + exchange
+    workers, summaries = run_rule(tmp_path, n, settings)
+    assert {s["exchange"] for s in summaries} == {method}
+    assert all(s["shared"] for s in summaries) == (method == "shared")
     expected = reference(n, settings, steps=6)
     for params in workers:
         np.testing.assert_array_equal(params, workers[0])        # identical on every worker
@@ -45,9 +51,11 @@ def test_bsp_workers_equal_one_process_with_n_times_the_batch(tmp_path, n, excha
     assert np.abs(expected - start).max() > 1e-2                  # it did train
 
 
-def test_parameter_averaging_every_k_steps_matches_the_reference(tmp_path):
-    settings = ["batch_size=8", "max_steps=7", "avg_freq=3"]
-    workers = run_workers(tmp_path, 2, settings)
+@pytest.mark.parametrize("method", ["allreduce", "shared"])
+def test_parameter_averaging_every_k_steps_matches_the_reference(tmp_path, method):
+    settings = ["batch_size=8", "max_steps=7", "avg_freq=3", f"exchange.method={method}"]
+    workers, summaries = run_rule(tmp_path, 2, settings)
+    assert all(s["shared"] for s in summaries) == (method == "shared")
     expected = reference(2, settings, steps=7, avg_freq=3)
     np.testing.assert_array_equal(workers[0], workers[1])
     np.testing.assert_allclose(workers[0], expected, rtol=2e-5, atol=2e-6)

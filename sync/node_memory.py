@@ -1,0 +1,73 @@
+"""Arrays that every rank on one host maps: one region per rank of a communicator.
+
+Rank 0 makes a file in ``/dev/shm`` (a tmpfs; the temporary directory where there is none),
+reserves its size with ``posix_fallocate`` (so a full tmpfs is an error here rather than a
+SIGBUS on first touch), every rank maps it, and rank 0 deletes it as soon as all have: the
+memory lives as long as the last process that maps it, even one that crashes.
+
+Rank ``r``'s array is ``arrays[r]``; regions start on page boundaries, so ranks writing their
+own regions never share a cache line.
+"""
+import mmap
+import os
+import tempfile
+import uuid
+
+import numpy as np
+
+
+class NodeMemoryError(OSError):
+    """Shared memory could not be made or mapped on some rank (the message says where)."""
+
+
+def _folder():
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+class NodeBuffers:
+    def __init__(self, comm, count, dtype):
+        """``count`` elements of ``dtype`` per rank of ``comm``, whose ranks share this host."""
+        size, rank = comm.Get_size(), comm.Get_rank()
+        self.dtype = np.dtype(dtype)
+        stride = max(1, -(-count * self.dtype.itemsize // mmap.PAGESIZE)) * mmap.PAGESIZE
+        path, error = None, None
+        if rank == 0:
+            path = os.path.join(_folder(), f"parallel-training-{os.getpid()}-{uuid.uuid4().hex}")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, size * stride)
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                error = f"rank 0 could not reserve {size * stride:,} bytes in {path}: {err}"
+        path, error = comm.bcast((path, error), root=0)
+        memory = None
+        if error is None:
+            try:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    memory = mmap.mmap(fd, size * stride)
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                error = f"rank {rank} could not map {path}: {err}"
+        errors = [e for e in comm.allgather(error) if e is not None]
+        if rank == 0 and os.path.exists(path):
+            os.unlink(path)
+        if errors:
+            raise NodeMemoryError(errors[0])
+        self.arrays = [np.frombuffer(memory, self.dtype, count, r * stride) for r in range(size)]
+        self.mine = self.arrays[rank]
+
+    def offset_of(self, view):
+        """Element offset of the contiguous 1-D ``view`` inside this rank's array, or None."""
+        if not isinstance(view, np.ndarray) or view.dtype != self.dtype or view.ndim != 1 \
+                or not view.flags.c_contiguous:
+            return None
+        start = view.__array_interface__["data"][0] - self.mine.__array_interface__["data"][0]
+        if start < 0 or start + view.nbytes > self.mine.nbytes or start % view.itemsize:
+            return None
+        return start // view.itemsize

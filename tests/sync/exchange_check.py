@@ -1,0 +1,85 @@
+"""Run under mpiexec by test_exchange.py: every exchange method against the exact mean.
+
+Each rank fills buffers from its own seed; the expected mean is computed from every rank's
+data gathered in one place. Prints ``ok <cases>`` on rank 0 when everything matched.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import sync.node_memory   # noqa: E402
+from sync.exchange import SHARED_BLOCK, Exchange   # noqa: E402
+from sync.node_memory import NodeMemoryError   # noqa: E402
+
+comm = MPI.COMM_WORLD
+rank, n = comm.Get_rank(), comm.Get_size()
+SIZES = [1, 15, 16, 17, 1000, 2 * SHARED_BLOCK + 17]
+cases = 0
+
+
+def data(count, dtype, salt=0):
+    return np.random.default_rng(1000 * salt + rank).standard_normal(count).astype(dtype)
+
+
+def expected_mean(values):
+    everyone = comm.allgather(values)
+    return np.mean(np.stack(everyone).astype(np.float64), axis=0)
+
+
+def check(got, values, dtype, what):
+    global cases
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, expected_mean(values), rtol=rtol, atol=rtol, err_msg=what)
+    same = comm.allgather(got.tobytes())
+    assert all(s == same[0] for s in same), f"{what}: ranks differ"
+    cases += 1
+
+
+for dtype in (np.float32, np.float64):
+    for method in ("allreduce", "ring", "shared", "auto"):
+        exchange = Exchange(comm, method, shared_min_bytes=0)
+        for count in SIZES:
+            values = data(count, dtype)
+            plain = values.copy()                     # private memory: copied in and out
+            check(exchange.mean(plain), values, dtype, f"{method} {count} {dtype.__name__}")
+            shared = exchange.share(values.copy())
+            in_shared = any(b.offset_of(shared) == 0 for b in exchange._shared)
+            assert in_shared == (method in ("shared", "auto")), (method, in_shared)
+            check(exchange.mean(shared), values, dtype, f"{method} shared {count}")
+            if count > 2:                             # a slice (a bucket) of a shared buffer
+                piece = shared[1:-1]
+                before = shared.copy()
+                values = data(count - 2, dtype, salt=1)
+                piece[...] = values
+                check(exchange.mean(piece), values, dtype, f"{method} slice {count}")
+                assert shared[0] == before[0] and shared[-1] == before[-1], "outside the slice"
+            summed = data(count, dtype, salt=2)
+            reference = expected_mean(summed) * n
+            np.testing.assert_allclose(exchange.sum(summed.copy()), reference, rtol=1e-5,
+                                       atol=1e-5)
+
+# auto below shared_min_bytes keeps its message-based choice
+auto = Exchange(comm, "auto", shared_min_bytes=4096, ring_min_bytes=1 << 40)
+assert auto.method_for(np.zeros(1023, np.float32)) == "allreduce"
+assert auto.method_for(np.zeros(1024, np.float32)) == "shared"
+assert Exchange(comm, "auto", wire="float16").method_for(np.zeros(10 ** 6)) == "ring"
+
+# no shared memory: auto says so once and goes on by messages; 'shared' raises on every rank
+sync.node_memory._folder = lambda: "/nonexistent/parallel-training"
+auto = Exchange(comm, "auto", shared_min_bytes=0)
+values = data(100, np.float32)
+buffer = auto.share(values.copy())
+assert not auto._shared and auto.method_for(buffer) == "allreduce"
+check(auto.mean(buffer), values, np.float32, "auto without shared memory")
+try:
+    Exchange(comm, "shared").share(values.copy())
+except NodeMemoryError as err:
+    assert "rank 0 could not reserve" in str(err), err
+else:
+    raise AssertionError("'shared' without shared memory did not raise")
+if rank == 0:
+    print(f"ok {cases}")
