@@ -15,6 +15,13 @@ and OW == W an output pixel and the input pixel a tap reads are a fixed flat off
 col2im is k*k shifted 1-D adds (numpy adds on contiguous memory run ~5x faster than on strided
 2-D slices).
 
+A strided convolution whose output is the input divided by the stride (k3 s2 p1, GoogLeNet's
+k7 s2 p3 on even sizes) gets the same flat treatment through polyphase planes: the input is
+split once into its s*s sub-lattices (phase (a, b) holds pixels (s*r + a, s*q + b)), each the
+size of the output, and every tap reads one phase at a fixed flat offset (``_phase_taps``);
+col2im adds into phase planes and interleaves them into dx at the end. Two strided copies per
+chunk replace k*k strided gathers and scatter-adds.
+
 The batch is processed in chunks of g samples whose col (k*k*C, g*OH*OW) takes at most
 ``chunk_bytes``: col stays in cache between im2col and the GEMM, and one small workspace per
 worker suffices. Backward recomputes col chunk by chunk (writing a large col to memory once and
@@ -86,6 +93,40 @@ def _taps(k, stride, pad, h, w):
     return oh, ow, flat, tuple(taps)
 
 
+@lru_cache(maxsize=256)
+def _phase_taps(k, stride, pad, h, w):
+    """Polyphase geometry of a strided convolution whose output is the input divided by the
+    stride (H, W multiples of s, OH = H/s, OW = W/s: k3 s2 p1, k7 s2 p3, ...), else None.
+
+    Phase f = a*s + b holds the input pixels (s*r + a, s*q + b) at (r, q), an (OH, OW) plane.
+    Tap (i, j) of output (oh, ow) reads phase ((i-p) mod s, (j-p) mod s) at (oh + di, ow + dj),
+    di = floor((i-p)/s), dj = floor((j-p)/s): a fixed flat offset di*OW + dj, as for a stride-1
+    "same" convolution, so im2col and col2im become contiguous shifted 1-D copies and adds.
+    Per tap, like ``_taps``: (t, phase, h0, h1, w0, w1, offset, a, b)."""
+    if stride == 1 or h % stride or w % stride:
+        return None
+    oh, ow = conv_out_size(h, k, stride, pad), conv_out_size(w, k, stride, pad)
+    if (oh, ow) != (h // stride, w // stride):
+        return None
+    taps = []
+    for i in range(k):
+        di = (i - pad) // stride
+        h0, h1 = max(0, -di), max(0, min(oh, oh - di))
+        for j in range(k):
+            dj = (j - pad) // stride
+            w0, w1 = max(0, -dj), max(0, min(ow, ow - dj))
+            off = di * ow + dj
+            a, b = max(h0 * ow, -off), min(h1 * ow, oh * ow - off)
+            phase = ((i - pad) % stride) * stride + (j - pad) % stride
+            taps.append((i * k + j, phase, h0, max(h0, h1), w0, max(w0, w1), off, a, max(a, b)))
+    return tuple(taps)
+
+
+def _phase_view(phases, stride, c, g, h, w):
+    """``phases`` (at least C*G*H*W elements) as the (s*s, C, G, H/s * W/s) phase planes."""
+    return phases[:c * g * h * w].reshape(stride * stride, c, g, (h // stride) * (w // stride))
+
+
 def _zero_outside(view, h0, h1, w0, w1):
     """Zero the entries of ``view`` (..., OH, OW) outside rows [h0, h1) x columns [w0, w1).
     Columns go one at a time: one column is a strided sweep per plane, much cheaper than a
@@ -102,13 +143,25 @@ def _check_col(col, rows, cols):
                          f"{col.shape}, contiguous={col.flags.c_contiguous}")
 
 
-def im2col(x, k, stride, pad, col):
+def im2col(x, k, stride, pad, col, phases=None):
     """Fill ``col`` (k*k*C, G*OH*OW), laid out (k, k, C, G, OH, OW), from ``x`` (C, G, H, W)
-    (channel-major; any strides). Entries that read padding are zeros. Returns ``col``."""
+    (channel-major; any strides). Entries that read padding are zeros. Returns ``col``.
+    With ``phases`` (scratch of C*G*H*W elements) a strided convolution that ``_phase_taps``
+    covers goes through the polyphase planes."""
     c, g, h, w = x.shape
     oh, ow, flat, taps = _taps(k, stride, pad, h, w)
     _check_col(col, k * k * c, g * oh * ow)
     col5 = col.reshape(k * k, c, g, oh, ow)
+    phase_taps = _phase_taps(k, stride, pad, h, w) if phases is not None else None
+    if phase_taps is not None:
+        s, planes = stride, _phase_view(phases, stride, c, g, h, w)
+        for f in range(s * s):
+            planes[f].reshape(c, g, oh, ow)[...] = x[:, :, f // s::s, f % s::s]
+        col4 = col.reshape(k * k, c, g, oh * ow)
+        for t, f, h0, h1, w0, w1, off, a, b in phase_taps:
+            col4[t, :, :, a:b] = planes[f, :, :, a + off:b + off]
+            _zero_outside(col5[t], h0, h1, w0, w1)
+        return col
     if flat:
         xf, col4 = x.reshape(c, g, h * w), col.reshape(k * k, c, g, oh * ow)
         for t, h0, h1, w0, w1, rows, cols, off, a, b in taps:
@@ -122,15 +175,31 @@ def im2col(x, k, stride, pad, col):
     return col
 
 
-def col2im(col, k, stride, pad, dx):
+def col2im(col, k, stride, pad, dx, phases=None):
     """Adjoint of :func:`im2col`: overwrite ``dx`` (C, G, H, W) with the sum, over every entry
     of ``col`` (k*k*C, G*OH*OW), of that entry at the pixel it was read from (entries that read
     padding are dropped). ``col`` is scratch: its padding entries are zeroed. Fastest when ``dx``
-    is C-contiguous (then each tap is one shifted 1-D add). Returns ``dx``."""
+    is C-contiguous (then each tap is one shifted 1-D add), or, for a strided convolution that
+    ``_phase_taps`` covers, with ``phases`` (scratch of C*G*H*W elements; ``dx`` may then have
+    any strides). Returns ``dx``."""
     c, g, h, w = dx.shape
     oh, ow, flat, taps = _taps(k, stride, pad, h, w)
     _check_col(col, k * k * c, g * oh * ow)
     col5 = col.reshape(k * k, c, g, oh, ow)
+    phase_taps = _phase_taps(k, stride, pad, h, w) if phases is not None else None
+    if phase_taps is not None:
+        s, planes = stride, _phase_view(phases, stride, c, g, h, w)
+        planes[...] = 0
+        flat_planes, col2 = planes.reshape(s * s, -1), col.reshape(k * k, -1)
+        size = flat_planes.shape[1]
+        for t, f, h0, h1, w0, w1, off, a, b in phase_taps:
+            _zero_outside(col5[t], h0, h1, w0, w1)          # what lands elsewhere adds 0
+            lo, hi = max(0, -off), size - max(0, off)
+            dst = flat_planes[f, lo + off:hi + off]
+            dst += col2[t, lo:hi]
+        for f in range(s * s):
+            dx[:, :, f // s::s, f % s::s] = planes[f].reshape(c, g, oh, ow)
+        return dx
     if flat and dx.flags.c_contiguous:
         dx1, col2 = dx.reshape(-1), col.reshape(k * k, -1)
         size = dx1.shape[0]
@@ -277,10 +346,11 @@ class Conv2D(Layer):
         def work(start, stop, worker):
             buf = self._ws("col", worker, (rows * g * l,), x.dtype, xp)
             yt = self._ws("yt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
+            phases = self._phases(worker, g, x, xp)
             for n0 in range(start, stop, g):
                 m = min(g, stop - n0)
                 col = buf[:rows * m * l].reshape(rows, m * l)
-                im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk])
+                im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk], phases)
                 col[kk:] = 1                                   # the bias row, if any
                 if m == 1:
                     xp.matmul(wt, col, out=y3[n0])
@@ -291,6 +361,14 @@ class Conv2D(Layer):
         parallel.split_work(xp, n, work)
         self._col_of = (x, g, workers)
         return y
+
+    def _phases(self, worker, g, x, xp):
+        """Worker ``worker``'s polyphase scratch for g samples, when im2col/col2im can use it
+        (a strided convolution with OH = H/s, OW = W/s; see ``_phase_taps``), else None."""
+        _, c, h, w = x.shape
+        if xp is not np or _phase_taps(self.k, self.stride, self.pad, h, w) is None:
+            return None
+        return self._ws("phases", worker, (c * g * h * w,), x.dtype, xp)
 
     def _forward_pointwise(self, x, y3, xp):
         """1x1: y[n] = W2d @ x[n] (+ b), one batched matmul per worker's range of samples."""
@@ -357,7 +435,9 @@ class Conv2D(Layer):
             dwt = self._ws("dWt", worker, (o, rows), x.dtype, xp)
             part = self._ws("dWpart", worker, (o, rows), x.dtype, xp)
             dyt = self._ws("dyt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
-            dxt = self._ws("dxt", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
+            phases = self._phases(worker, g, x, xp)
+            dxt = self._ws("dxt", worker, (c * g * h * w,), x.dtype, xp) \
+                if g > 1 and phases is None else None
             starts = range(start, stop, g)
             last = starts[-1]
             for n0 in reversed(starts):
@@ -369,16 +449,16 @@ class Conv2D(Layer):
                     dym.reshape(o, m, l)[...] = dy3[n0:n0 + m].transpose(1, 0, 2)
                 col = buf[:rows * m * l].reshape(rows, m * l)
                 if not (n0 == last and reuse):
-                    im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk])
+                    im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk], phases)
                     col[kk:] = 1
                 xp.matmul(dym, col.T, out=dwt if n0 == last else part)    # [dWt | db]
                 if n0 != last:
                     dwt += part
                 xp.matmul(wt[:, :kk].T, dym, out=col[:kk])                # col now holds dcol
-                dxm = dx[n0].reshape(c, 1, h, w) if m == 1 else \
-                    dxt[:c * m * h * w].reshape(c, m, h, w)                # channel-major dx
-                col2im(col[:kk], k, s, p, dxm)
-                if m > 1:
+                if m == 1 or phases is not None:       # written in place (any strides)
+                    col2im(col[:kk], k, s, p, dx[n0:n0 + m].transpose(1, 0, 2, 3), phases)
+                else:                                  # channel-major, then to dx
+                    dxm = col2im(col[:kk], k, s, p, dxt[:c * m * h * w].reshape(c, m, h, w))
                     dx[n0:n0 + m] = dxm.transpose(1, 0, 2, 3)
             return dwt
 

@@ -18,6 +18,8 @@ SHAPES = [
     (1, 2, 7, 5, 3, 4, 3, 1),
     (2, 1, 4, 4, 2, 3, 1, 3),
     (1, 3, 11, 11, 2, 7, 2, 3),
+    (2, 2, 12, 10, 3, 7, 2, 3),      # strided, output = input / stride: the polyphase path
+    (1, 2, 9, 9, 2, 3, 3, 1),
 ]
 
 
@@ -148,17 +150,21 @@ def test_gradient_without_bias():
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("k,s,p",
-                         [(3, 1, 1), (5, 1, 2), (3, 2, 1), (2, 2, 0), (3, 1, 0), (3, 1, 3)])
+@pytest.mark.parametrize("k,s,p,h,w", [
+    (3, 1, 1, 7, 7), (5, 1, 2, 7, 7), (3, 2, 1, 7, 7), (2, 2, 0, 7, 7), (3, 1, 0, 7, 7),
+    (3, 1, 3, 7, 7), (3, 2, 1, 8, 6), (7, 2, 3, 8, 8), (4, 2, 1, 6, 8), (3, 3, 1, 9, 6)])
 @pytest.mark.parametrize("contiguous_dx", [True, False])
-def test_im2col_matches_windows_and_col2im_is_its_adjoint(k, s, p, contiguous_dx):
+@pytest.mark.parametrize("phases", [False, True])
+def test_im2col_matches_windows_and_col2im_is_its_adjoint(k, s, p, h, w, contiguous_dx, phases):
     """col rows are tap-major windows of the padded input, and <im2col(x), c> == <x, col2im(c)>
-    for random x, c (so backward is exactly the transpose of forward)."""
+    for random x, c (so backward is exactly the transpose of forward); with ``phases`` strided
+    geometries where the output is the input / stride take the polyphase path."""
     rng = np.random.default_rng(5)
-    g, c, h, w = 3, 2, 7, 7
+    g, c = 3, 2
     x = rng.standard_normal((c, g, h, w))
     oh, ow = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
-    col = im2col(x, k, s, p, np.full((k * k * c, g * oh * ow), np.nan))
+    scratch = np.full(x.size, np.nan) if phases else None
+    col = im2col(x, k, s, p, np.full((k * k * c, g * oh * ow), np.nan), scratch)
     xpad = np.zeros((c, g, h + 2 * p, w + 2 * p))
     xpad[:, :, p:p + h, p:p + w] = x
     for i in range(k):
@@ -168,7 +174,7 @@ def test_im2col_matches_windows_and_col2im_is_its_adjoint(k, s, p, contiguous_dx
     cc = rng.standard_normal(col.shape)
     dx = np.full((g, c, h, w), np.nan).transpose(1, 0, 2, 3) if not contiguous_dx else \
         np.full(x.shape, np.nan)
-    col2im(cc.copy(), k, s, p, dx)
+    col2im(cc.copy(), k, s, p, dx, scratch)
     np.testing.assert_allclose(np.sum(col * cc), np.sum(x * dx), rtol=1e-12)
 
 
