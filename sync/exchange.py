@@ -52,7 +52,7 @@ class Exchange:
         self.wire = np.dtype(wire) if wire is not None else None
         self.size = comm.Get_size() if comm is not None else 1
         self.rank = comm.Get_rank() if comm is not None else 0
-        self.one_host = self.size == 1 or ranks_on_one_host(comm)
+        self._set_one_host(self.size == 1 or ranks_on_one_host(comm))
         if comm is not None:
             from mpi4py import MPI
             self._mpi = MPI
@@ -65,16 +65,21 @@ class Exchange:
         self._scratch = {}
         self._shared = []             # NodeBuffers made by share(), searched by _sum_shared
 
+    def _set_one_host(self, value):
+        """``one_host``, and ``auto``'s thresholds from it, so that ``method_for`` costs two
+        comparisons (it runs on every exchange, also of buffers that take microseconds)."""
+        self.one_host = value
+        self._shared_from = self.shared_min_bytes if value and self.wire is None else np.inf
+        self._ring_from = 0 if self.wire is not None else self.ring_min_bytes
+
     def method_for(self, buffer):
         """The method used for ``buffer``: the configured one, or by size for ``auto``."""
         if self.method != "auto":
             return self.method
-        if self.wire is not None:
-            return "ring"
-        if self.one_host and isinstance(buffer, np.ndarray) \
-                and buffer.nbytes >= self.shared_min_bytes:
+        nbytes = buffer.nbytes
+        if nbytes >= self._shared_from and type(buffer) is np.ndarray:
             return "shared"
-        return "ring" if buffer.nbytes >= self.ring_min_bytes else "allreduce"
+        return "ring" if nbytes >= self._ring_from else "allreduce"
 
     def share(self, array):
         """``array``'s contents in memory every rank on this host maps, when ``mean`` of it
@@ -88,7 +93,7 @@ class Exchange:
         except NodeMemoryError as err:
             if self.method == "shared":
                 raise
-            self.one_host = False
+            self._set_one_host(False)
             if self.rank == 0:
                 print(f"exchange: no shared memory ({err}); averaging by messages instead",
                       flush=True)
