@@ -152,11 +152,12 @@ class Exchange:
     def _reduce_in_place(self, buffers, offset, count, scale):
         """Every rank's ``[offset, offset + count)`` of ``buffers`` becomes the sum of all.
 
-        Rank r owns a 1/n share (cut at multiples of 16 elements, so no two ranks write one
-        cache line); the barriers make sure every buffer is final before anyone reads, and
-        every share written before anyone goes on."""
+        Rank r owns a 1/n share, cut at multiples of 16 elements from the page-aligned start,
+        so that no two ranks write one cache line; the barriers make sure every buffer is final
+        before anyone reads, and every share written before anyone goes on."""
         n, rank = self.size, self.rank
-        cuts = [offset + (count * i // n) // 16 * 16 for i in range(n)] + [offset + count]
+        cuts = [offset] + [max(offset, (offset + count * i // n) // 16 * 16)
+                           for i in range(1, n)] + [offset + count]
         block = self._buffer("block", SHARED_BLOCK, buffers.dtype)
         factor = buffers.dtype.type(scale) if scale is not None else None
         arrays = buffers.arrays

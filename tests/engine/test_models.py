@@ -103,6 +103,29 @@ def test_flat_buffers_are_shared_views_in_a_fixed_order():
     assert sizes == a.num_params
 
 
+def test_moved_buffers_are_what_every_layer_reads_and_writes():
+    options, shape = TINY["mlp"]
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal(shape), rng.integers(0, 4, shape[0])
+    model = build_model("mlp", options, dtype="float64", seed=1)
+    model.forward_loss(x, y)
+    model.backward()
+    expected = model.grads.copy()
+    params, grads = model.params.copy() + 0.5, np.full_like(model.grads, np.nan)
+    model.move_buffers(params=params, grads=grads)
+    assert model.params is params and model.grads is grads
+    for layer in model.leaves():
+        for name in layer.params:
+            assert np.shares_memory(layer.params[name], params)
+            assert np.shares_memory(layer.grads[name], grads)
+    model.params[...] -= 0.5                    # the same values as before the move
+    model.forward_loss(x, y)
+    model.backward()
+    np.testing.assert_allclose(grads, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="grads must be"):
+        model.move_buffers(grads=np.zeros(3))
+
+
 def test_unknown_model_option_is_refused():
     from engine.config import ConfigError
     with pytest.raises(ConfigError, match="widht.*allowed.*width"):
