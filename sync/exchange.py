@@ -27,7 +27,7 @@ from sync.node_memory import NodeBuffers, NodeMemoryError
 
 METHODS = ("auto", "allreduce", "ring", "shared")
 RING_MIN_BYTES = 20_000_000   # measured: bench/README.md, "bench/exchange.py"
-SHARED_MIN_BYTES = 32_768     # measured likewise
+SHARED_MIN_BYTES = 65_536     # measured likewise
 SHARED_BLOCK = 65_536         # elements summed at a time: 256 KB of float32 stays in L2
 
 
@@ -83,24 +83,30 @@ class Exchange:
 
     def share(self, array):
         """``array``'s contents in memory every rank on this host maps, when ``mean`` of it
-        would take the shared path; otherwise ``array`` itself. Collective; the caller uses
-        the result in place of ``array`` from then on. Where shared memory cannot be made,
-        ``auto`` goes on without it (the reason printed once); ``shared`` raises."""
+        would take the shared path; otherwise ``array`` itself. Collective; meant once per
+        buffer (the mapping lives as long as this Exchange): the caller uses the result in
+        place of ``array`` from then on. Where shared memory cannot be made, ``auto`` goes on
+        without it (the reason printed once); ``shared`` raises."""
         if self.size == 1 or self.method_for(array) != "shared":
             return array
         try:
             buffers = NodeBuffers(self.comm, array.size, array.dtype)
         except NodeMemoryError as err:
-            if self.method == "shared":
-                raise
-            self._set_one_host(False)
-            if self.rank == 0:
-                print(f"exchange: no shared memory ({err}); averaging by messages instead",
-                      flush=True)
+            self._do_without_shared_memory(err)
             return array
         self._shared.append(buffers)
         buffers.mine[...] = array
         return buffers.mine
+
+    def _do_without_shared_memory(self, err):
+        """``shared`` re-raises ``err``; ``auto`` says so once and averages by messages from
+        now on (every rank got the same error, so all switch together)."""
+        if self.method == "shared":
+            raise err
+        self._set_one_host(False)
+        if self.rank == 0:
+            print(f"exchange: no shared memory ({err}); averaging by messages instead",
+                  flush=True)
 
     def mean(self, buffer):
         """Replace the contiguous 1-D ``buffer`` by its mean over the ranks."""
@@ -137,7 +143,11 @@ class Exchange:
             if offset is not None:
                 self._reduce_in_place(buffers, offset, buffer.size, scale)
                 return buffer
-        buffers = self._shared_scratch(buffer.size, buffer.dtype)
+        try:
+            buffers = self._shared_scratch(buffer.size, buffer.dtype)
+        except NodeMemoryError as err:
+            self._do_without_shared_memory(err)
+            return self._reduce(buffer, scale)
         buffers.mine[:buffer.size] = buffer
         self._reduce_in_place(buffers, 0, buffer.size, scale)
         buffer[...] = buffers.mine[:buffer.size]
@@ -154,7 +164,10 @@ class Exchange:
 
         Rank r owns a 1/n share, cut at multiples of 16 elements from the page-aligned start,
         so that no two ranks write one cache line; the barriers make sure every buffer is final
-        before anyone reads, and every share written before anyone goes on."""
+        before anyone reads, and every share written before anyone goes on. That stores before
+        the barrier are seen by the other ranks after it relies on the barrier's memory fences
+        (an MPI window's ``Win.Sync`` would say so formally; x86 keeps stores in order anyway).
+        """
         n, rank = self.size, self.rank
         cuts = [offset] + [max(offset, (offset + count * i // n) // 16 * 16)
                            for i in range(1, n)] + [offset + count]

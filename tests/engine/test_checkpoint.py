@@ -15,13 +15,20 @@ TWO_EPOCHS = ["batch_size=8", "epochs=2", "lr_schedule.policy=cosine",
               "lr_schedule.warmup_epochs=0.5"]
 
 
-def test_a_resumed_bsp_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path):
-    whole, _ = run_rule(tmp_path / "whole", 2, TWO_EPOCHS + [f"log.dir={tmp_path / 'a'}"])
+@pytest.mark.parametrize("exchange", [
+    [],                                                 # the mlp's gradient goes by Allreduce
+    ["exchange.method=shared"],                         # the gradient in shared memory
+    ["exchange.method=shared", "avg_freq=4"],           # the parameters in shared memory
+])
+def test_a_resumed_bsp_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, exchange):
+    settings = TWO_EPOCHS + exchange
+    whole, _ = run_rule(tmp_path / "whole", 2, settings + [f"log.dir={tmp_path / 'a'}"])
     run = f"log.dir={tmp_path / 'b'}"
-    first, _ = run_rule(tmp_path / "first", 2, TWO_EPOCHS + [run, "max_steps=45"])
+    first, _ = run_rule(tmp_path / "first", 2, settings + [run, "max_steps=45"])
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == \
         ["step-00000030", "step-00000045"]             # end of epoch 1, and where it stopped
-    rest, _ = run_rule(tmp_path / "rest", 2, TWO_EPOCHS + [run, "resume=auto"])
+    rest, summaries = run_rule(tmp_path / "rest", 2, settings + [run, "resume=auto"])
+    assert all(s["shared"] for s in summaries) == bool(exchange)
     assert np.abs(first[0] - whole[0]).max() > 1e-3     # it had really stopped early
     for params in rest:
         np.testing.assert_array_equal(params, whole[0])

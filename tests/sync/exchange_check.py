@@ -75,6 +75,10 @@ values = data(100, np.float32)
 buffer = auto.share(values.copy())
 assert not auto._shared and auto.method_for(buffer) == "allreduce"
 check(auto.mean(buffer), values, np.float32, "auto without shared memory")
+unshared = Exchange(comm, "auto", shared_min_bytes=0)          # the copy-in path's scratch
+values = data(100, np.float32, salt=3)
+check(unshared.mean(values.copy()), values, np.float32, "auto, no scratch shared memory")
+assert unshared.method_for(values) == "allreduce"
 try:
     Exchange(comm, "shared").share(values.copy())
 except NodeMemoryError as err:
