@@ -4,8 +4,9 @@ For each buffer size (float32), in the same run: plain ``MPI.Allreduce``, the ri
 shared-memory sum (on a buffer ``share`` placed in shared memory, as BSP does), the ``auto``
 choice that BSP uses by default, float16 on the wire, and a ``memcpy`` (``np.copyto``) of the
 same buffer. Times are medians over repeats, the methods taking turns in a shuffled order
-within each round (the ranks start each call together after a barrier). Prints per size the bus bandwidth ``2 (n - 1) / n * bytes / time`` of each method,
-its share of memcpy bandwidth, and ``speedup <x>`` of ``auto`` over Allreduce.
+within each round (the ranks start each call together after a barrier). Prints per size the
+bus bandwidth ``2 (n - 1) / n * bytes / time`` of each method, its share of memcpy bandwidth,
+and ``speedup <x>`` of ``auto`` over Allreduce.
 """
 import argparse
 import sys
