@@ -31,7 +31,7 @@ from engine.schedules import build_schedule
 from engine.version import source_fingerprint
 from layers import parallel
 from sync import build_rule
-from sync.comm import install_abort_hook, leave, world as mpi_world
+from sync.comm import install_abort_hook, leave, ranks_on_this_host, world as mpi_world
 
 STALLED = 6     # exit status when stall_abort ends a job stuck in an exchange
 
@@ -70,8 +70,7 @@ def evaluate(model, loader, rule):
 def cores_per_rank(world):
     """This host's cores shared among its ranks, and no more than this process may run on
     (``mpiexec`` or Slurm may have bound it to fewer)."""
-    local = world.comm.Split_type(world.MPI.COMM_TYPE_SHARED).Get_size() \
-        if world.comm is not None else 1
+    local = ranks_on_this_host(world.comm) if world.comm is not None else 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1 << 16
     return max(1, min(usable, (os.cpu_count() or 1) // local))
 

@@ -36,6 +36,16 @@ class World:
             self.comm.Barrier()
 
 
+def ranks_on_this_host(comm):
+    """How many ranks of ``comm`` run on this host (collective)."""
+    from mpi4py import MPI
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return local.Get_size()
+    finally:
+        local.Free()
+
+
 def fault_tolerant():
     """True when ``mpiexec --with-ft ulfm`` started this process (Open MPI's ULFM: a dead
     rank is reported to the others instead of ending the job)."""

@@ -23,22 +23,13 @@ only the values on the wire are rounded. float32 stays the default everywhere.
 """
 import numpy as np
 
+from sync.comm import ranks_on_this_host
 from sync.node_memory import NodeBuffers, NodeMemoryError
 
 METHODS = ("auto", "allreduce", "ring", "shared")
 RING_MIN_BYTES = 20_000_000   # measured: bench/README.md, "bench/exchange.py"
 SHARED_MIN_BYTES = 65_536     # measured likewise
 SHARED_BLOCK = 65_536         # elements summed at a time: 256 KB of float32 stays in L2
-
-
-def ranks_on_one_host(comm):
-    """True when every rank of ``comm`` runs on this host (collective)."""
-    from mpi4py import MPI
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return local.Get_size() == comm.Get_size()
-    finally:
-        local.Free()
 
 
 class Exchange:
@@ -52,7 +43,7 @@ class Exchange:
         self.wire = np.dtype(wire) if wire is not None else None
         self.size = comm.Get_size() if comm is not None else 1
         self.rank = comm.Get_rank() if comm is not None else 0
-        self._set_one_host(self.size == 1 or ranks_on_one_host(comm))
+        self._set_one_host(self.size == 1 or ranks_on_this_host(comm) == self.size)
         if comm is not None:
             from mpi4py import MPI
             self._mpi = MPI
@@ -108,6 +99,19 @@ class Exchange:
             print(f"exchange: no shared memory ({err}); averaging by messages instead",
                   flush=True)
 
+    def _holder(self, buffer):
+        """(the NodeBuffers that ``share`` made and that hold ``buffer``, its offset there),
+        or (None, None)."""
+        for buffers in self._shared:
+            offset = buffers.offset_of(buffer)
+            if offset is not None:
+                return buffers, offset
+        return None, None
+
+    def in_shared_memory(self, buffer):
+        """Whether ``buffer`` lies in memory that ``share`` placed (the zero-copy path)."""
+        return self._holder(buffer)[0] is not None
+
     def mean(self, buffer):
         """Replace the contiguous 1-D ``buffer`` by its mean over the ranks."""
         return self._reduce(buffer, 1.0 / self.size)
@@ -138,11 +142,10 @@ class Exchange:
 
     def _sum_shared(self, buffer, scale=None):
         """The ``shared`` method; ``scale`` multiplies the sum on the way (for ``mean``)."""
-        for buffers in self._shared:
-            offset = buffers.offset_of(buffer)
-            if offset is not None:
-                self._reduce_in_place(buffers, offset, buffer.size, scale)
-                return buffer
+        buffers, offset = self._holder(buffer)
+        if buffers is not None:
+            self._reduce_in_place(buffers, offset, buffer.size, scale)
+            return buffer
         try:
             buffers = self._shared_scratch(buffer.size, buffer.dtype)
         except NodeMemoryError as err:

@@ -47,7 +47,7 @@ for dtype in (np.float32, np.float64):
             plain = values.copy()                     # private memory: copied in and out
             check(exchange.mean(plain), values, dtype, f"{method} {count} {dtype.__name__}")
             shared = exchange.share(values.copy())
-            in_shared = any(b.offset_of(shared) == 0 for b in exchange._shared)
+            in_shared = exchange.in_shared_memory(shared)
             assert in_shared == (method in ("shared", "auto")), (method, in_shared)
             check(exchange.mean(shared), values, dtype, f"{method} shared {count}")
             if count > 2:                             # a slice (a bucket) of a shared buffer
@@ -73,7 +73,7 @@ sync.node_memory._folder = lambda: "/nonexistent/parallel-training"
 auto = Exchange(comm, "auto", shared_min_bytes=0)
 values = data(100, np.float32)
 buffer = auto.share(values.copy())
-assert not auto._shared and auto.method_for(buffer) == "allreduce"
+assert not auto.in_shared_memory(buffer) and auto.method_for(buffer) == "allreduce"
 check(auto.mean(buffer), values, np.float32, "auto without shared memory")
 unshared = Exchange(comm, "auto", shared_min_bytes=0)          # the copy-in path's scratch
 values = data(100, np.float32, salt=3)

@@ -73,7 +73,7 @@ if __name__ == "__main__":
         model = result["model"]
         buffer = model.grads if rule.avg_freq == 1 else model.params
         summary["exchange"] = rule.exchange.method_for(buffer)
-        summary["shared"] = any(b.offset_of(buffer) == 0 for b in rule.exchange._shared)
+        summary["shared"] = rule.exchange.in_shared_memory(buffer)
     if hasattr(rule, "weights_sum"):
         summary["weights_sum"] = rule.weights_sum()
     Path(f"{args.out}.{w.rank}.json").write_text(json.dumps(summary))
