@@ -165,3 +165,42 @@ def test_large_arrays_are_split(monkeypatch):
             assert len(record) == 2, layer.name
     finally:
         parallel.set_workers(1)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("shape, block", [((5, 3, 6, 7), 1 << 15), ((5, 3, 6, 7), 50),
+                                          ((4, 2, 3, 3), 7)])
+def test_relu_on_the_channel_slices_concat_hands_its_branches(shape, block, workers, calls,
+                                                              monkeypatch):
+    """A Concat branch gets dy[:, c0:c1] (each sample contiguous, the batch not): forward and
+    backward still split over the workers, in tiles of whole rows (per-sample rows shorter than
+    BLOCK) or of pieces of one row (longer), and write into the views themselves."""
+    from layers import relu
+    monkeypatch.setattr(relu, "BLOCK", block)
+    parallel.set_workers(workers)
+    rng = np.random.default_rng(7)
+    n, c, h, w = shape
+    whole = rng.standard_normal((n, 3 * c, h, w))
+    x = whole[:, c:2 * c]
+    expected_y = np.maximum(x, 0)
+    layer = ReLU(inplace=True)
+    assert layer.forward(x) is x
+    np.testing.assert_array_equal(x, expected_y)
+    grads = rng.standard_normal((n, 3 * c, h, w))
+    dy = grads[:, 2 * c:]
+    expected_dx, rest = np.where(expected_y > 0, dy, 0), grads[:, :2 * c].copy()
+    assert layer.backward(dy) is dy
+    np.testing.assert_array_equal(dy, expected_dx)
+    np.testing.assert_array_equal(grads[:, :2 * c], rest)     # the other channels untouched
+    assert bool(calls) == (workers > 1)
+
+
+def test_sample_rows_only_views_arrays_whose_samples_are_contiguous():
+    from layers.relu import sample_rows
+    a = np.zeros((4, 6, 5, 5), np.float32)
+    assert sample_rows(a).shape == (4, 150) and np.shares_memory(sample_rows(a), a)
+    view = sample_rows(a[:, 2:5])
+    assert view.shape == (4, 75) and np.shares_memory(view, a)
+    assert sample_rows(a[:, :, 1:]) is None              # rows cut inside a sample
+    assert sample_rows(a.transpose(1, 0, 2, 3)) is None
+    assert sample_rows(a[:, :1, :1]).shape == (4, 5)     # size-1 axes have any stride
