@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.device import copy_into, to_host
+
 MANIFEST = "manifest.json"
 
 
@@ -59,6 +61,7 @@ def rank_state(model, optimizer, rule, progress):
     optimizer_state = optimizer.state_dict()
     arrays.update({f"optimizer/{k}": v for k, v in optimizer_state["buffers"].items()})
     arrays.update({f"rule/{k}": v for k, v in rule.state_dict().items()})
+    arrays = {key: to_host(value) for key, value in arrays.items()}   # GPU arrays copied
     values = {"step": progress.step, "last_finite": progress.last_finite,
               "skipped": progress.skipped,
               "optimizer": {"name": optimizer_state["name"], "steps": optimizer_state["steps"]},
@@ -68,7 +71,7 @@ def rank_state(model, optimizer, rule, progress):
 
 
 def restore(model, optimizer, rule, progress, arrays, values):
-    model.params[...] = arrays["params"]
+    copy_into(model.params, arrays["params"])
     model.load_state({k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")})
     optimizer.load_state_dict(dict(values["optimizer"], buffers={
         k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}))
@@ -150,8 +153,8 @@ def load(folder, rank, expected):
 def export_weights(path, model):
     """Write the model's parameters and BatchNorm statistics alone, as a hickle file."""
     import hickle
-    data = {"params": np.asarray(model.params), "model": model.name}
-    data.update({f"state/{k}": np.asarray(v) for k, v in model.state().items()})
+    data = {"params": to_host(model.params), "model": model.name}
+    data.update({f"state/{k}": to_host(v) for k, v in model.state().items()})
     _write_atomically(Path(path), lambda p: hickle.dump(data, str(p), mode="w"))
 
 
@@ -166,7 +169,7 @@ def import_weights(path, model):
         raise CheckpointError(f"{path}: weights of {data.get('model')!r} with "
                               f"{data['params'].size} parameters; this model is {model.name!r} "
                               f"with {model.num_params}")
-    model.params[...] = data["params"]
+    copy_into(model.params, data["params"])
     model.load_state({k[len("state/"):]: v for k, v in data.items() if k.startswith("state/")})
 
 

@@ -7,6 +7,7 @@ in layout on every rank, of which every layer's parameters and gradients are vie
 """
 import numpy as np
 
+from engine.device import copy_into
 from layers.base import bind_flat, bind_views, leaves
 from layers.softmax_cross_entropy import SoftmaxCrossEntropy
 
@@ -73,7 +74,7 @@ class Model:
         """Copy ``state`` (as returned by ``state()``) into the layers' buffers."""
         for i, layer in enumerate(self.leaves()):
             for name, value in layer.state.items():
-                value[...] = state[f"{i}.{name}"]
+                copy_into(value, state[f"{i}.{name}"])
 
     def forward(self, x, train=False):
         """Main-head logits. In training mode the auxiliary heads run too (see ``loss``)."""

@@ -21,6 +21,7 @@ from data.dataset import build_data
 from data.format import DataError
 from engine.checkpoint import CheckpointError, Checkpoints, export_weights
 from engine.config import ConfigError, add_arguments, dump, load_config
+from engine.device import array_module, local_rank, to_device
 from engine.metrics import topk_correct
 from engine.models import build_model
 from engine.optimizers import build_optimizer
@@ -60,6 +61,7 @@ def evaluate(model, loader, rule):
     worker takes its shard of the loader's split; the sums are added over the workers)."""
     sums = np.zeros(4)                         # loss sum, top-1 and top-5 counts, images
     for x, y in loader.epoch(0):
+        x, y = to_device(model.xp, x), to_device(model.xp, y)
         logits = model.forward(x, train=False)
         counts = topk_correct(logits, y, ks=(1, 5))
         sums += (float(model.loss.forward(logits, y)) * len(x), counts[1], counts[5], len(x))
@@ -106,12 +108,13 @@ def differences(world, model, cfg):
     return None
 
 
-def setup(cfg, rule):
-    """The model, optimizer, data and schedule of this worker; raises ConfigError/DataError."""
+def setup(cfg, rule, xp=np):
+    """The model (its arrays in ``xp``: NumPy or CuPy), optimizer, data and schedule of this
+    worker; raises ConfigError/DataError."""
     data = build_data(cfg, max(rule.worker_rank, 0), rule.num_workers, rule.val_shard)
     options = model_options(cfg, data)
     try:
-        model = build_model(cfg["model"], options, cfg["dtype"], cfg["seed"])
+        model = build_model(cfg["model"], options, cfg["dtype"], cfg["seed"], xp=xp)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
@@ -145,7 +148,8 @@ def train(cfg, out=None, world=None):
         except ValueError as err:
             raise ConfigError(f"sync_rule: {err}") from None
         threads = parallel.set_workers(cfg["threads"] or cores_per_rank(world))
-        model, optimizer, data, schedule, progress = setup(cfg, rule)
+        xp = array_module(cfg["device"], local_rank(), cfg["tf32"])
+        model, optimizer, data, schedule, progress = setup(cfg, rule, xp)
     except (ConfigError, DataError) as err:
         problem = (type(err), str(err))
     agree(world, problem)
@@ -258,6 +262,7 @@ def train_epoch(model, optimizer, schedule, batches, epoch, cfg, progress, rule,
     while progress.step < end:
         with log.phase("data") as waited:
             x, y = next(batches)
+            x, y = to_device(model.xp, x), to_device(model.xp, y)
         lr = schedule.lr_at(progress.step / progress.steps_per_epoch)
         saved = {k: v.copy() for k, v in model.state().items()} \
             if cfg["on_nonfinite"] == "skip" else None

@@ -46,6 +46,26 @@ def ranks_on_this_host(comm):
         local.Free()
 
 
+def cuda_aware():
+    """Whether the MPI library reads and writes GPU memory itself (Open MPI's
+    ``MPIX_Query_cuda_support``, found in the loaded libmpi); ``PT_CUDA_AWARE=0/1`` overrides
+    the answer, for libraries that do not say. Call after MPI is initialised."""
+    forced = os.environ.get("PT_CUDA_AWARE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    import ctypes
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libmpi.so" in line}
+    except OSError:
+        return False
+    for path in paths:
+        query = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
+        if query is not None:
+            return bool(query())
+    return False
+
+
 def fault_tolerant():
     """True when ``mpiexec --with-ft ulfm`` started this process (Open MPI's ULFM: a dead
     rank is reported to the others instead of ending the job)."""

@@ -17,13 +17,19 @@ Methods (``exchange.method``):
   ``ring`` from there (thresholds measured with ``bench/exchange.py`` on the 2-core machine;
   see bench/README.md).
 
+GPU buffers (CuPy, ``device: gpu``): once the GPU has finished the work queued on it, a
+CUDA-aware MPI (``sync.comm.cuda_aware``) reduces the device buffer itself (``allreduce``, or
+the ring with its sums on the GPU); any other MPI gets a copy in pinned host memory, averaged
+like a host buffer (the shared path included) and copied back.
+
 ``wire: float16`` halves the bytes sent by the ring: each chunk travels as float16 and is
 added into the float32 (or float64) buffer, so the sum itself is carried out at full precision;
 only the values on the wire are rounded. float32 stays the default everywhere.
 """
 import numpy as np
 
-from sync.comm import ranks_on_this_host
+from layers.base import get_array_module
+from sync.comm import cuda_aware, ranks_on_this_host
 from sync.node_memory import NodeBuffers, NodeMemoryError
 
 METHODS = ("auto", "allreduce", "ring", "shared")
@@ -55,6 +61,7 @@ class Exchange:
                              "'shared' sums in memory, with nothing on a wire")
         self._scratch = {}
         self._shared = []             # NodeBuffers made by share(), searched by _sum_shared
+        self._cuda_aware = None       # asked of the MPI library at the first GPU buffer
 
     def _set_one_host(self, value):
         """``one_host``, and ``auto``'s thresholds from it, so that ``method_for`` costs two
@@ -123,6 +130,8 @@ class Exchange:
     def _reduce(self, buffer, scale):
         if self.size == 1:
             return buffer
+        if not isinstance(buffer, np.ndarray):
+            return self._reduce_device(buffer, scale)
         method = self.method_for(buffer)
         if method == "shared":
             return self._sum_shared(buffer, scale)
@@ -134,10 +143,34 @@ class Exchange:
             buffer *= buffer.dtype.type(scale)
         return buffer
 
-    def _buffer(self, key, n, dtype):
+    def _reduce_device(self, buffer, scale):
+        """A GPU buffer: in place through a CUDA-aware MPI, else through pinned host memory."""
+        from engine import device
+        device.synchronize()
+        if self._cuda_aware is None:
+            self._cuda_aware = cuda_aware()
+        if self._cuda_aware:
+            if self.method == "ring" or self.wire is not None:
+                self._ring(buffer)
+            else:
+                self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
+            if scale is not None:
+                buffer *= buffer.dtype.type(scale)
+            return buffer
+        host = self._scratch.get("pinned")
+        if host is None or host.size < buffer.size or host.dtype != buffer.dtype:
+            host = self._scratch["pinned"] = device.pinned_empty(buffer.size, buffer.dtype)
+        host = host[:buffer.size]
+        buffer.get(out=host)
+        self._reduce(host, scale)
+        buffer.set(host)
+        return buffer
+
+    def _buffer(self, key, n, dtype, xp=np):
+        key = (key, xp.__name__)
         scratch = self._scratch.get(key)
         if scratch is None or scratch.size < n or scratch.dtype != dtype:
-            scratch = self._scratch[key] = np.empty(n, dtype)
+            scratch = self._scratch[key] = xp.empty(n, dtype)
         return scratch[:n]
 
     def _sum_shared(self, buffer, scale=None):
@@ -196,9 +229,9 @@ class Exchange:
         bounds = [len(buffer) * i // n for i in range(n + 1)]
         chunk = lambda i: buffer[bounds[i % n]:bounds[i % n + 1]]   # noqa: E731
         longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-        wire = self.wire or buffer.dtype
-        incoming = self._buffer("in", longest, wire)
-        outgoing = self._buffer("out", longest, wire) if self.wire is not None else None
+        wire, xp = self.wire or buffer.dtype, get_array_module(buffer)
+        incoming = self._buffer("in", longest, wire, xp)
+        outgoing = self._buffer("out", longest, wire, xp) if self.wire is not None else None
 
         def send(i):
             data = chunk(i)
@@ -206,6 +239,8 @@ class Exchange:
                 return data
             out = outgoing[:len(data)]
             out[...] = data
+            if xp is not np:          # MPI reads ``out`` once the GPU has written it
+                xp.cuda.get_current_stream().synchronize()
             return out
 
         # Reduce-scatter: after n - 1 steps rank r holds the full sum of chunk r + 1.
@@ -214,6 +249,8 @@ class Exchange:
             received = incoming[:len(target)]
             self.comm.Sendrecv(send(rank - step), dest=right, recvbuf=received, source=left)
             target += received
+            if xp is not np:          # the next send may read this sum: it must be done
+                xp.cuda.get_current_stream().synchronize()
         # Allgather: pass the finished chunks around the ring.
         for step in range(n - 1):
             target = chunk(rank - step)

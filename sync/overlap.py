@@ -40,6 +40,8 @@ class BucketedExchange:
             threading.Thread(target=self._work, name="exchange", daemon=True).start()
 
     def _work(self):
+        if hasattr(self.buffer, "device"):     # a CuPy buffer: this thread uses its GPU too
+            self.buffer.device.use()
         while True:
             lo, hi = self._tasks.get()
             try:

@@ -61,6 +61,18 @@ def warn(message):
     print(message, file=sys.stderr, flush=True)
 
 
+def through_host(buffer, call):
+    """``call(buffer)`` for a NumPy buffer; for a GPU buffer, ``call`` on a host copy that is
+    copied back afterwards (for the rare, small collectives: start, evaluation, finish; the
+    per-step exchange has its own device path, sync/exchange.py)."""
+    if isinstance(buffer, np.ndarray):
+        return call(buffer)
+    from engine.device import copy_into, to_host
+    host = to_host(buffer)
+    call(host)
+    copy_into(buffer, host)
+
+
 class SyncRule:
     name = "LOCAL"
     log = None              # the run's RunLog (engine/runlog.py), set by the driver
@@ -117,14 +129,13 @@ class SyncRule:
 
     def broadcast_from_first_worker(self, model):
         if self.workers is not None and self.num_workers > 1:
-            self.workers.Bcast(model.params, root=0)
-            for value in model.state().values():
-                self.workers.Bcast(value, root=0)
+            for buffer in [model.params] + list(model.state().values()):
+                through_host(buffer, lambda b: self.workers.Bcast(b, root=0))
 
     def average_over_workers(self, buffer):
         if self.workers is not None and self.num_workers > 1:
             from mpi4py import MPI
-            self.workers.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+            through_host(buffer, lambda b: self.workers.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM))
             buffer *= buffer.dtype.type(1.0 / self.num_workers)
 
     # -- hooks ------------------------------------------------------------------------------

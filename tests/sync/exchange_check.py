@@ -3,6 +3,7 @@
 Each rank fills buffers from its own seed; the expected mean is computed from every rank's
 data gathered in one place. Prints ``ok <cases>`` on rank 0 when everything matched.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import engine.device   # noqa: E402
 import sync.node_memory   # noqa: E402
 from sync.exchange import SHARED_BLOCK, Exchange   # noqa: E402
 from sync.node_memory import NodeMemoryError   # noqa: E402
@@ -67,6 +69,36 @@ auto = Exchange(comm, "auto", shared_min_bytes=4096, ring_min_bytes=1 << 40)
 assert auto.method_for(np.zeros(1023, np.float32)) == "allreduce"
 assert auto.method_for(np.zeros(1024, np.float32)) == "shared"
 assert Exchange(comm, "auto", wire="float16").method_for(np.zeros(10 ** 6)) == "ring"
+
+
+
+class DeviceBuffer:
+    """Stands in for a CuPy buffer: not a NumPy array, read and written only by get and set.
+    With a non-CUDA-aware MPI the exchange must stage it through host memory."""
+
+    def __init__(self, values):
+        self.values, self.dtype, self.size = values.copy(), values.dtype, values.size
+        self.copies = 0
+
+    def get(self, out):
+        out[...] = self.values
+        self.copies += 1
+
+    def set(self, host):
+        self.values[...] = host
+        self.copies += 1
+
+
+os.environ["PT_CUDA_AWARE"] = "0"                      # the staged path, whatever the MPI
+engine.device.synchronize = lambda: None               # no GPU stream to wait for
+engine.device.pinned_empty = lambda count, dtype: np.empty(count, dtype)
+for method in ("allreduce", "ring", "shared", "auto"):
+    exchange = Exchange(comm, method, shared_min_bytes=0)
+    for count in (1, 1000):
+        values = data(count, np.float32, salt=4)
+        staged = DeviceBuffer(values)
+        assert exchange.mean(staged) is staged and staged.copies == 2, staged.copies
+        check(staged.values, values, np.float32, f"{method} staged {count}")
 
 # no shared memory: auto says so once and goes on by messages; 'shared' raises on every rank
 sync.node_memory._folder = lambda: "/nonexistent/parallel-training"

@@ -1,0 +1,112 @@
+"""Where a rank's arrays live: ``device: cpu`` (NumPy) or ``device: gpu`` (CuPy, one GPU).
+
+CuPy is imported here, and only for ``gpu``: a CPU run never loads it. Each rank uses one GPU,
+the one its rank on this host picks among the GPUs it sees (local rank mod their number), so
+more ranks than GPUs share them in turn, as for testing on one GPU; ``run/bind_gpu.sh`` may
+already have left each rank a single one. Every error comes before any work, as a
+``DeviceError`` that says what to change.
+
+``tf32: true`` lets cuBLAS round the inputs of float32 matrix products to TF32 (a 10-bit
+mantissa, Ampere and later GPUs), CuPy's float32 compute type; float64 is unaffected.
+
+Host and device meet in ``to_device`` (a host array into NumPy's or CuPy's memory), ``to_host``
+(a NumPy array of any array) and ``copy_into`` (host or device values into a host or device
+array).
+"""
+import os
+
+import numpy as np
+
+from engine.config import ConfigError
+
+
+class DeviceError(ConfigError):
+    """``device: gpu`` cannot be honoured here (no CuPy, no GPU)."""
+
+
+def local_rank():
+    """This process's rank among the ranks on its host, from the launcher's environment (Open
+    MPI, Slurm, MPICH), 0 when started alone."""
+    for name in ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def array_module(device, rank_on_host=0, tf32=False):
+    """NumPy for ``cpu``; for ``gpu``, CuPy with this rank's GPU made current."""
+    if device == "cpu":
+        return np
+    if device != "gpu":
+        raise DeviceError(f"device: {device!r} is not one of 'cpu', 'gpu'")
+    try:
+        import cupy
+    except ImportError as err:
+        raise DeviceError(f"device: gpu needs CuPy, which cannot be imported here ({err}); "
+                          f"install it with pip install -e '.[gpu]' (or the cupy-cudaXXx "
+                          f"wheel matching your CUDA), or use device: cpu") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:        # CUDARuntimeError: no driver, or no device
+        raise DeviceError(f"device: gpu, but CUDA finds no usable GPU ({err}); use "
+                          f"device: cpu") from None
+    if count == 0:
+        raise DeviceError("device: gpu, but CUDA sees no GPU (CUDA_VISIBLE_DEVICES may hide "
+                          "them); use device: cpu")
+    cupy.cuda.Device(rank_on_host % count).use()
+    set_tf32(cupy, tf32)
+    return cupy
+
+
+def set_tf32(cupy, enabled):
+    """float32 matrix products in TF32 (``enabled``) or in full float32: CuPy reads CUPY_TF32
+    at its first float32 product; its compute-type setter changes it after that too."""
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"
+    try:
+        from cupy._core import _routines_linalg as linalg
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled
+                                else linalg.COMPUTE_TYPE_DEFAULT)
+    except (ImportError, AttributeError):     # a CuPy without the setter: the variable rules
+        pass
+
+
+def synchronize():
+    """Wait until the current GPU stream has done its queued work (before MPI reads device
+    memory)."""
+    import cupy
+    cupy.cuda.get_current_stream().synchronize()
+
+
+def pinned_empty(n, dtype):
+    """A NumPy array of ``n`` elements in page-locked host memory (fast, asynchronous copies
+    to and from the GPU)."""
+    import cupyx
+    return cupyx.empty_pinned((n,), dtype)
+
+
+def is_device_array(a):
+    """Whether ``a`` lives on a GPU (a CuPy array)."""
+    return type(a).__module__.startswith("cupy")
+
+
+def to_host(a):
+    """``a`` as a NumPy array (a copy from a GPU, ``a`` itself on the CPU)."""
+    return a.get() if is_device_array(a) else np.asarray(a)
+
+
+def to_device(xp, a):
+    """Host array ``a`` in ``xp``'s memory: ``a`` itself for NumPy, a copy on the GPU for
+    CuPy."""
+    return a if xp is np else xp.asarray(a)
+
+
+def copy_into(dst, src):
+    """``dst[...] = src`` for any mix of host and device arrays of the same shape."""
+    if is_device_array(dst):
+        if is_device_array(src):
+            dst[...] = src
+        else:
+            dst.set(np.ascontiguousarray(src, dtype=dst.dtype).reshape(dst.shape))
+    else:
+        dst[...] = to_host(src)
+    return dst

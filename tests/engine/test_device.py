@@ -1,0 +1,106 @@
+"""engine/device.py on the CPU: NumPy for ``cpu``, a clear error for ``gpu`` without CuPy or
+without a GPU (checked with stand-in CuPy modules), the GPU picked by local rank, TF32, the
+host/device helpers; and sync.comm.cuda_aware."""
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from engine import device
+from engine.config import ConfigError, load_config
+from tests.mpi import ROOT
+
+
+def fake_cupy(monkeypatch, count=None, error=None):
+    """Install a stand-in ``cupy`` reporting ``count`` GPUs (or raising ``error``); returns the
+    list of device ids made current."""
+    used = []
+
+    def get_device_count():
+        if error is not None:
+            raise error
+        return count
+
+    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count),
+                                 Device=lambda i: types.SimpleNamespace(use=lambda: used.append(i)))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(device, "set_tf32", lambda cupy, on: used.append(("tf32", on)))
+    return used
+
+
+def test_cpu_is_numpy():
+    assert device.array_module("cpu") is np
+
+
+def test_gpu_without_cupy_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)          # import cupy raises ImportError
+    with pytest.raises(device.DeviceError, match=r"needs CuPy.*pip install -e '\.\[gpu\]'"):
+        device.array_module("gpu")
+
+
+def test_gpu_without_a_driver_or_a_gpu(monkeypatch):
+    fake_cupy(monkeypatch, error=RuntimeError("cudaErrorNoDevice"))
+    with pytest.raises(device.DeviceError, match="no usable GPU.*cudaErrorNoDevice"):
+        device.array_module("gpu")
+    fake_cupy(monkeypatch, count=0)
+    with pytest.raises(device.DeviceError, match="sees no GPU"):
+        device.array_module("gpu")
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank_in_turn(monkeypatch):
+    used = fake_cupy(monkeypatch, count=2)
+    cupy = device.array_module("gpu", rank_on_host=3, tf32=True)
+    assert cupy is sys.modules["cupy"]
+    assert used == [1, ("tf32", True)]
+
+
+def test_device_errors_are_config_errors():
+    assert issubclass(device.DeviceError, ConfigError)
+    with pytest.raises(device.DeviceError, match="'tpu'"):
+        device.array_module("tpu")
+
+
+def test_local_rank_from_the_launcher(monkeypatch):
+    for name in ("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"):
+        monkeypatch.delenv(name, raising=False)
+    assert device.local_rank() == 0
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert device.local_rank() == 3
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
+    assert device.local_rank() == 1
+
+
+def test_host_helpers_on_numpy():
+    a = np.arange(6.0).reshape(2, 3)
+    assert device.to_host(a) is a and device.to_device(np, a) is a
+    assert not device.is_device_array(a)
+    out = np.zeros((2, 3))
+    assert device.copy_into(out, a) is out
+    np.testing.assert_array_equal(out, a)
+
+
+def test_config_accepts_gpu_and_tf32_and_refuses_gpu_for_the_asynchronous_rules():
+    cfg = load_config(None, ["device=gpu", "tf32=true"])
+    assert cfg["device"] == "gpu" and cfg["tf32"] is True
+    with pytest.raises(ConfigError, match="device: gpu runs sync_rule BSP or LOCAL"):
+        load_config(None, ["device=gpu", "sync_rule=GOSSIP"])
+
+
+def test_training_on_gpu_without_cupy_stops_before_any_work(monkeypatch, capsys):
+    from engine import train
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(train, "build_data", lambda *a: pytest.fail("data was loaded"))
+    assert train.main([str(ROOT / "config.yaml"), "--set", "device=gpu"]) == 2
+    assert "device: gpu needs CuPy" in capsys.readouterr().err
+
+
+def test_cuda_aware_answer_and_its_override(monkeypatch):
+    from mpi4py import MPI  # noqa: F401  (loads libmpi, as a run does)
+    from sync.comm import cuda_aware
+    monkeypatch.delenv("PT_CUDA_AWARE", raising=False)
+    assert cuda_aware() in (True, False)
+    monkeypatch.setenv("PT_CUDA_AWARE", "1")
+    assert cuda_aware() is True
+    monkeypatch.setenv("PT_CUDA_AWARE", "0")
+    assert cuda_aware() is False
