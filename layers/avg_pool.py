@@ -11,7 +11,7 @@ CPU method: k*k strided slice adds over a zero-padded workspace (used by GoogLeN
 heads only, so it is kept simple), large inputs split into sample ranges over
 ``parallel.workers()`` threads.
 """
-from layers import parallel
+from layers import cuda, parallel
 from layers.base import Layer, get_array_module
 from layers.max_pool import check_pool_args, pool_geometry, saved_geometry
 
@@ -44,6 +44,13 @@ class AvgPool2D(Layer):
         n, c, h, w = x.shape
         k, s, p = self.k, self.stride, self.pad
         oh, ow, hp, wp = pool_geometry(self, x)
+        self.x_shape = x.shape if train else None
+        self.geometry = (oh, ow, hp, wp)
+        if cuda.wanted(xp):
+            y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+            cuda.launch("pool", "avg_forward", x.dtype, y.size,
+                        (xp.ascontiguousarray(x), y, n * c, h, w, k, s, p, oh, ow))
+            return y
         xpad = self.workspace("xpad", (n, c, hp, wp), x.dtype, xp)
         if self._zeroed is None or self._zeroed[0] is not xpad or self._zeroed[1:] != (h, w):
             xpad.fill(0)                       # the interior is overwritten, the border stays
@@ -61,14 +68,18 @@ class AvgPool2D(Layer):
                 yw += v
             yw *= self.inv_size
         parallel.split_work(xp, n, run, x.nbytes)
-        self.x_shape = x.shape if train else None
-        self.geometry = (oh, ow, hp, wp)
         return y
 
     def backward(self, dy):
         (n, c, h, w), (oh, ow, hp, wp) = saved_geometry(self)
         xp = get_array_module(dy)
         p = self.pad
+        if cuda.wanted(xp):
+            dx = xp.empty(self.x_shape, dtype=dy.dtype)
+            cuda.launch("pool", "avg_backward", dy.dtype, dx.size,
+                        (xp.ascontiguousarray(dy), dx, n * c, h, w, self.k, self.stride, p,
+                         oh, ow))
+            return dx
         dpad = self.workspace("dxpad", (n, c, hp, wp), dy.dtype, xp)
         dx = xp.empty(self.x_shape, dtype=dy.dtype)
 

@@ -55,7 +55,7 @@ from functools import lru_cache
 import numpy as np
 
 from engine import initializers
-from layers import parallel
+from layers import cuda, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -336,6 +336,9 @@ class Conv2D(Layer):
         if self.pointwise:
             self._forward_pointwise(x, y3, xp)
             return y
+        if cuda.wanted(xp):
+            self._forward_kernels(x, y, xp)
+            return y
         if self._output_side(self.output_side_forward, x.shape):
             self._forward_output_side(x, y, xp)
             return y
@@ -361,6 +364,45 @@ class Conv2D(Layer):
         parallel.split_work(xp, n, work)
         self._col_of = (x, g, workers)
         return y
+
+    def _forward_kernels(self, x, y, xp):
+        """GPU: col = im2col(x) for the whole batch (``conv.cu``; rows (c, i, j), columns
+        (n, oh, ow)), Y = W @ col as (O, N*OH*OW), then y = Y as NCHW (+ b). col stays for
+        backward."""
+        n, c, h, w = x.shape
+        o, oh, ow = y.shape[1:]
+        k, kk, positions = self.k, c * self.k * self.k, n * oh * ow
+        col = self.workspace("col_kernel", (kk, positions), x.dtype, xp)
+        cuda.launch("conv", "im2col", x.dtype, col.size,
+                    (xp.ascontiguousarray(x), col, n, c, h, w, k, self.stride, self.pad, oh, ow))
+        yt = self.workspace("yt_kernel", (o, positions), x.dtype, xp)
+        xp.matmul(self.params["W"].reshape(o, kk), col, out=yt)
+        y[...] = yt.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+        if "b" in self.params:
+            y += self.params["b"][:, None, None]
+        self._col_of = (x, col)
+
+    def _backward_kernels(self, x, dy, xp):
+        """GPU: dW = dY @ col^T, db = sum of dy, dcol = W^T @ dY (into col's memory), and dx =
+        col2im(dcol), a gather per input pixel (``conv.cu``)."""
+        n, c, h, w = x.shape
+        o, oh, ow = dy.shape[1:]
+        k, kk, positions = self.k, c * self.k * self.k, n * oh * ow
+        col_of, self._col_of = self._col_of, None
+        if col_of is None or col_of[0] is not x:
+            raise RuntimeError(f"{self.name}: backward needs the columns of its last training "
+                               f"forward")
+        col = col_of[1]
+        dyt = self.workspace("yt_kernel", (o, positions), dy.dtype, xp)
+        dyt.reshape(o, n, oh, ow)[...] = dy.transpose(1, 0, 2, 3)
+        xp.matmul(dyt, col.T, out=self.grads["W"].reshape(o, kk))
+        if "b" in self.grads:
+            self.grads["b"][...] = dyt.sum(axis=1)
+        xp.matmul(self.params["W"].reshape(o, kk).T, dyt, out=col)
+        dx = xp.empty(x.shape, x.dtype)
+        cuda.launch("conv", "col2im", x.dtype, dx.size,
+                    (col, dx, n, c, h, w, k, self.stride, self.pad, oh, ow))
+        return dx
 
     def _phases(self, worker, g, x, xp):
         """Worker ``worker``'s polyphase scratch for g samples, when im2col/col2im can use it
@@ -420,6 +462,8 @@ class Conv2D(Layer):
         dy3 = dy.reshape(n, o, l)
         if self.pointwise:
             return self._backward_pointwise(x, dy3, xp)
+        if cuda.wanted(xp):
+            return self._backward_kernels(x, dy, xp)
         if self._output_side(self.output_side_backward, x.shape):
             return self._backward_output_side(x, dy, xp)
         k, s, p, kk = self.k, self.stride, self.pad, c * self.k * self.k

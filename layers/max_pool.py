@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from layers import parallel
+from layers import cuda, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -113,6 +113,8 @@ class MaxPool2D(Layer):
         n, c, h, w = x.shape
         k, s = self.k, self.stride
         oh, ow, hp, wp = pool_geometry(self, x)
+        if cuda.wanted(xp):
+            return self._forward_kernels(x, train, xp)
         hq, wq, copies, taps = _phases(k, s, self.pad, h, w, oh, ow)
         planes, area = n * c, hq * wq
         cp = max(1, min(planes, self.chunk_elems // (s * s * area)))
@@ -159,10 +161,29 @@ class MaxPool2D(Layer):
         self.geometry = (oh, ow, hp, wp)
         return y
 
+    def _forward_kernels(self, x, train, xp):
+        """y and the argmax (int32, the flat index in its plane) by ``pool.cu``."""
+        n, c, h, w = x.shape
+        oh, ow, hp, wp = pool_geometry(self, x)
+        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+        arg = self.workspace("arg_kernel", (n * c, oh, ow), np.int32, xp)
+        cuda.launch("pool", "max_forward", x.dtype, y.size,
+                    (xp.ascontiguousarray(x), y, arg, n * c, h, w, self.k, self.stride,
+                     self.pad, oh, ow))
+        self.idx = arg if train else None
+        self.x_shape = x.shape if train else None
+        self.geometry = (oh, ow, hp, wp)
+        return y
+
     def backward(self, dy):
         (n, c, h, w), (oh, ow, hp, wp) = saved_geometry(self)
         xp = get_array_module(dy)
         k, s, p = self.k, self.stride, self.pad
+        if cuda.wanted(xp):
+            dx = xp.empty(self.x_shape, dtype=dy.dtype)
+            cuda.launch("pool", "max_backward", dy.dtype, dx.size,
+                        (xp.ascontiguousarray(dy), self.idx, dx, n * c, h, w, k, s, p, oh, ow))
+            return dx
         planes, area = n * c, hp * wp
         cp = max(1, min(planes, self.chunk_elems // area))
         itype = np.int32 if cp * area < 2 ** 31 else np.int64      # positions within a chunk

@@ -29,8 +29,10 @@ def size_at_4a(image_size):
 def aux_head(in_ch, num_classes, image_size, seed):
     n = size_at_4a(image_size)
     if n < 5:
-        raise ValueError(f"googlenet: the auxiliary heads' 5x5 pooling needs image_size >= 66 "
-                         f"(got {image_size}); set aux_heads: false for smaller images")
+        smallest = next(s for s in range(image_size, 4 * image_size + 80) if size_at_4a(s) >= 5)
+        raise ValueError(f"googlenet: the auxiliary heads' 5x5 pooling needs image_size >= "
+                         f"{smallest} (got {image_size}); set aux_heads: false for smaller "
+                         f"images")
     pooled = math.ceil((n - 5) / 3) + 1              # avg pool 5x5/3, ceil mode: 4 at 224
     return Sequential(AvgPool2D(5, 3), ConvReLU(in_ch, 128, 1), Flatten(),
                       Linear(128 * pooled * pooled, 1024), ReLU(), Dropout(0.7, seed=seed),

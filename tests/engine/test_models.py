@@ -146,3 +146,12 @@ def test_inception_small_overfits_a_fixed_batch():
         optimizer.step(model.params, model.grads)
     predictions = model.forward(x, train=False).argmax(axis=1)
     assert np.mean(predictions == labels) == 1.0
+
+
+def test_googlenet_names_the_smallest_image_its_auxiliary_heads_take():
+    import pytest
+    from engine.models import build_model
+    from engine.models.googlenet import size_at_4a
+    assert size_at_4a(79) == 5 and size_at_4a(78) == 4
+    with pytest.raises(ValueError, match="image_size >= 79 .got 78.*aux_heads: false"):
+        build_model("googlenet", {"image_size": 78})

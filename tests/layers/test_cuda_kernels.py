@@ -1,0 +1,149 @@
+"""The CUDA kernels (layers/cuda/*.cu) built for the CPU (tests/layers/cuda_on_cpu.py): each
+kernel against NumPy, then every layer's kernel path (what runs on a GPU, with NumPy arrays
+standing in for CuPy ones) against its CPU path, and whole models through them. Only their
+speed, and CuPy itself, need a GPU (tests/gpu)."""
+import numpy as np
+import pytest
+
+from layers import cuda
+from layers.avg_pool import AvgPool2D
+from layers.conv import Conv2D, conv_out_size
+from layers.max_pool import MaxPool2D
+from tests.layers import cuda_on_cpu
+
+RNG = np.random.default_rng(11)
+
+
+def switch_on(monkeypatch):
+    """Layers take their kernel paths, the kernels run as CPU code."""
+    cuda_on_cpu.compiler()
+    monkeypatch.setattr(cuda, "wanted", lambda xp: True)
+    monkeypatch.setattr(cuda, "launch", cuda_on_cpu.launch)
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    switch_on(monkeypatch)
+
+
+def reference_im2col(x, k, stride, pad):
+    """col[(c, i, j), (n, oh, ow)] = xpad[n, c, oh*s + i, ow*s + j], by slicing."""
+    n, c, h, w = x.shape
+    oh, ow = conv_out_size(h, k, stride, pad), conv_out_size(w, k, stride, pad)
+    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    col = np.empty((c, k, k, n, oh, ow), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            col[:, i, j] = xpad[:, :, i:i + (oh - 1) * stride + 1:stride,
+                                j:j + (ow - 1) * stride + 1:stride].transpose(1, 0, 2, 3)
+    return col.reshape(c * k * k, n * oh * ow)
+
+
+GEOMETRIES = [  # (n, c, h, w, k, stride, pad)
+    (2, 3, 7, 7, 3, 1, 1), (1, 2, 8, 6, 3, 2, 1), (3, 2, 9, 9, 5, 2, 2), (2, 1, 11, 11, 7, 2, 3),
+    (1, 4, 5, 7, 2, 1, 0), (2, 2, 6, 6, 3, 3, 0), (1, 1, 4, 4, 4, 1, 0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c, h, w, k, s, p", GEOMETRIES)
+def test_im2col_and_col2im_kernels(n, c, h, w, k, s, p, dtype):
+    cuda_on_cpu.compiler()
+    x = RNG.standard_normal((n, c, h, w)).astype(dtype)
+    oh, ow = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    col = np.full((c * k * k, n * oh * ow), np.nan, dtype)
+    cuda_on_cpu.launch("conv", "im2col", dtype, col.size, (x, col, n, c, h, w, k, s, p, oh, ow))
+    np.testing.assert_array_equal(col, reference_im2col(x, k, s, p))
+    # col2im is the adjoint: <im2col(x), d> == <x, col2im(d)> for every x and d
+    d = RNG.standard_normal(col.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    cuda_on_cpu.launch("conv", "col2im", dtype, dx.size, (d, dx, n, c, h, w, k, s, p, oh, ow))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(np.vdot(col.astype(np.float64), d), np.vdot(x, dx.astype(
+        np.float64)), rtol=rtol)
+    for e in RNG.choice(x.size, size=min(x.size, 5), replace=False):   # and entry by entry
+        unit = np.zeros(x.size, dtype)
+        unit[e] = 1
+        np.testing.assert_allclose(dx.reshape(-1)[e], np.vdot(reference_im2col(
+            unit.reshape(x.shape), k, s, p), d), rtol=rtol, atol=rtol)
+
+
+POOLS = [  # (n, c, h, w, k, stride, pad, ceil_mode)
+    (2, 3, 7, 7, 3, 2, 0, True), (1, 2, 8, 8, 3, 2, 1, True), (2, 2, 9, 6, 2, 2, 0, True),
+    (1, 3, 14, 14, 3, 1, 1, True), (2, 1, 5, 5, 5, 3, 2, True), (1, 2, 7, 7, 3, 2, 1, False)]
+
+
+def layer_pair(make, x, dy, monkeypatch):
+    """(y, dx, grads) of a fresh layer on the CPU path, then on the kernel path."""
+    results = []
+    for use_kernels in (False, True):
+        if use_kernels:
+            switch_on(monkeypatch)
+        layer = make().build(x.dtype, seed=5)
+        y = layer.forward(x.copy(), train=True)
+        dx = layer.backward(dy.copy())
+        results.append((y, dx, {k: g.copy() for k, g in layer.grads.items()}))
+    return results
+
+
+def check_layer(make, shape, monkeypatch, dtype=np.float64):
+    x = RNG.standard_normal(shape).astype(dtype)
+    y_shape = make().build(dtype).forward(x.copy()).shape
+    dy = RNG.standard_normal(y_shape).astype(dtype)
+    (y0, dx0, g0), (y1, dx1, g1) = layer_pair(make, x, dy, monkeypatch)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(y1, y0, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx1, dx0, rtol=tol, atol=tol)
+    assert g0.keys() == g1.keys()
+    for key in g0:
+        np.testing.assert_allclose(g1[key], g0[key], rtol=tol, atol=tol, err_msg=key)
+
+
+@pytest.mark.parametrize("n, c, h, w, k, s, p, ceil", POOLS)
+def test_pooling_kernels_equal_the_cpu_layers(n, c, h, w, k, s, p, ceil, monkeypatch):
+    for layer in (MaxPool2D, AvgPool2D):
+        check_layer(lambda: layer(k, s, p, ceil_mode=ceil), (n, c, h, w), monkeypatch)
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n, c, h, w, k, s, p", GEOMETRIES)
+def test_conv_kernel_path_equals_the_cpu_layer(n, c, h, w, k, s, p, bias, monkeypatch):
+    check_layer(lambda: Conv2D(c, 3, k, s, p, bias=bias), (n, c, h, w), monkeypatch)
+    monkeypatch.undo()
+    check_layer(lambda: Conv2D(c, 3, k, s, p, bias=bias), (n, c, h, w), monkeypatch,
+                dtype=np.float32)
+
+
+def test_max_pool_kernel_records_the_first_maximum_on_ties(kernels):
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 1] = x[0, 0, 1, 2] = 5.0                  # a tie inside one window
+    layer = MaxPool2D(3, 1).build(np.float64)
+    y = layer.forward(x, train=True)
+    dx = layer.backward(np.ones_like(y))
+    assert dx[0, 0, 1, 1] == 4 and dx[0, 0, 1, 2] == 0   # every window holding both picks (1, 1)
+
+
+@pytest.mark.parametrize("model, options, shape", [
+    ("inception_small", {"width": 0.125, "in_channels": 1}, (2, 1, 28, 28)),
+    ("googlenet", {"image_size": 80, "num_classes": 7}, (2, 3, 80, 80)),
+])
+def test_whole_models_through_the_kernels_equal_the_cpu_path(model, options, shape,
+                                                              monkeypatch):
+    from engine.models import build_model
+    x = RNG.standard_normal(shape)
+    labels = RNG.integers(0, options.get("num_classes", 10), size=shape[0])
+    results = []
+    for use_kernels in (False, True):
+        if use_kernels:
+            switch_on(monkeypatch)
+        net = build_model(model, options, dtype="float64", seed=3)
+        for layer in net.leaves():
+            if hasattr(layer, "reseed"):
+                layer.reseed(0)
+        loss, logits = net.forward_loss(x, labels)
+        net.backward()
+        results.append((loss, logits, net.grads.copy()))
+    (loss0, logits0, grads0), (loss1, logits1, grads1) = results
+    assert loss1 == pytest.approx(loss0, rel=1e-10)
+    np.testing.assert_allclose(logits1, logits0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grads1, grads0, rtol=1e-8, atol=1e-11)
