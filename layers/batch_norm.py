@@ -126,8 +126,6 @@ class BatchNorm2D(Layer):
     def forward(self, x, train=True):
         self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
         xp = get_array_module(x)
-        if get_array_module(self.state["running_mean"]) is not xp:   # e.g. on a GPU
-            self.state.update({k: xp.asarray(v) for k, v in self.state.items()})
         x3 = x.reshape(x.shape[0], self.ch, -1)
         m = x3.shape[0] * x3.shape[2]
         if train:

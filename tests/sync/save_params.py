@@ -16,6 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.config import load_config   # noqa: E402
+from engine.device import to_host        # noqa: E402
 from engine.train import train          # noqa: E402
 from sync.comm import leave, world      # noqa: E402
 
@@ -66,7 +67,7 @@ if __name__ == "__main__":
     result = train(load_config(args.config, overrides), world=w)
     seconds = time.perf_counter() - tick
     rule = result["rule"]
-    np.save(f"{args.out}.{w.rank}.npy", result["model"].params)
+    np.save(f"{args.out}.{w.rank}.npy", to_host(result["model"].params))   # also from a GPU
     summary = {"role": result["role"], "top1": result.get("top1"), "seconds": seconds,
                "exchanges": getattr(rule, "exchanges", None), "dropped": rule.dropped}
     if hasattr(rule, "exchange"):             # BSP: how its buffer was averaged
