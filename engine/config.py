@@ -25,7 +25,7 @@ import sys
 
 import yaml
 
-from sync.exchange import RING_MIN_BYTES, SHARED_MIN_BYTES
+from sync.exchange import METHODS, RING_MIN_BYTES, SHARED_MIN_BYTES
 
 
 class ConfigError(ValueError):
@@ -209,7 +209,7 @@ SCHEMA = {
     "stall_abort": Key("float", 3600, low=0, low_open=True, high=1e7,   # s in one exchange:
                        nullable=True),                                 # then end the job
     "exchange": {                                 # how BSP averages its buffer
-        "method": Key("str", "auto", choices=("auto", "allreduce", "ring", "shared")),
+        "method": Key("str", "auto", choices=METHODS),
         "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
         "ring_min_bytes": Key("int", RING_MIN_BYTES, low=0),   # auto: ring from this size up
         "shared_min_bytes": Key("int", SHARED_MIN_BYTES, low=0),   # auto, one host: shared
@@ -242,6 +242,11 @@ def _wire_needs_the_ring(cfg):
     if ex["wire"] is not None and ex["method"] not in ("auto", "ring"):
         yield "exchange.wire", (f"{ex['wire']} travels on the ring only (method auto or ring), "
                                 f"got method {ex['method']!r}")
+
+
+def _nccl_needs_the_gpu(cfg):
+    if cfg["exchange"]["method"] == "nccl" and cfg["device"] != "gpu":
+        yield "exchange.method", "nccl averages GPU buffers: it needs device: gpu"
 
 
 def _gpu_runs_the_synchronous_rules(cfg):
@@ -277,7 +282,7 @@ def _nesterov_needs_sgd_momentum(cfg):
 CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path,
           _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder,
           _synthetic_data_fits_in_memory, _wire_needs_the_ring,
-          _gpu_runs_the_synchronous_rules]
+          _gpu_runs_the_synchronous_rules, _nccl_needs_the_gpu]
 
 
 def register_section(name, keys):

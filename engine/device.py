@@ -9,9 +9,9 @@ already have left each rank a single one. Every error comes before any work, as 
 ``tf32: true`` lets cuBLAS round the inputs of float32 matrix products to TF32 (a 10-bit
 mantissa, Ampere and later GPUs), CuPy's float32 compute type; float64 is unaffected.
 
-Host and device meet in ``to_device`` (a host array into NumPy's or CuPy's memory), ``to_host``
-(a NumPy array of any array) and ``copy_into`` (host or device values into a host or device
-array).
+Batches reach the GPU through ``feed``, one step ahead of the model. Host and device otherwise
+meet in ``to_host`` (a NumPy array of any array) and ``copy_into`` (host or device values into
+a host or device array).
 """
 import os
 
@@ -94,10 +94,67 @@ def to_host(a):
     return a.get() if is_device_array(a) else np.asarray(a)
 
 
-def to_device(xp, a):
-    """Host array ``a`` in ``xp``'s memory: ``a`` itself for NumPy, a copy on the GPU for
-    CuPy."""
-    return a if xp is np else xp.asarray(a)
+def feed(xp, batches):
+    """``batches`` (an iterator of host (x, labels) pairs) as they should reach the model: the
+    iterator itself for NumPy; for CuPy, a ``DeviceFeed`` copying one batch ahead."""
+    return batches if xp is np else DeviceFeed(xp, batches)
+
+
+class DeviceFeed:
+    """Host batches copied to the GPU one step ahead, on a stream of their own.
+
+    ``next`` hands out the batch copied during the previous step (the compute stream waits for
+    that copy's event, not the host) and starts copying the following one from a page-locked
+    buffer, so the transfer overlaps the step. Two such buffers take turns; before one is
+    refilled, the copy that last read it must have finished."""
+
+    def __init__(self, cupy, batches):
+        self.cupy, self.batches = cupy, batches
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.staging = [None, None]   # per turn: (pinned x, pinned labels, event of its copy)
+        self.turn = 0
+        self.ahead = self._start()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.ahead is None:
+            raise StopIteration
+        x, labels, done = self.ahead
+        self.cupy.cuda.get_current_stream().wait_event(done)
+        self.ahead = self._start()
+        return x, labels
+
+    def _start(self):
+        """Begin copying the next host batch; (device x, device labels, event), or None at
+        the end of ``batches``."""
+        try:
+            x, labels = next(self.batches)
+        except StopIteration:
+            return None
+        slot = self.staging[self.turn]
+        if slot is not None:
+            slot[2].synchronize()            # its last copy has read the pinned memory
+        if slot is None or slot[0].shape != x.shape or slot[1].shape != labels.shape or \
+                slot[0].dtype != x.dtype or slot[1].dtype != labels.dtype:
+            slot = [pinned_empty(x.size, x.dtype).reshape(x.shape),
+                    pinned_empty(labels.size, labels.dtype).reshape(labels.shape), None]
+        slot[0][...] = x
+        slot[1][...] = labels
+        with self.stream:
+            on_device = (self.cupy.empty(x.shape, x.dtype),
+                         self.cupy.empty(labels.shape, labels.dtype))
+            on_device[0].set(slot[0], stream=self.stream)
+            on_device[1].set(slot[1], stream=self.stream)
+            slot[2] = self.stream.record()
+        self.staging[self.turn] = slot
+        self.turn = 1 - self.turn
+        return on_device + (slot[2],)
+
+    def close(self):
+        if hasattr(self.batches, "close"):
+            self.batches.close()
 
 
 def copy_into(dst, src):

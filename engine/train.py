@@ -21,7 +21,7 @@ from data.dataset import build_data
 from data.format import DataError
 from engine.checkpoint import CheckpointError, Checkpoints, export_weights
 from engine.config import ConfigError, add_arguments, dump, load_config
-from engine.device import array_module, local_rank, to_device
+from engine.device import array_module, feed, local_rank
 from engine.metrics import topk_correct
 from engine.models import build_model
 from engine.optimizers import build_optimizer
@@ -60,8 +60,7 @@ def evaluate(model, loader, rule):
     """Mean loss, top-1 and top-5 accuracy of the main head over the validation images (each
     worker takes its shard of the loader's split; the sums are added over the workers)."""
     sums = np.zeros(4)                         # loss sum, top-1 and top-5 counts, images
-    for x, y in loader.epoch(0):
-        x, y = to_device(model.xp, x), to_device(model.xp, y)
+    for x, y in feed(model.xp, loader.epoch(0)):
         logits = model.forward(x, train=False)
         counts = topk_correct(logits, y, ks=(1, 5))
         sums += (float(model.loss.forward(logits, y)) * len(x), counts[1], counts[5], len(x))
@@ -223,8 +222,8 @@ def run_epochs(cfg, model, optimizer, data, schedule, progress, rule, log, displ
 
     with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
         epoch = max(1, -(-progress.step // progress.steps_per_epoch))   # a finished run's last
-        batches = data.train.stream(progress.step // progress.steps_per_epoch,
-                                    start=progress.step % progress.steps_per_epoch)
+        batches = feed(model.xp, data.train.stream(progress.step // progress.steps_per_epoch,
+                                                   start=progress.step % progress.steps_per_epoch))
         try:
             while progress.step < progress.total_steps:
                 epoch = progress.step // progress.steps_per_epoch + 1
@@ -262,7 +261,6 @@ def train_epoch(model, optimizer, schedule, batches, epoch, cfg, progress, rule,
     while progress.step < end:
         with log.phase("data") as waited:
             x, y = next(batches)
-            x, y = to_device(model.xp, x), to_device(model.xp, y)
         lr = schedule.lr_at(progress.step / progress.steps_per_epoch)
         saved = {k: v.copy() for k, v in model.state().items()} \
             if cfg["on_nonfinite"] == "skip" else None
@@ -315,8 +313,10 @@ def main(argv=None):
                              "run folder or one checkpoint's folder)")
     args = parser.parse_args(argv)
     overrides = args.set + ([f"resume={args.resume}"] if args.resume else [])
+    cfg = None
     try:
-        train(load_config(args.config, overrides))
+        cfg = load_config(args.config, overrides)
+        train(cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -332,6 +332,13 @@ def main(argv=None):
     except MemoryError as err:
         print(f"out of memory: {err or 'an allocation failed'}; use a smaller batch_size, "
               f"model or dataset", file=sys.stderr)
+        return 5
+    except Exception as err:
+        if type(err).__name__ != "OutOfMemoryError":      # CuPy's, not imported on the CPU
+            raise
+        print(f"out of GPU memory: {err}; batch_size {cfg['batch_size']} of model "
+              f"{cfg['model']} ({cfg['dtype']}) does not fit on this GPU: use a smaller "
+              f"batch_size", file=sys.stderr)
         return 5
     return 0
 

@@ -12,6 +12,9 @@ Methods (``exchange.method``):
   writes the result into all n: each rank reads and writes the buffer's size once, as a memcpy
   does, where a message-based all-reduce copies every byte into and out of a transfer buffer
   as well. A buffer not in shared memory is copied in and out (correct, but slower).
+- ``nccl``: GPU buffers only (``device: gpu``), NVIDIA's NCCL all-reduce through
+  ``cupy.cuda.nccl``, on the compute stream; rank 0 makes the communicator's id and MPI
+  broadcasts it. NCCL wants one GPU per rank.
 - ``auto`` (default): ``shared`` from ``shared_min_bytes`` up when the ranks share one host
   (and NumPy buffers), otherwise ``allreduce`` for buffers below ``ring_min_bytes`` and
   ``ring`` from there (thresholds measured with ``bench/exchange.py`` on the 2-core machine;
@@ -32,7 +35,7 @@ from layers.base import get_array_module
 from sync.comm import cuda_aware, ranks_on_this_host
 from sync.node_memory import NodeBuffers, NodeMemoryError
 
-METHODS = ("auto", "allreduce", "ring", "shared")
+METHODS = ("auto", "allreduce", "ring", "shared", "nccl")
 RING_MIN_BYTES = 20_000_000   # measured: bench/README.md, "bench/exchange.py"
 SHARED_MIN_BYTES = 65_536     # measured likewise
 SHARED_BLOCK = 65_536         # elements summed at a time: 256 KB of float32 stays in L2
@@ -56,12 +59,13 @@ class Exchange:
         if method == "shared" and not self.one_host:
             raise ValueError("exchange.method 'shared' needs every worker on one host; these "
                              f"{self.size} workers span several (use auto, allreduce or ring)")
-        if method == "shared" and self.wire is not None:
-            raise ValueError(f"exchange.wire {self.wire.name} goes with the ring only; "
-                             "'shared' sums in memory, with nothing on a wire")
+        if method in ("shared", "nccl") and self.wire is not None:
+            raise ValueError(f"exchange.wire {self.wire.name} goes with the ring only, not "
+                             f"{method!r}")
         self._scratch = {}
         self._shared = []             # NodeBuffers made by share(), searched by _sum_shared
         self._cuda_aware = None       # asked of the MPI library at the first GPU buffer
+        self._nccl = None             # the NCCL communicator, made at the first exchange
 
     def _set_one_host(self, value):
         """``one_host``, and ``auto``'s thresholds from it, so that ``method_for`` costs two
@@ -132,6 +136,8 @@ class Exchange:
             return buffer
         if not isinstance(buffer, np.ndarray):
             return self._reduce_device(buffer, scale)
+        if self.method == "nccl":
+            raise ValueError("exchange.method nccl averages GPU buffers only (device: gpu)")
         method = self.method_for(buffer)
         if method == "shared":
             return self._sum_shared(buffer, scale)
@@ -144,7 +150,13 @@ class Exchange:
         return buffer
 
     def _reduce_device(self, buffer, scale):
-        """A GPU buffer: in place through a CUDA-aware MPI, else through pinned host memory."""
+        """A GPU buffer: by NCCL if asked, in place through a CUDA-aware MPI, else through
+        pinned host memory."""
+        if self.method == "nccl":
+            self._nccl_sum(buffer)
+            if scale is not None:
+                buffer *= buffer.dtype.type(scale)
+            return buffer
         from engine import device
         device.synchronize()
         if self._cuda_aware is None:
@@ -165,6 +177,19 @@ class Exchange:
         self._reduce(host, scale)
         buffer.set(host)
         return buffer
+
+    def _nccl_sum(self, buffer):
+        """NCCL's in-place all-reduce (sum) of the contiguous GPU ``buffer``, queued on the
+        current stream like the kernels that computed it."""
+        import cupy
+        from cupy.cuda import nccl
+        if self._nccl is None:
+            uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
+            self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
+        kind = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+        self._nccl.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
+                             kind[np.dtype(buffer.dtype)], nccl.NCCL_SUM,
+                             cupy.cuda.get_current_stream().ptr)
 
     def _buffer(self, key, n, dtype, xp=np):
         key = (key, xp.__name__)

@@ -73,7 +73,7 @@ def test_local_rank_from_the_launcher(monkeypatch):
 
 def test_host_helpers_on_numpy():
     a = np.arange(6.0).reshape(2, 3)
-    assert device.to_host(a) is a and device.to_device(np, a) is a
+    assert device.to_host(a) is a
     assert not device.is_device_array(a)
     out = np.zeros((2, 3))
     assert device.copy_into(out, a) is out
@@ -85,6 +85,14 @@ def test_config_accepts_gpu_and_tf32_and_refuses_gpu_for_the_asynchronous_rules(
     assert cfg["device"] == "gpu" and cfg["tf32"] is True
     with pytest.raises(ConfigError, match="device: gpu runs sync_rule BSP or LOCAL"):
         load_config(None, ["device=gpu", "sync_rule=GOSSIP"])
+
+
+def test_nccl_needs_the_gpu_and_no_wire_format():
+    with pytest.raises(ConfigError, match="nccl averages GPU buffers: it needs device: gpu"):
+        load_config(None, ["exchange.method=nccl"])
+    from sync.exchange import Exchange
+    with pytest.raises(ValueError, match="goes with the ring only, not 'nccl'"):
+        Exchange(None, "nccl", wire="float16")
 
 
 def test_training_on_gpu_without_cupy_stops_before_any_work(monkeypatch, capsys):
@@ -104,3 +112,107 @@ def test_cuda_aware_answer_and_its_override(monkeypatch):
     assert cuda_aware() is True
     monkeypatch.setenv("PT_CUDA_AWARE", "0")
     assert cuda_aware() is False
+
+
+class FakeGpu:
+    """Just enough of CuPy for DeviceFeed: device arrays that record their copies, streams and
+    events that record who waited for what."""
+
+    def __init__(self):
+        self.log = []
+        gpu = self
+
+        class Event:
+            def __init__(self, name):
+                self.name = name
+
+            def synchronize(self):
+                gpu.log.append(("host waits", self.name))
+
+        class Stream:
+            def __init__(self, non_blocking=False):
+                self.records = 0
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def record(self):
+                self.records += 1
+                return Event(f"copy {self.records}")
+
+        class Array:
+            def __init__(self, shape, dtype):
+                self.values = np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1,
+                                      dtype)
+
+            def set(self, host, stream=None):
+                assert stream is not None, "copies go on the feed's stream"
+                self.values[...] = host
+                gpu.log.append(("copy from", host.ctypes.data))
+
+        compute = types.SimpleNamespace(
+            wait_event=lambda event: gpu.log.append(("compute waits", event.name)))
+        self.cuda = types.SimpleNamespace(Stream=Stream, get_current_stream=lambda: compute)
+        self.empty = Array
+
+
+def test_device_feed_copies_one_batch_ahead_through_two_pinned_buffers(monkeypatch):
+    monkeypatch.setattr(device, "pinned_empty", lambda n, dtype: np.empty(n, dtype))
+    rng = np.random.default_rng(0)
+    host = [(rng.standard_normal((4, 3)), rng.integers(0, 9, size=4)) for _ in range(5)]
+    gpu = FakeGpu()
+    feed = device.feed(gpu, iter(host))
+    assert gpu.log[-1][0] == "copy from"                  # the first copy starts at once
+    got = []
+    for x, labels in feed:
+        got.append((x.values.copy(), labels.values.copy()))
+    for (x, labels), (hx, hl) in zip(got, host):
+        np.testing.assert_array_equal(x, hx)
+        np.testing.assert_array_equal(labels, hl)
+    assert len(got) == 5
+    waits = [name for kind, name in gpu.log if kind == "compute waits"]
+    assert waits == [f"copy {i}" for i in range(1, 6)]    # each batch waits for its own copy
+    # a pinned buffer is refilled only after the host saw its previous copy finish
+    refills = [name for kind, name in gpu.log if kind == "host waits"]
+    assert refills == [f"copy {i}" for i in range(1, 4)]
+    sources = [where for kind, where in gpu.log if kind == "copy from"]
+    assert len(set(sources)) == 4                         # x and labels in two turns
+    assert sources[0:2] == sources[4:6] and sources[2:4] == sources[6:8]
+
+
+def test_closing_a_device_feed_closes_the_loader_stream(monkeypatch):
+    monkeypatch.setattr(device, "pinned_empty", lambda n, dtype: np.empty(n, dtype))
+    closed = []
+
+    def endless():
+        try:
+            while True:
+                yield np.zeros((2, 2)), np.zeros(2, int)
+        finally:
+            closed.append(True)
+    feed = device.feed(FakeGpu(), endless())
+    next(feed)
+    feed.close()
+    assert closed == [True]
+
+
+def test_feed_leaves_host_batches_alone_for_numpy():
+    batches = iter([(np.zeros(2), np.zeros(2, int))])
+    assert device.feed(np, batches) is batches
+
+
+def test_running_out_of_gpu_memory_names_the_batch_size_and_the_model(monkeypatch, capsys):
+    from engine import train
+
+    class OutOfMemoryError(Exception):      # the name CuPy's error has
+        pass
+
+    def out_of_memory(cfg):
+        raise OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes")
+    monkeypatch.setattr(train, "train", out_of_memory)
+    assert train.main([str(ROOT / "config.yaml"), "--set", "batch_size=4096"]) == 5
+    err = capsys.readouterr().err
+    assert "out of GPU memory" in err and "batch_size 4096 of model inception_small" in err

@@ -89,3 +89,15 @@ def test_bsp_on_two_ranks_sharing_one_gpu_equals_one_process_with_twice_the_batc
                                             np.concatenate([y for _, y in pairs])),
                  cfg["optimizer"]["lr"])
     np.testing.assert_allclose(workers[0], models[0].params, rtol=1e-4, atol=1e-5)
+
+
+def test_nccl_all_reduce_on_one_rank(cupy):
+    """The NCCL path end to end (id over MPI, communicator, all-reduce on the stream) on the
+    one GPU there is: the sum over one rank leaves the buffer as it was."""
+    from mpi4py import MPI
+    from sync.exchange import Exchange
+    exchange = Exchange(MPI.COMM_SELF, "nccl")
+    for dtype in (np.float32, np.float64):
+        values = cupy.arange(1000, dtype=dtype)
+        exchange._nccl_sum(values)
+        np.testing.assert_array_equal(cupy.asnumpy(values), np.arange(1000, dtype=dtype))

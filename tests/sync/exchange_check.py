@@ -100,6 +100,13 @@ for method in ("allreduce", "ring", "shared", "auto"):
         assert exchange.mean(staged) is staged and staged.copies == 2, staged.copies
         check(staged.values, values, np.float32, f"{method} staged {count}")
 
+try:                                                    # NCCL takes GPU buffers only
+    Exchange(comm, "nccl").mean(np.zeros(3, np.float32))
+except ValueError as err:
+    assert "GPU buffers only" in str(err), err
+else:
+    raise AssertionError("nccl averaged a host buffer")
+
 # no shared memory: auto says so once and goes on by messages; 'shared' raises on every rank
 sync.node_memory._folder = lambda: "/nonexistent/parallel-training"
 auto = Exchange(comm, "auto", shared_min_bytes=0)
