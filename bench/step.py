@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from engine.device import array_module  # noqa: E402
+from engine.device import DeviceError, array_module  # noqa: E402
 from engine.models import build_model  # noqa: E402
 from engine.optimizers import SGD  # noqa: E402
 from layers import parallel  # noqa: E402
@@ -109,7 +109,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     parallel.set_workers(args.threads)
-    xp = array_module(args.device, 0, args.tf32)
+    try:
+        xp = array_module(args.device, 0, args.tf32)
+    except DeviceError as err:
+        raise SystemExit(str(err)) from None
     gpu = xp is not np
     sync = xp.cuda.get_current_stream().synchronize if gpu else (lambda: None)
     channels, size = INPUT[args.model]

@@ -12,8 +12,9 @@ OVERSUBSCRIBE = "PRTE_MCA_rmaps_default_mapping_policy"
 
 
 def mpi_env():
+    path = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=os.pathsep.join(path))   # the project first, then what was there
     env[OVERSUBSCRIBE] = ":OVERSUBSCRIBE"     # more ranks than cores, for any launcher
     for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"):   # not nested in a run
         env.pop(name, None)
