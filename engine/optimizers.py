@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from layers import cuda
 from layers.base import get_array_module
 
 
@@ -165,6 +166,11 @@ class SGD(Optimizer):
     def _update(self, params, grads, lr):
         xp = get_array_module(params)
         mu = self.momentum
+        if cuda.wanted(xp) and mu > 0.0:      # one kernel over the flat buffer
+            cuda.launch("elementwise", "sgd_update", params.dtype, params.size,
+                        (params, grads, self._state_buffer("velocity", params), lr, mu,
+                         self.weight_decay, int(self.nesterov), params.size))
+            return
         g = self._decayed_grad(params, grads)
         tmp = g if g is not grads else self._scratch_buffer("g", params)
         if mu == 0.0:
@@ -203,6 +209,11 @@ class Adagrad(Optimizer):
 
     def _update(self, params, grads, lr):
         xp = get_array_module(params)
+        if cuda.wanted(xp):                   # one kernel over the flat buffer
+            cuda.launch("elementwise", "adagrad_update", params.dtype, params.size,
+                        (params, grads, self._state_buffer("sum_sq", params), lr, self.eps,
+                         self.weight_decay, params.size))
+            return
         g = self._decayed_grad(params, grads)
         s = self._state_buffer("sum_sq", params)
         tmp = self._scratch_buffer("tmp", params)

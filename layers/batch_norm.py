@@ -30,7 +30,7 @@ does not depend on the number of workers (up to the recentring test, taken per r
 import numpy as np
 
 from engine.initializers import Constant
-from layers import parallel
+from layers import cuda, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -112,16 +112,41 @@ class BatchNorm2D(Layer):
         m = n * l
         return sums.sum(axis=0, dtype=np.float64) / m, sqsums.sum(axis=0, dtype=np.float64) / m
 
-    def _batch_stats(self, x3, xp, worker=0):
-        """Per-channel mean and biased variance of x3 (N, C, L), in float64."""
-        mean, sq = self._moments(x3, None, xp, worker)
+    def _batch_stats(self, moments, dtype, xp):
+        """Per-channel mean and biased variance, in float64, from ``moments(center)``: the
+        per-channel means of v and v^2, v = x - center (center: per-channel values in x's
+        ``dtype``, or None for none)."""
+        mean, sq = moments(None)
         var = sq - mean * mean
         if bool(xp.any(mean * mean > self.recentre * var)):
-            center = self._table("center", mean, x3, xp, worker)
-            shift, sq = self._moments(x3, center, xp, worker)
-            mean = center[:, 0].astype(np.float64) + shift
+            center = mean.astype(dtype)
+            shift, sq = moments(center)
+            mean = center.astype(np.float64) + shift
             var = sq - shift * shift
         return mean, xp.maximum(var, 0.0)
+
+    def _moments_kernel(self, x3, center, xp):
+        """``moments`` on the GPU: per-(n, c) row sums of v and v^2 (``batch_norm.cu``)."""
+        n, c, l = x3.shape
+        sums = self.workspace("sums_kernel", (n, c), np.float64, xp)
+        squares = self.workspace("squares_kernel", (n, c), np.float64, xp)
+        cuda.launch("batch_norm", "row_moments", x3.dtype, n * c,
+                    (x3, xp.zeros(c, x3.dtype) if center is None else center, sums, squares,
+                     n, c, l))
+        return sums.sum(axis=0) / (n * l), squares.sum(axis=0) / (n * l)
+
+    def _coefficients(self, sum_dy, sum_dy_x, channels, m):
+        """Write the gradients of gamma and beta for ``channels`` (a slice) from the sums of dy
+        and dy * x over (N, L); return (a, b, c) of dx = a * dy + b * x + c per channel."""
+        mean, invstd = self.mean[channels], self.invstd[channels]
+        sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
+        self.grads["beta"][channels] = sum_dy
+        self.grads["gamma"][channels] = sum_dy_xhat
+        a = self.params["gamma"][channels] * invstd
+        if not self.train:
+            return a, 0 * a, 0 * a
+        b = -a * invstd * sum_dy_xhat / m
+        return a, b, -a * sum_dy / m - b * mean
 
     def forward(self, x, train=True):
         self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
@@ -140,7 +165,9 @@ class BatchNorm2D(Layer):
         def run(c0, c1, worker):
             xc, yc = x3[:, c0:c1], y[:, c0:c1]
             if train:
-                mean[c0:c1], var[c0:c1] = self._batch_stats(xc, xp, worker)
+                mean[c0:c1], var[c0:c1] = self._batch_stats(
+                    lambda center: self._moments(xc, None if center is None else self._table(
+                        "center", center, xc, xp, worker), xp, worker), x.dtype, xp)
             invstd[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + self.eps)
             scale = gamma[c0:c1] * invstd[c0:c1]
             scale_t = self._table("scale", scale, xc, xp, worker)
@@ -149,7 +176,18 @@ class BatchNorm2D(Layer):
                 yb = yc[ns, cs]
                 xp.multiply(xc[ns, cs], scale_t[cs], out=yb)
                 yb += offset_t[cs]
-        parallel.split_work(xp, x3.shape[1], run, x3.nbytes)
+        if cuda.wanted(xp):                  # GPU: statistics by rows, then one pass
+            x3 = xp.ascontiguousarray(x3)
+            if train:
+                mean[...], var[...] = self._batch_stats(
+                    lambda center: self._moments_kernel(x3, center, xp), x.dtype, xp)
+            invstd[...] = 1.0 / xp.sqrt(var + self.eps)
+            scale = gamma * invstd
+            cuda.launch("batch_norm", "affine", x.dtype, y.size,
+                        (x3, y, scale.astype(x.dtype), (beta - mean * scale).astype(x.dtype),
+                         *x3.shape))
+        else:
+            parallel.split_work(xp, x3.shape[1], run, x3.nbytes)
         if train:
             rm, rv = self.state["running_mean"], self.state["running_var"]
             rm *= self.momentum
@@ -164,29 +202,26 @@ class BatchNorm2D(Layer):
         x3 = self.x3
         m = x3.shape[0] * x3.shape[2]
         dy3 = dy.reshape(x3.shape)
+        if cuda.wanted(xp):
+            return self._backward_kernels(xp.ascontiguousarray(dy3), m, xp).reshape(dy.shape)
 
         def run(c0, c1, worker):
             xc, dyc = x3[:, c0:c1], dy3[:, c0:c1]
-            mean, invstd = self.mean[c0:c1], self.invstd[c0:c1]
             blocks, block = self._blocks(xc.shape, xp)
             sums, dots, work = self._scratch(xc, block, xp, worker)
             for ns, cs in blocks:
                 dyb = dyc[ns, cs]
                 _row_sums(xp, dyb, sums[ns, cs])
                 _row_dots(xp, dyb, xc[ns, cs], dots[ns, cs])
-            sum_dy = sums.sum(axis=0, dtype=np.float64)
-            sum_dy_xhat = (dots.sum(axis=0, dtype=np.float64) - mean * sum_dy) * invstd
-            self.grads["beta"][c0:c1] = sum_dy
-            self.grads["gamma"][c0:c1] = sum_dy_xhat
-            a = self.params["gamma"][c0:c1] * invstd
+            a, b, c = self._coefficients(sums.sum(axis=0, dtype=np.float64),
+                                         dots.sum(axis=0, dtype=np.float64), slice(c0, c1), m)
             a_t = self._table("scale", a, xc, xp, worker)
             if not self.train:
                 for ns, cs in blocks:
                     dyc[ns, cs] *= a_t[cs]
                 return
-            b = -a * invstd * sum_dy_xhat / m
             b_t = self._table("offset", b, xc, xp, worker)
-            c_t = self._table("offset2", -a * sum_dy / m - b * mean, xc, xp, worker)
+            c_t = self._table("offset2", c, xc, xp, worker)
             for ns, cs in blocks:
                 dyb, xb = dyc[ns, cs], xc[ns, cs]
                 wb = xp.multiply(xb, b_t[cs], out=work[:xb.shape[0], :xb.shape[1]])
@@ -195,3 +230,16 @@ class BatchNorm2D(Layer):
                 dyb += wb
         parallel.split_work(xp, x3.shape[1], run, x3.nbytes)
         return dy3.reshape(dy.shape)
+
+    def _backward_kernels(self, dy3, m, xp):
+        """GPU: per-row sums of dy and dy * x, then dx = a dy + b x + c in place
+        (``batch_norm.cu``)."""
+        n, c, l = dy3.shape
+        sums = self.workspace("sums_kernel", (n, c), np.float64, xp)
+        dots = self.workspace("squares_kernel", (n, c), np.float64, xp)
+        cuda.launch("batch_norm", "row_grads", dy3.dtype, n * c, (dy3, self.x3, sums, dots, n, c, l))
+        a, b, d = self._coefficients(sums.sum(axis=0), dots.sum(axis=0), slice(None), m)
+        cuda.launch("batch_norm", "backward", dy3.dtype, dy3.size,
+                    (dy3, self.x3, a.astype(dy3.dtype), b.astype(dy3.dtype), d.astype(dy3.dtype),
+                     n, c, l))
+        return dy3

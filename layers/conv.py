@@ -379,7 +379,8 @@ class Conv2D(Layer):
         xp.matmul(self.params["W"].reshape(o, kk), col, out=yt)
         y[...] = yt.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
         if "b" in self.params:
-            y += self.params["b"][:, None, None]
+            cuda.launch("elementwise", "bias_add", x.dtype, y.size,
+                        (y, self.params["b"], n, o, oh * ow))
         self._col_of = (x, col)
 
     def _backward_kernels(self, x, dy, xp):

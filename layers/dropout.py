@@ -8,6 +8,7 @@ it, so a test can reproduce a mask.
 """
 import numpy as np
 
+from layers import cuda
 from layers.base import Layer, get_array_module
 
 
@@ -29,11 +30,17 @@ class Dropout(Layer):
         if not train:
             return x
         xp = get_array_module(x)
+        if cuda.wanted(xp) and x.flags.c_contiguous:      # the same draws as on the CPU
+            u = xp.asarray(self.rng.random(x.shape, dtype=x.dtype))
+            y, self.mask = xp.empty_like(x), xp.empty_like(x)
+            cuda.launch("elementwise", "dropout_forward", x.dtype, x.size,
+                        (x, u, y, self.mask, self.ratio, x.size))
+            return y
         if xp is np:
             mask = self.workspace("mask", x.shape, x.dtype)
             self.rng.random(out=mask, dtype=x.dtype)
         else:
-            mask = xp.asarray(self.rng.random(x.shape, dtype=x.dtype))
+            mask = xp.asarray(self.rng.random(x.shape, dtype=x.dtype))   # CuPy, any strides
         # mask = [u >= ratio] / (1 - ratio), u ~ U[0, 1)
         xp.greater_equal(mask, self.ratio, out=mask)
         mask *= 1.0 / (1.0 - self.ratio)

@@ -21,7 +21,7 @@ threads, each with its own ring and row buffers (the same result for any number 
 """
 import numpy as np
 
-from layers import parallel
+from layers import cuda, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -89,6 +89,8 @@ class LRN(Layer):
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         y = xp.empty(x3.shape, dtype=x.dtype)
         self.stored = None
+        if cuda.wanted(xp):
+            return self._forward_kernels(xp.ascontiguousarray(x3), y, train, xp).reshape(x.shape)
         if train:
             self.stored = (self.workspace("pow", x3.shape, x.dtype, xp),
                            self.workspace("ratio", x3.shape, x.dtype, xp))
@@ -102,6 +104,26 @@ class LRN(Layer):
         parallel.split_work(xp, x3.shape[0], run, x3.nbytes)
         self.x3 = x3
         return y.reshape(x.shape)
+
+    def _forward_kernels(self, x3, y, train, xp):
+        """GPU (``lrn.cu``): y and the scale, one thread per element; backward recomputes
+        y / scale from x and the scale."""
+        scale = self.workspace("scale_kernel", x3.shape, x3.dtype, xp)
+        n, c, l = x3.shape
+        cuda.launch("lrn", "lrn_forward", x3.dtype, y.size,
+                    (x3, y, scale, n, c, l, self.lo, self.hi, self.alpha / self.size,
+                     self.beta, self.k))
+        self.x3, self.stored = x3, ((scale,) if train else None)
+        return y
+
+    def _backward_kernels(self, dy3, xp):
+        (scale,), x3 = self.stored, self.x3
+        n, c, l = x3.shape
+        dx = xp.empty(x3.shape, x3.dtype)
+        cuda.launch("lrn", "lrn_backward", x3.dtype, dx.size,
+                    (x3, scale, xp.ascontiguousarray(dy3), dx, n, c, l, self.lo, self.hi,
+                     2 * self.alpha * self.beta / self.size, self.beta))
+        return dx
 
     def _forward_chunk(self, xp, x3, y, stored, rows, worker):
         n, c = x3.shape[:2]
@@ -135,6 +157,8 @@ class LRN(Layer):
             raise RuntimeError("LRN: backward needs a forward with train=True")
         xp = get_array_module(dy)
         dy3 = dy.reshape(self.x3.shape)
+        if cuda.wanted(xp):
+            return self._backward_kernels(dy3, xp).reshape(dy.shape)
         x3 = self.x3
 
         def run(start, stop, worker):

@@ -169,7 +169,7 @@ class MaxPool2D(Layer):
         arg = self.workspace("arg_kernel", (n * c, oh, ow), np.int32, xp)
         cuda.launch("pool", "max_forward", x.dtype, y.size,
                     (xp.ascontiguousarray(x), y, arg, n * c, h, w, self.k, self.stride,
-                     self.pad, oh, ow))
+                     self.pad, oh, ow, -np.inf))
         self.idx = arg if train else None
         self.x_shape = x.shape if train else None
         self.geometry = (oh, ow, hp, wp)

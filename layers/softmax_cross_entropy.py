@@ -10,6 +10,9 @@ loss = -1/N sum_n log softmax(z_n)[l_n], computed as log-sum-exp of the max-shif
 sum of losses (e.g. 0.3 for a GoogLeNet auxiliary head). After ``forward``, ``probs`` holds the
 softmax (N, K) and ``labels`` the labels; ``accuracy(k)`` is the top-k accuracy of that batch.
 """
+import numpy as np
+
+from layers import cuda
 from layers.base import Layer, get_array_module
 
 
@@ -30,6 +33,13 @@ class SoftmaxCrossEntropy(Layer):
                              f"{logits.shape}, got values in [{int(labels.min())}, "
                              f"{int(labels.max())}]")
         rows = xp.arange(n)
+        if cuda.wanted(xp):
+            labels = xp.ascontiguousarray(labels, dtype=np.int64)
+            probs, losses = xp.empty((n, k), logits.dtype), xp.empty(n, np.float64)
+            cuda.launch("elementwise", "softmax_forward", logits.dtype, n,
+                        (xp.ascontiguousarray(logits), labels, probs, losses, n, k))
+            self.probs, self.labels, self.rows = probs, labels, rows
+            return float(losses.sum()) / max(n, 1)
         z = logits - logits.max(axis=1, keepdims=True)
         probs = xp.exp(z)
         total = probs.sum(axis=1, keepdims=True)
@@ -39,6 +49,13 @@ class SoftmaxCrossEntropy(Layer):
         return float((xp.log(total[:, 0]) - z[rows, labels]).sum()) / max(n, 1)
 
     def backward(self, scale=1.0):
+        xp = get_array_module(self.probs)
+        if cuda.wanted(xp):
+            n, k = self.probs.shape
+            dlogits = xp.empty_like(self.probs)
+            cuda.launch("elementwise", "softmax_backward", dlogits.dtype, dlogits.size,
+                        (self.probs, self.labels, dlogits, scale / max(n, 1), n, k))
+            return dlogits
         dlogits = self.probs.copy()
         dlogits[self.rows, self.labels] -= 1.0
         dlogits *= scale / max(len(self.labels), 1)

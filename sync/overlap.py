@@ -16,6 +16,8 @@ import queue
 import threading
 import time
 
+import numpy as np
+
 
 def bucket_bounds(size, itemsize, bucket_bytes):
     """[(lo, hi), ...] covering [0, size), from the end of the buffer backwards."""
@@ -40,7 +42,7 @@ class BucketedExchange:
             threading.Thread(target=self._work, name="exchange", daemon=True).start()
 
     def _work(self):
-        if hasattr(self.buffer, "device"):     # a CuPy buffer: this thread uses its GPU too
+        if not isinstance(self.buffer, np.ndarray):   # CuPy: this thread uses its GPU too
             self.buffer.device.use()
         while True:
             lo, hi = self._tasks.get()

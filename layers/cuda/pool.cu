@@ -16,17 +16,18 @@ __device__ void windows_holding(long long p, long long k, long long stride, long
     *hi = last < out ? last : out;
 }
 
-// y = max over the window's real pixels (-inf if none); arg = the first maximum's flat index
-// y*W + x in its plane, in row-major order (-1 if none).
+// y = max over the window's real pixels (``none``, i.e. -inf, if it has none); arg = the first
+// maximum's flat index y*W + x in its plane, in row-major order (-1 if none). NVRTC has no
+// INFINITY, so the caller passes it.
 extern "C" __global__ void max_forward(const real* __restrict__ x, real* __restrict__ y,
                                        int* __restrict__ arg, long long planes, long long h,
                                        long long w, long long k, long long stride,
-                                       long long pad, long long oh, long long ow) {
+                                       long long pad, long long oh, long long ow, real none) {
     GRID_STRIDE(e, planes * oh * ow) {
         const long long ox = e % ow, oy = (e / ow) % oh, plane = e / (ow * oh);
         const long long y0 = oy * stride - pad, x0 = ox * stride - pad;
         const real* p = x + plane * h * w;
-        real best = -INFINITY;
+        real best = none;
         int at = -1;
         for (long long r = y0 < 0 ? 0 : y0; r < y0 + k && r < h; ++r)
             for (long long q = x0 < 0 ? 0 : x0; q < x0 + k && q < w; ++q)

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from layers import cuda
+from engine.optimizers import SGD, Adagrad
 from layers.avg_pool import AvgPool2D
+from layers.batch_norm import BatchNorm2D
 from layers.conv import Conv2D, conv_out_size
+from layers.dropout import Dropout
+from layers.lrn import LRN
 from layers.max_pool import MaxPool2D
+from layers.relu import ReLU
+from layers.softmax_cross_entropy import SoftmaxCrossEntropy
 from tests.layers import cuda_on_cpu
 
 RNG = np.random.default_rng(11)
@@ -85,12 +91,14 @@ def layer_pair(make, x, dy, monkeypatch):
     return results
 
 
-def check_layer(make, shape, monkeypatch, dtype=np.float64):
-    x = RNG.standard_normal(shape).astype(dtype)
+def check_layer(make, shape, monkeypatch, dtype=np.float64, x=None, scale=1.0):
+    """The kernel path equals the CPU path to float64/float32 rounding (times ``scale``, for
+    inputs whose size makes float32 lose more)."""
+    x = RNG.standard_normal(shape).astype(dtype) if x is None else x
     y_shape = make().build(dtype).forward(x.copy()).shape
     dy = RNG.standard_normal(y_shape).astype(dtype)
     (y0, dx0, g0), (y1, dx1, g1) = layer_pair(make, x, dy, monkeypatch)
-    tol = 1e-12 if dtype == np.float64 else 1e-5
+    tol = (1e-12 if dtype == np.float64 else 1e-5) * scale
     np.testing.assert_allclose(y1, y0, rtol=tol, atol=tol)
     np.testing.assert_allclose(dx1, dx0, rtol=tol, atol=tol)
     assert g0.keys() == g1.keys()
@@ -147,3 +155,66 @@ def test_whole_models_through_the_kernels_equal_the_cpu_path(model, options, sha
     assert loss1 == pytest.approx(loss0, rel=1e-10)
     np.testing.assert_allclose(logits1, logits0, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(grads1, grads0, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("make, shape, offset", [
+    (lambda: LRN(), (2, 7, 5, 5), 0.0), (lambda: LRN(3, 2e-2, 0.6, 2.0), (3, 4, 3, 6), 0.0),
+    (lambda: BatchNorm2D(5), (4, 5, 3, 3), 0.0),
+    (lambda: BatchNorm2D(3), (6, 3, 4, 4), 300.0),     # mean^2 >> var: the recentred pass
+    (lambda: ReLU(), (3, 4, 5, 5), 0.0),
+    (lambda: Dropout(0.3, seed=4), (5, 6), 0.0),
+], ids=["lrn", "lrn other", "batchnorm", "batchnorm recentred", "relu", "dropout"])
+def test_elementwise_kernel_paths_equal_the_cpu_layers(make, shape, offset, dtype, monkeypatch):
+    x = RNG.standard_normal(shape) + offset
+    check_layer(make, shape, monkeypatch, dtype=dtype, x=x.astype(dtype),
+                scale=1 + offset / 10)   # float32 keeps 7 digits of x ~ 300: dx loses ~2
+
+
+def test_batchnorm_kernel_path_in_evaluation_mode(monkeypatch):
+    x = RNG.standard_normal((4, 3, 5, 5))
+    dy = RNG.standard_normal(x.shape)
+    results = []
+    for use_kernels in (False, True):
+        if use_kernels:
+            switch_on(monkeypatch)
+        layer = BatchNorm2D(3).build(np.float64, seed=2)
+        layer.forward(x + 1.0, train=True)                # running statistics move
+        y = layer.forward(x.copy(), train=False)
+        results.append((y, layer.backward(dy.copy()), layer.grads["gamma"].copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_cross_entropy_kernels(dtype, monkeypatch):
+    logits = (RNG.standard_normal((7, 5)) * 4).astype(dtype)
+    labels = RNG.integers(0, 5, size=7).astype(np.int32)
+    host = SoftmaxCrossEntropy()
+    loss, grad = host.forward(logits, labels), host.backward(0.3)
+    switch_on(monkeypatch)
+    kernel = SoftmaxCrossEntropy()
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert kernel.forward(logits, labels) == pytest.approx(loss, rel=tol)
+    np.testing.assert_allclose(kernel.backward(0.3), grad, rtol=tol, atol=tol)
+    assert kernel.accuracy(2) == host.accuracy(2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SGD(0.1, momentum=0.9, weight_decay=1e-3),
+    lambda: SGD(0.1, momentum=0.8, nesterov=True),
+    lambda: Adagrad(0.05, eps=1e-6, weight_decay=1e-2),
+], ids=["sgd", "nesterov", "adagrad"])
+def test_optimizer_update_kernels(make, monkeypatch):
+    params = RNG.standard_normal(50)
+    grads = [RNG.standard_normal(50) for _ in range(3)]
+    results = []
+    for use_kernels in (False, True):
+        if use_kernels:
+            switch_on(monkeypatch)
+        p, optimizer = params.copy(), make()
+        for g in grads:
+            optimizer.step(p, g, lr=0.07)
+        results.append(p)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-13, atol=1e-15)
+    assert not np.allclose(results[0], params)
