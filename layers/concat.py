@@ -39,7 +39,7 @@ class Concat(Layer):
             d = branch.backward(dy[:, start:start + width])
             start += width
             if dx is None:
-                dx = d if d.flags.writeable and d.base is None else d.copy()
+                dx = d if d.base is None and getattr(d.flags, "writeable", True) else d.copy()
             else:
                 def run(n0, n1, worker, d=d):
                     dx[n0:n1] += d[n0:n1]
