@@ -53,6 +53,7 @@ def _row_dots(xp, a, b, out):
 
 class BatchNorm2D(Layer):
     block_elems = 1 << 16   # CPU block size in elements (a quarter of a MiB in float32)
+    row_parts = 32          # GPU: partial sums per (n, c) row, one warp's worth
     recentre = 64.0         # mean^2 / var above which the variance is recomputed centred
 
     def __init__(self, ch, eps=1e-5, momentum=0.9):
@@ -125,15 +126,22 @@ class BatchNorm2D(Layer):
             var = sq - shift * shift
         return mean, xp.maximum(var, 0.0)
 
+    def _row_sums_kernel(self, kernel, a, b, xp):
+        """Per-channel totals of ``kernel``'s two row sums over (N, L) (``batch_norm.cu``:
+        ``row_parts`` partial sums per (n, c) row, added here), in float64."""
+        n, c, l = a.shape
+        first = self.workspace("sums_kernel", (n, c, self.row_parts), np.float64, xp)
+        second = self.workspace("squares_kernel", (n, c, self.row_parts), np.float64, xp)
+        cuda.launch("batch_norm", kernel, a.dtype, first.size,
+                    (a, b, first, second, n, c, l, self.row_parts))
+        return first.sum(axis=(0, 2)), second.sum(axis=(0, 2))
+
     def _moments_kernel(self, x3, center, xp):
-        """``moments`` on the GPU: per-(n, c) row sums of v and v^2 (``batch_norm.cu``)."""
+        """``moments`` on the GPU."""
         n, c, l = x3.shape
-        sums = self.workspace("sums_kernel", (n, c), np.float64, xp)
-        squares = self.workspace("squares_kernel", (n, c), np.float64, xp)
-        cuda.launch("batch_norm", "row_moments", x3.dtype, n * c,
-                    (x3, xp.zeros(c, x3.dtype) if center is None else center, sums, squares,
-                     n, c, l))
-        return sums.sum(axis=0) / (n * l), squares.sum(axis=0) / (n * l)
+        sums, squares = self._row_sums_kernel(
+            "row_moments", x3, xp.zeros(c, x3.dtype) if center is None else center, xp)
+        return sums / (n * l), squares / (n * l)
 
     def _coefficients(self, sum_dy, sum_dy_x, channels, m):
         """Write the gradients of gamma and beta for ``channels`` (a slice) from the sums of dy
@@ -235,10 +243,8 @@ class BatchNorm2D(Layer):
         """GPU: per-row sums of dy and dy * x, then dx = a dy + b x + c in place
         (``batch_norm.cu``)."""
         n, c, l = dy3.shape
-        sums = self.workspace("sums_kernel", (n, c), np.float64, xp)
-        dots = self.workspace("squares_kernel", (n, c), np.float64, xp)
-        cuda.launch("batch_norm", "row_grads", dy3.dtype, n * c, (dy3, self.x3, sums, dots, n, c, l))
-        a, b, d = self._coefficients(sums.sum(axis=0), dots.sum(axis=0), slice(None), m)
+        sums, dots = self._row_sums_kernel("row_grads", dy3, self.x3, xp)
+        a, b, d = self._coefficients(sums, dots, slice(None), m)
         cuda.launch("batch_norm", "backward", dy3.dtype, dy3.size,
                     (dy3, self.x3, a.astype(dy3.dtype), b.astype(dy3.dtype), d.astype(dy3.dtype),
                      n, c, l))

@@ -162,9 +162,11 @@ def test_whole_models_through_the_kernels_equal_the_cpu_path(model, options, sha
     (lambda: LRN(), (2, 7, 5, 5), 0.0), (lambda: LRN(3, 2e-2, 0.6, 2.0), (3, 4, 3, 6), 0.0),
     (lambda: BatchNorm2D(5), (4, 5, 3, 3), 0.0),
     (lambda: BatchNorm2D(3), (6, 3, 4, 4), 300.0),     # mean^2 >> var: the recentred pass
+    (lambda: BatchNorm2D(6), (5, 6), 0.0),             # (N, C): rows of one element
     (lambda: ReLU(), (3, 4, 5, 5), 0.0),
     (lambda: Dropout(0.3, seed=4), (5, 6), 0.0),
-], ids=["lrn", "lrn other", "batchnorm", "batchnorm recentred", "relu", "dropout"])
+], ids=["lrn", "lrn other", "batchnorm", "batchnorm recentred", "batchnorm 2-d", "relu",
+        "dropout"])
 def test_elementwise_kernel_paths_equal_the_cpu_layers(make, shape, offset, dtype, monkeypatch):
     x = RNG.standard_normal(shape) + offset
     check_layer(make, shape, monkeypatch, dtype=dtype, x=x.astype(dtype),
