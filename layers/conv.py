@@ -405,6 +405,22 @@ class Conv2D(Layer):
                     (col, dx, n, c, h, w, k, self.stride, self.pad, oh, ow))
         return dx
 
+    def _backward_pointwise_gpu(self, x, dy3, xp):
+        """GPU 1x1: dx = W2d^T @ dy per sample (one batched GEMM), and dW2d = dY @ X^T as one
+        GEMM over the whole batch, dY and X laid out (channels, N*H*W) first."""
+        n, c, h, w = x.shape
+        o, l = self.out_ch, h * w
+        w2d = self.params["W"].reshape(o, c)
+        dx = xp.matmul(w2d.T, dy3).reshape(x.shape)
+        dyt = self.workspace("yt_kernel", (o, n * l), x.dtype, xp)
+        dyt.reshape(o, n, l)[...] = dy3.transpose(1, 0, 2)
+        xt = self.workspace("xt_kernel", (c, n * l), x.dtype, xp)
+        xt.reshape(c, n, l)[...] = x.reshape(n, c, l).transpose(1, 0, 2)
+        xp.matmul(dyt, xt.T, out=self.grads["W"].reshape(o, c))
+        if "b" in self.grads:
+            self.grads["b"][...] = dyt.sum(axis=1)
+        return dx
+
     def _phases(self, worker, g, x, xp):
         """Worker ``worker``'s polyphase scratch for g samples, when im2col/col2im can use it
         (a strided convolution with OH = H/s, OW = W/s; see ``_phase_taps``), else None."""
@@ -461,6 +477,8 @@ class Conv2D(Layer):
         n, c, h, w = x.shape
         o, l = self.out_ch, dy.shape[2] * dy.shape[3]
         dy3 = dy.reshape(n, o, l)
+        if self.pointwise and cuda.wanted(xp):
+            return self._backward_pointwise_gpu(x, dy3, xp)
         if self.pointwise:
             return self._backward_pointwise(x, dy3, xp)
         if cuda.wanted(xp):
