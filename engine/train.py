@@ -313,7 +313,6 @@ def main(argv=None):
                              "run folder or one checkpoint's folder)")
     args = parser.parse_args(argv)
     overrides = args.set + ([f"resume={args.resume}"] if args.resume else [])
-    cfg = None
     try:
         cfg = load_config(args.config, overrides)
         train(cfg)

@@ -117,6 +117,8 @@ class LRN(Layer):
         return y
 
     def _backward_kernels(self, dy3, xp):
+        """GPU: dx from x, the stored scale and dy, into a new array (each dx reads its
+        neighbours' dy)."""
         (scale,), x3 = self.stored, self.x3
         n, c, l = x3.shape
         dx = xp.empty(x3.shape, x3.dtype)

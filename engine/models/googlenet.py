@@ -3,6 +3,7 @@ with LRN as in the paper and the Caffe model, dropout 0.4 before the classifier 
 auxiliary classifiers (after inception 4a and 4d; avg pool 5x5/3 -> conv 1x1 128 -> fc 1024 ->
 dropout 0.7 -> fc), whose losses are added with weight 0.3 during training.
 """
+import itertools
 import math
 
 from engine.model import Head, Model
@@ -29,7 +30,7 @@ def size_at_4a(image_size):
 def aux_head(in_ch, num_classes, image_size, seed):
     n = size_at_4a(image_size)
     if n < 5:
-        smallest = next(s for s in range(image_size, 4 * image_size + 80) if size_at_4a(s) >= 5)
+        smallest = next(s for s in itertools.count(image_size) if size_at_4a(s) >= 5)
         raise ValueError(f"googlenet: the auxiliary heads' 5x5 pooling needs image_size >= "
                          f"{smallest} (got {image_size}); set aux_heads: false for smaller "
                          f"images")
