@@ -106,7 +106,10 @@ class DeviceFeed:
     ``next`` hands out the batch copied during the previous step (the compute stream waits for
     that copy's event, not the host) and starts copying the following one from a page-locked
     buffer, so the transfer overlaps the step. Two such buffers take turns; before one is
-    refilled, the copy that last read it must have finished."""
+    refilled, the copy that last read it must have finished. A batch's device memory goes back
+    to CuPy's pool (for this feed's stream) when the step lets go of it; the training loop has
+    waited for the GPU by then (it reads the loss and the gradient check on the host), so no
+    kernel still reads it when the next copy reuses it."""
 
     def __init__(self, cupy, batches):
         self.cupy, self.batches = cupy, batches
