@@ -132,7 +132,7 @@ SCHEMA = {
     "model_options": Key("mapping", {}),   # free-form; the model factory validates it
     "dtype": Key("str", "float32", choices=("float32", "float64")),
     "seed": Key("int", 0, low=0),
-    "device": Key("str", "cpu", choices=("cpu", "gpu")),   # gpu: CuPy, one GPU per rank
+    "device": Key("str", "cpu", choices=("cpu", "gpu")),   # gpu: CuPy, one GPU per worker
     "tf32": Key("bool", False),        # gpu: float32 matrix products in TF32
     "threads": Key("int", None, low=1, high=1024, nullable=True),   # null: all cores
     "batch_size": Key("int", 128, low=1, high=65536),                     # per worker
@@ -249,12 +249,6 @@ def _nccl_needs_the_gpu(cfg):
         yield "exchange.method", "nccl averages GPU buffers: it needs device: gpu"
 
 
-def _gpu_runs_the_synchronous_rules(cfg):
-    if cfg["device"] == "gpu" and cfg["sync_rule"] not in ("BSP", "LOCAL"):
-        yield "device", (f"gpu runs sync_rule BSP or LOCAL so far ({cfg['sync_rule']} "
-                         f"exchanges host buffers only); use device: cpu for it")
-
-
 def _auto_resume_needs_a_run_folder(cfg):
     if cfg["resume"] == "auto" and not cfg["log"]["dir"]:
         yield "resume", ("auto continues the run in log.dir, which is null (every run gets a "
@@ -281,8 +275,7 @@ def _nesterov_needs_sgd_momentum(cfg):
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
 CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path,
           _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder,
-          _synthetic_data_fits_in_memory, _wire_needs_the_ring,
-          _gpu_runs_the_synchronous_rules, _nccl_needs_the_gpu]
+          _synthetic_data_fits_in_memory, _wire_needs_the_ring, _nccl_needs_the_gpu]
 
 
 def register_section(name, keys):

@@ -1,17 +1,16 @@
 """Where a rank's arrays live: ``device: cpu`` (NumPy) or ``device: gpu`` (CuPy, one GPU).
 
-CuPy is imported here, and only for ``gpu``: a CPU run never loads it. Each rank uses one GPU,
-the one its rank on this host picks among the GPUs it sees (local rank mod their number), so
-more ranks than GPUs share them in turn, as for testing on one GPU; ``run/bind_gpu.sh`` may
-already have left each rank a single one. Every error comes before any work, as a
+CuPy is imported here, and only for ``gpu``: a CPU run never loads it. Each worker uses one
+GPU, the one its rank on this host picks among the GPUs it sees (local rank mod their number),
+so more ranks than GPUs share them in turn, as for testing on one GPU; ``run/bind_gpu.sh`` may
+already have left each rank a single one. Servers (EASGD, Downpour) stay on the CPU. Every error comes before any work, as a
 ``DeviceError`` that says what to change.
 
 ``tf32: true`` lets cuBLAS round the inputs of float32 matrix products to TF32 (a 10-bit
 mantissa, Ampere and later GPUs), CuPy's float32 compute type; float64 is unaffected.
 
-Batches reach the GPU through ``feed``, one step ahead of the model. Host and device otherwise
-meet in ``to_host`` (a NumPy array of any array) and ``copy_into`` (host or device values into
-a host or device array).
+Batches reach the GPU through ``feed``, one step ahead of the model; engine/host.py has the
+helpers for everything else that crosses between host and device.
 """
 import os
 
@@ -84,16 +83,6 @@ def pinned_empty(n, dtype):
     return cupyx.empty_pinned((n,), dtype)
 
 
-def is_device_array(a):
-    """Whether ``a`` lives on a GPU (a CuPy array)."""
-    return type(a).__module__.startswith("cupy")
-
-
-def to_host(a):
-    """``a`` as a NumPy array (a copy from a GPU, ``a`` itself on the CPU)."""
-    return a.get() if is_device_array(a) else np.asarray(a)
-
-
 def feed(xp, batches):
     """``batches`` (an iterator of host (x, labels) pairs) as they should reach the model: the
     iterator itself for NumPy; for CuPy, a ``DeviceFeed`` copying one batch ahead."""
@@ -158,15 +147,3 @@ class DeviceFeed:
     def close(self):
         if hasattr(self.batches, "close"):
             self.batches.close()
-
-
-def copy_into(dst, src):
-    """``dst[...] = src`` for any mix of host and device arrays of the same shape."""
-    if is_device_array(dst):
-        if is_device_array(src):
-            dst[...] = src
-        else:
-            dst.set(np.ascontiguousarray(src, dtype=dst.dtype).reshape(dst.shape))
-    else:
-        dst[...] = to_host(src)
-    return dst

@@ -147,7 +147,7 @@ def train(cfg, out=None, world=None):
         except ValueError as err:
             raise ConfigError(f"sync_rule: {err}") from None
         threads = parallel.set_workers(cfg["threads"] or cores_per_rank(world))
-        xp = array_module(cfg["device"], local_rank(), cfg["tf32"])
+        xp = np if rule.is_server else array_module(cfg["device"], local_rank(), cfg["tf32"])
         model, optimizer, data, schedule, progress = setup(cfg, rule, xp)
     except (ConfigError, DataError) as err:
         problem = (type(err), str(err))

@@ -17,8 +17,9 @@ import contextlib
 
 import numpy as np
 
+from engine.host import copy_into, host_like, to_host
 from layers.parallel import ranges
-from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule
+from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule, through_host
 
 PUSH = 21
 
@@ -47,7 +48,7 @@ class Downpour(SyncRule):
 
     def start(self, model):
         """Every rank starts from the first server's parameters."""
-        self.world.comm.Bcast(model.params, root=0)
+        through_host(model.params, lambda params: self.world.comm.Bcast(params, root=0))
         self.bounds = shard_bounds(model.params.size, self.n_servers)
         self.accrued = np.zeros_like(model.params)
         if not self.is_server:
@@ -57,8 +58,10 @@ class Downpour(SyncRule):
         """Overwrite ``params`` with the servers' shards."""
         for server in range(self.n_servers):
             self.notify(server, tag)
+        host = params if isinstance(params, np.ndarray) else host_like(params)
         for server, (lo, hi) in enumerate(self.bounds):
-            self.world.comm.Recv(params[lo:hi], source=server, tag=VALUES)
+            self.world.comm.Recv(host[lo:hi], source=server, tag=VALUES)
+        copy_into(params, host)
 
     def state_dict(self):
         """A worker's accrued gradient; a server's counts of pushes per worker (its
@@ -75,11 +78,12 @@ class Downpour(SyncRule):
                                  f"count per worker {self.pushes.shape} (an older format)")
             self.pushes[...] = state["pushes"]
         else:
-            self.accrued[...] = state["accrued"]
+            copy_into(self.accrued, state["accrued"])
 
     def push(self):
         """Send every server its shard of the accrued gradient, then zero it."""
-        requests = [self.world.comm.Isend(self.accrued[lo:hi], dest=server, tag=PUSH)
+        accrued = to_host(self.accrued)          # a host copy of a GPU buffer
+        requests = [self.world.comm.Isend(accrued[lo:hi], dest=server, tag=PUSH)
                     for server, (lo, hi) in enumerate(self.bounds)]
         self.world.MPI.Request.Waitall(requests)
         self.accrued[...] = 0
@@ -103,7 +107,7 @@ class Downpour(SyncRule):
         if not self.finished:
             self.fetch(model.params)
         else:
-            model.params[...] = self.final
+            copy_into(model.params, self.final)
         try:
             yield
         finally:
@@ -115,7 +119,7 @@ class Downpour(SyncRule):
         if self.accrued.any():
             self.push()
         if self.worker_rank == 0:
-            self.final = np.empty_like(model.params)
+            self.final = host_like(model.params)
             self.fetch(self.final, tag=DONE_FETCH)
         else:
             for server in range(self.n_servers):

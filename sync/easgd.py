@@ -11,12 +11,15 @@ first; no worker waits for another. Workers end by sending DONE; the server stop
 have, then hands the final center to the first worker, which evaluates it (the model users
 care about). Defaults tau = 10, alpha = 0.5 as in Theano-MPI; the paper's beta = n * alpha.
 BatchNorm's running statistics are not exchanged: the evaluation uses the first worker's.
+With ``device: gpu`` the workers' parameters live on their GPUs and the messages go through
+host copies; the server keeps the center in host memory.
 """
 import contextlib
 
 import numpy as np
 
-from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule
+from engine.host import copy_into, host_like, in_memory_of, to_host
+from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule, through_host
 
 EXCHANGE = 11
 
@@ -35,17 +38,17 @@ class EASGD(SyncRule):
 
     def start(self, model):
         """Every worker and the center start from the server's parameters."""
-        self.world.comm.Bcast(model.params, root=0)
-        self.center = np.empty_like(model.params)
+        through_host(model.params, lambda params: self.world.comm.Bcast(params, root=0))
+        self.center = host_like(model.params)
         if not self.is_server:
             self.listen_for_drop()
 
     def after_update(self, model, step):
         if step % self.tau:
             return
-        self.world.comm.Sendrecv(model.params, dest=0, sendtag=EXCHANGE,
+        self.world.comm.Sendrecv(to_host(model.params), dest=0, sendtag=EXCHANGE,
                                  recvbuf=self.center, source=0, recvtag=VALUES)
-        model.params -= self.alpha * (model.params - self.center)
+        model.params -= self.alpha * (model.params - in_memory_of(model.params, self.center))
         self.exchanges += 1
 
     def _fetch_center(self, tag):
@@ -61,7 +64,7 @@ class EASGD(SyncRule):
         if not self.finished:
             self._fetch_center(FETCH)
         saved = model.params.copy()
-        model.params[...] = self.center
+        copy_into(model.params, self.center)
         try:
             yield
         finally:

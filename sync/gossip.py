@@ -11,13 +11,15 @@ After each update, with probability ``p`` a worker picks a peer uniformly among 
   ``x_j <- x_j + alpha (x_i - x_j)`` (the pair's sum is kept).
 
 A worker that waits (for its own send, a reply, or the end) keeps answering the others, so no
-cycle of waiting workers can form. Validation evaluates the average of the workers' models
+cycle of waiting workers can form. Messages travel through host buffers, also when the
+parameters live on a GPU. Validation evaluates the average of the workers' models
 after all have reached the end of the epoch.
 """
 import contextlib
 
 import numpy as np
 
+from engine.host import copy_into, host_like, in_memory_of, to_host
 from sync.rule import SyncRule
 
 WEIGHT, PARAMS, REQUEST, REPLY = range(31, 35)
@@ -40,9 +42,9 @@ class Gossip(SyncRule):
     def start(self, model):
         super().start(model)
         self.model = model
-        self.outgoing = np.empty_like(model.params)
-        self.incoming = np.empty_like(model.params)   # what others send us
-        self.reply = np.empty_like(model.params)      # a peer's answer to our request
+        self.outgoing = host_like(model.params)
+        self.incoming = host_like(model.params)   # what others send us
+        self.reply = host_like(model.params)      # a peer's answer to our request
 
     def _answer(self, blocking=False):
         """Receive (gosgd) or answer (elastic) what other workers sent; True if anything."""
@@ -60,13 +62,14 @@ class Gossip(SyncRule):
                 comm.Recv(weight, source=source, tag=WEIGHT)
                 comm.Recv(self.incoming, source=source, tag=PARAMS)
                 params *= self.weight / (self.weight + weight[0])
-                params += (weight[0] / (self.weight + weight[0])) * self.incoming
+                params += (weight[0] / (self.weight + weight[0])) * in_memory_of(params,
+                                                                                 self.incoming)
                 self.weight += float(weight[0])
                 self.received += 1
             else:
                 comm.Recv(self.incoming, source=source, tag=REQUEST)
-                comm.Send(params, dest=source, tag=REPLY)
-                params -= self.alpha * (params - self.incoming)
+                comm.Send(to_host(params), dest=source, tag=REPLY)
+                params -= self.alpha * (params - in_memory_of(params, self.incoming))
         return any_
 
     def _wait(self, request):
@@ -85,7 +88,7 @@ class Gossip(SyncRule):
         peer, comm = self._peer(), self.workers
         if self.pending is not None:
             self._wait(self.pending)
-        self.outgoing[...] = model.params
+        copy_into(self.outgoing, model.params)
         if self.variant == "gosgd":
             self.weight /= 2
             comm.Send(np.array([self.weight]), dest=peer, tag=WEIGHT)
@@ -96,7 +99,7 @@ class Gossip(SyncRule):
             reply = comm.Irecv(self.reply, source=peer, tag=REPLY)
             self._wait(reply)
             self._wait(request)
-            model.params -= self.alpha * (model.params - self.reply)
+            model.params -= self.alpha * (model.params - in_memory_of(model.params, self.reply))
         self.exchanges += 1
 
     def quiesce(self):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.host import copy_into, to_host
 from sync.dropped import DROPPED, DropListener
 
 IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
@@ -67,7 +68,6 @@ def through_host(buffer, call):
     per-step exchange has its own device path, sync/exchange.py)."""
     if isinstance(buffer, np.ndarray):
         return call(buffer)
-    from engine.device import copy_into, to_host
     host = to_host(buffer)
     call(host)
     copy_into(buffer, host)

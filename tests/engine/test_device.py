@@ -72,19 +72,21 @@ def test_local_rank_from_the_launcher(monkeypatch):
 
 
 def test_host_helpers_on_numpy():
+    from engine import host
     a = np.arange(6.0).reshape(2, 3)
-    assert device.to_host(a) is a
-    assert not device.is_device_array(a)
+    assert host.to_host(a) is a and host.in_memory_of(a, a) is a
+    assert not host.is_device_array(a)
     out = np.zeros((2, 3))
-    assert device.copy_into(out, a) is out
+    assert host.copy_into(out, a) is out
     np.testing.assert_array_equal(out, a)
+    empty = host.host_like(a[:, :2])
+    assert empty.shape == (2, 2) and empty.dtype == a.dtype and not np.shares_memory(empty, a)
 
 
-def test_config_accepts_gpu_and_tf32_and_refuses_gpu_for_the_asynchronous_rules():
-    cfg = load_config(None, ["device=gpu", "tf32=true"])
-    assert cfg["device"] == "gpu" and cfg["tf32"] is True
-    with pytest.raises(ConfigError, match="device: gpu runs sync_rule BSP or LOCAL"):
-        load_config(None, ["device=gpu", "sync_rule=GOSSIP"])
+def test_config_accepts_gpu_and_tf32_with_every_rule():
+    for rule in ("BSP", "EASGD", "DOWNPOUR", "GOSSIP", "LOCAL"):
+        cfg = load_config(None, ["device=gpu", "tf32=true", f"sync_rule={rule}"])
+        assert cfg["device"] == "gpu" and cfg["tf32"] is True
 
 
 def test_nccl_needs_the_gpu_and_no_wire_format():

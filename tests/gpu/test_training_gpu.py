@@ -101,3 +101,22 @@ def test_nccl_all_reduce_on_one_rank(cupy):
         values = cupy.arange(1000, dtype=dtype)
         exchange._nccl_sum(values)
         np.testing.assert_array_equal(cupy.asnumpy(values), np.arange(1000, dtype=dtype))
+
+
+FLOAT32_ON_GPU = {"rtol": 1e-4, "atol": 1e-5}     # cuBLAS sums in another order
+
+
+def test_easgd_with_a_gpu_worker_follows_the_elastic_equations(cupy, tmp_path):
+    from tests.sync.test_async_rules import easgd_with_one_worker
+    easgd_with_one_worker(tmp_path, ["device=gpu"], FLOAT32_ON_GPU)
+
+
+def test_downpour_with_a_gpu_worker_is_plain_sgd(cupy, tmp_path):
+    from tests.sync.test_async_rules import downpour_with_one_worker
+    downpour_with_one_worker(tmp_path, 2, ["device=gpu"], FLOAT32_ON_GPU)
+
+
+def test_both_gossip_variants_converge_with_gpu_workers(cupy, tmp_path):
+    from tests.sync.test_async_rules import elastic_gossip_converges, gosgd_converges
+    gosgd_converges(tmp_path / "gosgd", ["device=gpu"])
+    elastic_gossip_converges(tmp_path / "elastic", ["device=gpu"])
