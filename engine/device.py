@@ -62,11 +62,11 @@ def set_tf32(cupy, enabled):
     at its first float32 product; its compute-type setter changes it after that too."""
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
     try:
-        from cupy._core import _routines_linalg as linalg
-        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled
-                                else linalg.COMPUTE_TYPE_DEFAULT)
-    except (ImportError, AttributeError):     # a CuPy without the setter: the variable rules
-        pass
+        from cupy._core._routines_linalg import (COMPUTE_TYPE_DEFAULT, COMPUTE_TYPE_TF32,
+                                                 set_compute_type)
+    except ImportError:                       # a CuPy without the setter: the variable rules
+        return
+    set_compute_type(np.float32, COMPUTE_TYPE_TF32 if enabled else COMPUTE_TYPE_DEFAULT)
 
 
 def synchronize():

@@ -209,8 +209,8 @@ def test_feed_leaves_host_batches_alone_for_numpy():
 def test_running_out_of_gpu_memory_names_the_batch_size_and_the_model(monkeypatch, capsys):
     from engine import train
 
-    class OutOfMemoryError(Exception):      # the name CuPy's error has
-        pass
+    class OutOfMemoryError(Exception):
+        """Named as CuPy's error is."""
 
     def out_of_memory(cfg):
         raise OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes")
