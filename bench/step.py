@@ -123,6 +123,7 @@ def main(argv=None):
     labels = xp.asarray(rng.integers(0, 10, size=args.batch))
     optimizer = SGD(lr=0.01, momentum=0.9, weight_decay=5e-4)
     table = defaultdict(float)
+    classes = model.forward(x[:1], train=False).shape[1]     # for the PyTorch twin
 
     gemm = DeviceGemm(xp) if gpu else Gemm(args.dtype, args.threads)
     gemm.gflops()
@@ -155,7 +156,8 @@ def main(argv=None):
     if gpu:
         held = xp.get_default_memory_pool().total_bytes()
         memory = f"GPU memory held by the pool {held / 1e9:.2f} GB"
-        where = f"{xp.cuda.runtime.getDeviceProperties(0)['name'].decode()}" + \
+        name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
+        where = (name.decode() if isinstance(name, bytes) else name) + \
             (", TF32" if args.tf32 else "")
     else:
         memory = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"
@@ -171,7 +173,6 @@ def main(argv=None):
     print(f"ratio {ratio:.3f}")
     print(f"{args.batch / step_time:.1f} img/s")
     if args.torch:
-        classes = model.forward(x[:1], train=False).shape[1]
         print_torch_comparison(args, model, classes, args.batch / step_time)
     if args.profile:
         total = sum(table.values())
