@@ -20,7 +20,6 @@ from layers import cuda
 
 SHIM = """
 #include <cmath>
-#include <cfloat>
 struct ThreadIndex { unsigned long long x, y, z; };
 static const ThreadIndex threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0},
                          blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
@@ -30,7 +29,8 @@ static const ThreadIndex threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0},
 using std::exp; using std::log; using std::pow; using std::sqrt; using std::fmax;
 """
 
-_BUILD = Path(tempfile.mkdtemp(prefix="pt-cuda-on-cpu-"))
+_BUILD_DIR = tempfile.TemporaryDirectory(prefix="pt-cuda-on-cpu-")   # removed at exit
+_BUILD = Path(_BUILD_DIR.name)
 
 
 def compiler():
