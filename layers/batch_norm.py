@@ -12,47 +12,39 @@ the running statistics. Backward (training, compact form, sums over N, H, W):
 
 and dx = gamma / std * dy in evaluation. Input (N, C, H, W) or (N, C).
 
-The CPU work runs over blocks of (samples, channels) small enough for the L2 cache, and every
-per-channel coefficient is expanded once per call into a (C, H*W) table so that each NumPy call
-streams whole contiguous rows (broadcasting a (C, 1) column costs a NumPy inner loop per row of
-H*W elements, about twice the time of the arithmetic). Statistics come from per-(n, c) row sums
-of x and x^2 merged in float64; where E[x^2] - E[x]^2 would lose too much to cancellation
-(mean^2 > ``recentre`` * var in some channel) they are taken again from x - mean. So a training
-forward reads x twice and writes y once, and backward reads x and dy twice and writes dx into
-dy's memory, with
+On the CPU the work runs on x's channel-major rows (``layers/layout.py``; an input in another
+layout is copied once): each channel is one contiguous row of M elements, taken in blocks of
+whole channels small enough for the L2 cache, so a block's statistics and its normalizing pass
+read x from memory once. Statistics come from float32 partial sums over segments of the rows
+(``segment_elems`` at most) merged in float64; where E[x^2] - E[x]^2 would lose too much to
+cancellation (mean^2 > ``recentre`` * var in some channel) they are taken again from x - mean.
+A training forward writes y = x * scale + offset; backward writes dx into dy's memory, with
+
     dx = a * dy + b * x + c,   a = gamma / std,   b = -a * sum(dy * xhat) / (M * std),
     c = -a * sum(dy) / M - b * mean.
 
-All of this is per channel, so on the CPU a large input is split into contiguous channel
-ranges over ``parallel.workers()`` threads, each with its own tables and scratch: the result
-does not depend on the number of workers (up to the recentring test, taken per range).
+Channel ranges are split over ``parallel.workers()`` threads, each with its own scratch: the
+result does not depend on the number of workers (up to the recentring test, taken per block).
 """
 import numpy as np
 
 from engine.initializers import Constant
-from layers import cuda, parallel
+from layers import cuda, layout, parallel
 from layers.base import Layer, get_array_module
 
 
-
-def _row_sums(xp, a, out):
-    """out[n, c] = sum_l a[n, c, l]."""
-    if xp is np:
-        np.einsum("ncl->nc", a, out=out)
-    else:
-        out[...] = a.sum(axis=2)
-
-
-def _row_dots(xp, a, b, out):
-    """out[n, c] = sum_l a[n, c, l] * b[n, c, l]."""
-    if xp is np:
-        np.vecdot(a, b, out=out)
-    else:
-        out[...] = (a * b).sum(axis=2)
+def _segment(n, per_sample, limit):
+    """Length of the segments a channel's row of n * per_sample elements is summed in: whole
+    samples, as many as divide n and fit ``limit`` (at least one sample)."""
+    k = max(1, min(n, limit // max(1, per_sample)))
+    while n % k:
+        k -= 1
+    return k * per_sample
 
 
 class BatchNorm2D(Layer):
-    block_elems = 1 << 16   # CPU block size in elements (a quarter of a MiB in float32)
+    block_elems = 1 << 16   # CPU: elements of one block of channels (at least one channel)
+    segment_elems = 1 << 12  # CPU: longest float32 partial sum
     row_parts = 32          # GPU: partial sums per (n, c) row, one warp's worth
     recentre = 64.0         # mean^2 / var above which the variance is recomputed centred
 
@@ -65,53 +57,45 @@ class BatchNorm2D(Layer):
         self.initializers["beta"] = Constant(0.0)
         self.state["running_mean"] = np.zeros(self.ch)
         self.state["running_var"] = np.ones(self.ch)
-        self._tiling = {}
 
-    def _blocks(self, shape, xp):
-        """(index pairs (samples, channels) tiling (N, C), block shape); one block on a GPU.
+    def _block_channels(self, m):
+        """Channels per CPU block: rows of m elements, about ``block_elems`` in all."""
+        return max(1, min(self.ch, self.block_elems // m))
 
-        Channel blocks are the outer loop, so a block's rows of the coefficient tables stay in
-        cache while the samples stream past."""
-        key = (shape, xp is np)
-        if key not in self._tiling:
-            n, c, l = shape
-            if xp is not np:
-                nb, cb = n, c
-            elif c * l <= self.block_elems:
-                nb, cb = min(n, self.block_elems // (c * l)), c
-            else:
-                parts = -(-c * l // self.block_elems)
-                nb, cb = 1, -(-c // parts)
-            self._tiling[key] = ([(slice(n0, n0 + nb), slice(c0, c0 + cb))
-                                  for c0 in range(0, c, cb) for n0 in range(0, n, nb)],
-                                 (nb, cb, l))
-        return self._tiling[key]
+    def _channel_blocks(self, c0, c1, m):
+        """Ranges of whole channels covering [c0, c1), ``_block_channels`` each."""
+        cb = self._block_channels(m)
+        return [(b0, min(b0 + cb, c1)) for b0 in range(c0, c1, cb)]
 
-    def _table(self, key, per_channel, x3, xp, worker=0):
-        """per_channel (C,) expanded to a (C, L) table in x's dtype."""
-        table = self.workspace((key, worker), x3.shape[1:], x3.dtype, xp)
-        table[...] = per_channel[:, None]
-        return table
+    def _scratch(self, key, block, worker):
+        """Worker's scratch ``key`` shaped like ``block`` (rows of one channel block)."""
+        cb, m = block.shape
+        return self.workspace((key, worker), (self._block_channels(m), m), block.dtype)[:cb]
 
-    def _scratch(self, x3, block, xp, worker=0):
-        """Two (N, C) arrays of per-row partial sums and a block-sized buffer."""
-        return (self.workspace(("rows1", worker), x3.shape[:2], x3.dtype, xp),
-                self.workspace(("rows2", worker), x3.shape[:2], x3.dtype, xp),
-                self.workspace(("block", worker), block, x3.dtype, xp))
+    def _segment_sums(self, a, b, worker):
+        """Per-channel float64 sums of a and, if b is given, of a * b: a block of rows (cb, M)
+        summed in float32 segments (``_segment``), the segments added in float64."""
+        cb, m = a.shape
+        seg = self.segment
+        a3 = a.reshape(cb, m // seg, seg)
+        part = self.workspace(("parts", worker), (self._block_channels(m), m // seg),
+                              a.dtype)[:cb]
+        np.einsum("csl->cs", a3, out=part)
+        sums = part.sum(axis=1, dtype=np.float64)
+        if b is None:
+            return sums, None
+        np.vecdot(a3, b.reshape(a3.shape), out=part)
+        return sums, part.sum(axis=1, dtype=np.float64)
 
-    def _moments(self, x3, center, xp, worker):
-        """Per-channel means of v and v^2, v = x3 - center (center a table or None), float64."""
-        n, _, l = x3.shape
-        blocks, block = self._blocks(x3.shape, xp)
-        sums, sqsums, work = self._scratch(x3, block, xp, worker)
-        for ns, cs in blocks:
-            vb = x3[ns, cs]
-            if center is not None:
-                vb = xp.subtract(vb, center[cs], out=work[:vb.shape[0], :vb.shape[1]])
-            _row_sums(xp, vb, sums[ns, cs])
-            _row_dots(xp, vb, vb, sqsums[ns, cs])
-        m = n * l
-        return sums.sum(axis=0, dtype=np.float64) / m, sqsums.sum(axis=0, dtype=np.float64) / m
+    def _moments(self, xb, center, worker):
+        """Per-channel means of v and v^2, v = xb - center (center per channel in x's dtype,
+        or None), in float64."""
+        v = xb
+        if center is not None:
+            scratch = self._scratch("centred", xb, worker)
+            v = np.subtract(xb, center[:, None], out=scratch)
+        sums, squares = self._segment_sums(v, v, worker)
+        return sums / xb.shape[1], squares / xb.shape[1]
 
     def _batch_stats(self, moments, dtype, xp):
         """Per-channel mean and biased variance, in float64, from ``moments(center)``: the
@@ -159,92 +143,96 @@ class BatchNorm2D(Layer):
     def forward(self, x, train=True):
         self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
         xp = get_array_module(x)
-        x3 = x.reshape(x.shape[0], self.ch, -1)
-        m = x3.shape[0] * x3.shape[2]
+        m = x.size // self.ch
         if train:
             mean, var = xp.empty(self.ch, np.float64), xp.empty(self.ch, np.float64)
         else:
             mean = self.state["running_mean"].astype(np.float64)
             var = self.state["running_var"].astype(np.float64)
-        invstd = xp.empty(self.ch, np.float64)
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        y = xp.empty(x3.shape, dtype=x.dtype)
-
-        def run(c0, c1, worker):
-            xc, yc = x3[:, c0:c1], y[:, c0:c1]
-            if train:
-                mean[c0:c1], var[c0:c1] = self._batch_stats(
-                    lambda center: self._moments(xc, None if center is None else self._table(
-                        "center", center, xc, xp, worker), xp, worker), x.dtype, xp)
-            invstd[c0:c1] = 1.0 / xp.sqrt(var[c0:c1] + self.eps)
-            scale = gamma[c0:c1] * invstd[c0:c1]
-            scale_t = self._table("scale", scale, xc, xp, worker)
-            offset_t = self._table("offset", beta[c0:c1] - mean[c0:c1] * scale, xc, xp, worker)
-            for ns, cs in self._blocks(xc.shape, xp)[0]:
-                yb = yc[ns, cs]
-                xp.multiply(xc[ns, cs], scale_t[cs], out=yb)
-                yb += offset_t[cs]
-        if cuda.wanted(xp):                  # GPU: statistics by rows, then one pass
-            x3 = xp.ascontiguousarray(x3)
-            if train:
-                mean[...], var[...] = self._batch_stats(
-                    lambda center: self._moments_kernel(x3, center, xp), x.dtype, xp)
-            invstd[...] = 1.0 / xp.sqrt(var + self.eps)
-            scale = gamma * invstd
-            cuda.launch("batch_norm", "affine", x.dtype, y.size,
-                        (x3, y, scale.astype(x.dtype), (beta - mean * scale).astype(x.dtype),
-                         *x3.shape))
+        self.train, self.mean = train, mean
+        self.invstd = xp.empty(self.ch, np.float64)
+        if cuda.wanted(xp):
+            y = self._forward_kernels(x, train, var, xp)
         else:
-            parallel.split_work(xp, x3.shape[1], run, x3.nbytes)
+            y = self._forward_rows(x, train, var)
         if train:
             rm, rv = self.state["running_mean"], self.state["running_var"]
             rm *= self.momentum
             rm += (1.0 - self.momentum) * mean
             rv *= self.momentum
             rv += (1.0 - self.momentum) * m / max(m - 1, 1) * var
-        self.x3, self.train, self.mean, self.invstd = x3, train, mean, invstd
+        return y
+
+    def _affine(self, channels, var):
+        """scale = gamma / std and offset = beta - mean * scale for ``channels`` (a slice),
+        keeping 1 / std."""
+        self.invstd[channels] = 1.0 / get_array_module(var).sqrt(var[channels] + self.eps)
+        scale = self.params["gamma"][channels] * self.invstd[channels]
+        return scale, self.params["beta"][channels] - self.mean[channels] * scale
+
+    def _forward_rows(self, x, train, var):
+        """CPU: statistics and y = x * scale + offset a block of channel rows at a time."""
+        x = layout.to_channel_major(x)
+        y = layout.empty(x.shape, x.dtype)
+        xr, yr = layout.rows(x), layout.rows(y)
+        self.x_rows, self.segment = xr, _segment(x.shape[0], xr.shape[1] // x.shape[0],
+                                                 self.segment_elems)
+
+        def run(c0, c1, worker):
+            for b0, b1 in self._channel_blocks(c0, c1, xr.shape[1]):
+                xb, yb, cs = xr[b0:b1], yr[b0:b1], slice(b0, b1)
+                if train:
+                    self.mean[cs], var[cs] = self._batch_stats(
+                        lambda center: self._moments(xb, center, worker), x.dtype, np)
+                scale, offset = self._affine(cs, var)
+                np.multiply(xb, scale.astype(x.dtype)[:, None], out=yb)
+                yb += offset.astype(x.dtype)[:, None]
+        parallel.split_work(np, self.ch, run, x.nbytes)
+        return y
+
+    def _forward_kernels(self, x, train, var, xp):
+        """GPU: statistics by rows, then one affine pass (``batch_norm.cu``)."""
+        x3 = xp.ascontiguousarray(x.reshape(x.shape[0], self.ch, -1))
+        if train:
+            self.mean[...], var[...] = self._batch_stats(
+                lambda center: self._moments_kernel(x3, center, xp), x.dtype, xp)
+        scale, offset = self._affine(slice(None), var)
+        y = xp.empty(x3.shape, dtype=x.dtype)
+        cuda.launch("batch_norm", "affine", x.dtype, y.size,
+                    (x3, y, scale.astype(x.dtype), offset.astype(x.dtype), *x3.shape))
+        self.x3 = x3
         return y.reshape(x.shape)
 
     def backward(self, dy):
         xp = get_array_module(dy)
-        x3 = self.x3
-        m = x3.shape[0] * x3.shape[2]
-        dy3 = dy.reshape(x3.shape)
         if cuda.wanted(xp):
-            return self._backward_kernels(xp.ascontiguousarray(dy3), m, xp).reshape(dy.shape)
+            dy3 = xp.ascontiguousarray(dy.reshape(self.x3.shape))
+            return self._backward_kernels(dy3, xp).reshape(dy.shape)
+        dy = layout.to_channel_major(dy)
+        dyr, xr = layout.rows(dy), self.x_rows
+        m = xr.shape[1]
 
         def run(c0, c1, worker):
-            xc, dyc = x3[:, c0:c1], dy3[:, c0:c1]
-            blocks, block = self._blocks(xc.shape, xp)
-            sums, dots, work = self._scratch(xc, block, xp, worker)
-            for ns, cs in blocks:
-                dyb = dyc[ns, cs]
-                _row_sums(xp, dyb, sums[ns, cs])
-                _row_dots(xp, dyb, xc[ns, cs], dots[ns, cs])
-            a, b, c = self._coefficients(sums.sum(axis=0, dtype=np.float64),
-                                         dots.sum(axis=0, dtype=np.float64), slice(c0, c1), m)
-            a_t = self._table("scale", a, xc, xp, worker)
-            if not self.train:
-                for ns, cs in blocks:
-                    dyc[ns, cs] *= a_t[cs]
-                return
-            b_t = self._table("offset", b, xc, xp, worker)
-            c_t = self._table("offset2", c, xc, xp, worker)
-            for ns, cs in blocks:
-                dyb, xb = dyc[ns, cs], xc[ns, cs]
-                wb = xp.multiply(xb, b_t[cs], out=work[:xb.shape[0], :xb.shape[1]])
-                wb += c_t[cs]
-                dyb *= a_t[cs]
-                dyb += wb
-        parallel.split_work(xp, x3.shape[1], run, x3.nbytes)
-        return dy3.reshape(dy.shape)
+            for b0, b1 in self._channel_blocks(c0, c1, m):
+                dyb, xb = dyr[b0:b1], xr[b0:b1]
+                sums, dots = self._segment_sums(dyb, xb, worker)
+                a, b, c = (v.astype(dy.dtype)[:, None]
+                           for v in self._coefficients(sums, dots, slice(b0, b1), m))
+                if self.train:
+                    t = np.multiply(xb, b, out=self._scratch("term", xb, worker))
+                    t += c
+                dyb *= a
+                if self.train:
+                    dyb += t
+        parallel.split_work(np, self.ch, run, dy.nbytes)
+        return dy
 
-    def _backward_kernels(self, dy3, m, xp):
+    def _backward_kernels(self, dy3, xp):
         """GPU: per-row sums of dy and dy * x, then dx = a dy + b x + c in place
         (``batch_norm.cu``)."""
         n, c, l = dy3.shape
         sums, dots = self._row_sums_kernel("row_grads", dy3, self.x3, xp)
-        a, b, d = self._coefficients(sums, dots, slice(None), m)
+        a, b, d = self._coefficients(sums, dots, slice(None), n * l)
         cuda.launch("batch_norm", "backward", dy3.dtype, dy3.size,
                     (dy3, self.x3, a.astype(dy3.dtype), b.astype(dy3.dtype), d.astype(dy3.dtype),
                      n, c, l))

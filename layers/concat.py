@@ -3,10 +3,12 @@
 Backward splits dy by channels and sums the branches' input gradients:
 dx = sum_i b_i.backward(dy[:, c_i:c_i+1]).
 
-The concatenation copy and the gradient sum of large arrays are split into sample ranges over
+The output is channel-major when every branch's is (``layers/layout.py``): each branch's
+channels are then one contiguous block of it, and so are the gradient slices handed back. The
+concatenation copy and the gradient sum of large arrays are split into sample ranges over
 ``parallel.workers()`` threads (the same result for any number of workers).
 """
-from layers import parallel
+from layers import layout, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -22,8 +24,8 @@ class Concat(Layer):
         xp = get_array_module(x)
         outs = [branch.forward(x, train) for branch in self.branches]
         self.splits = [out.shape[1] for out in outs]
-        y = xp.empty(outs[0].shape[:1] + (sum(self.splits),) + outs[0].shape[2:],
-                     dtype=xp.result_type(*outs))
+        y = layout.empty_as(outs[0].shape[:1] + (sum(self.splits),) + outs[0].shape[2:],
+                            xp.result_type(*outs), all(map(layout.is_channel_major, outs)), xp)
 
         def run(start, stop, worker):
             c0 = 0
@@ -39,9 +41,18 @@ class Concat(Layer):
             d = branch.backward(dy[:, start:start + width])
             start += width
             if dx is None:
-                dx = d if d.base is None and getattr(d.flags, "writeable", True) else d.copy()
+                dx = d if _own(d) else d.copy()      # not a view of dy or of anything kept
             else:
+                xp = get_array_module(dx)
+
                 def run(n0, n1, worker, d=d):
                     dx[n0:n1] += d[n0:n1]
-                parallel.split_work(get_array_module(dx), dx.shape[0], run, dx.nbytes)
+                parallel.split_work(xp, dx.shape[0], run, dx.nbytes)
         return dx
+
+
+def _own(a):
+    """Whether ``a`` holds its own writable memory: no base, or a full reordering (such as a
+    channel-major layout, ``layers/layout.py``) of a new array with none."""
+    base = a if a.base is None else a.base
+    return base.base is None and base.size == a.size and getattr(a.flags, "writeable", True)

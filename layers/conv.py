@@ -28,10 +28,14 @@ worker suffices. Backward recomputes col chunk by chunk (writing a large col to 
 reading it back costs more than rebuilding it in cache), except for each worker's last chunk,
 which forward left in that worker's workspace.
 
-On the CPU every route splits the samples over ``parallel.workers()`` threads (layers/parallel.py):
-each worker takes a contiguous range, chunks it with its own workspaces and writes its samples of
-y or dx; in backward it sums its own [dW | db] partial, and the partials are added in worker order
-(deterministic). g is capped at one worker's share of the batch, so every worker gets samples.
+On the CPU y and dx are channel-major (``layers/layout.py``): their (O, N*OH*OW) and
+(C, N*H*W) rows are the GEMMs' own matrices, so a chunk's product is written straight into its
+columns, and dy (and x on the routes that multiply it) are read the same way (an input in
+another layout is copied once). Every route splits the samples over ``parallel.workers()``
+threads (layers/parallel.py): each worker takes a contiguous range, chunks it with its own
+workspaces and writes its samples of y or dx; in backward it sums its own [dW | db] partial,
+and the partials are added in worker order (deterministic). g is capped at one worker's share
+of the batch, so every worker gets samples.
 
 Output-side route (stride 1, pad < k, O not much above C; see Conv2D). A stride-1 convolution
 is also the transposed convolution (pad k-1-p) of the flipped kernel. With the stack
@@ -42,20 +46,20 @@ Wf (k*k*O, C), Wf[(i*k + j)*O + o, c] = W[o, c, k-1-i, k-1-j], and X = x as (C, 
 
 (y[o, oh, ow] = sum_{i,j} Z[tap (k-1-i, k-1-j), o] at input pixel (oh+i-p, ow+j-p): k*k
 shifted adds of O rows, the adjoint of building D). No im2col of x: the copies are k*k O-sized
-ones (Z, D) and one of x, against k*k C-sized ones (col, and col2im in backward) on the
-input-side route, for the same GEMM flops when OH*OW == H*W (the GEMMs run over the H*W input
-positions); both backward GEMMs share D. With "same" padding (OW == W) im2col and col2im take
-their flat path, every tap one shifted 1-D copy or add.
+ones (Z, D), against k*k C-sized ones (col, and col2im in backward) on the input-side route,
+for the same GEMM flops when OH*OW == H*W (the GEMMs run over the H*W input positions); both
+backward GEMMs share D. With "same" padding (OW == W) im2col and col2im take their flat path,
+every tap one shifted copy or add of whole channel rows.
 
-A 1x1, stride-1, unpadded convolution needs no im2col: x is viewed as (N, C, H*W) and
-y[n] = W2d @ x[n] for every n of a worker's range in one batched matmul.
+A 1x1, stride-1, unpadded convolution needs no im2col: Y = W2d @ X on the channel-major rows,
+one GEMM per worker's range of samples (on the GPU, y[n] = W2d @ x[n] in one batched matmul).
 """
 from functools import lru_cache
 
 import numpy as np
 
 from engine import initializers
-from layers import cuda, parallel
+from layers import cuda, layout, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -137,6 +141,16 @@ def _zero_outside(view, h0, h1, w0, w1):
         view[..., h0:h1, q] = 0
 
 
+def _channel_rows(a):
+    """``a`` (C, G, H, W) as a (C, G*H*W) view when each channel's G*H*W elements are one dense
+    run (C order, or a sample range of a channel-major array), else None."""
+    c, g, h, w = a.shape
+    item = a.itemsize
+    dense = a.strides[3] == item and (h == 1 or a.strides[2] == w * item) and \
+        (g == 1 or a.strides[1] == h * w * item)
+    return a.reshape(c, g * h * w) if dense else None
+
+
 def _check_col(col, rows, cols):
     if col.shape != (rows, cols) or not col.flags.c_contiguous:
         raise ValueError(f"col must be a C-contiguous ({rows}, {cols}) array, got shape "
@@ -178,10 +192,10 @@ def im2col(x, k, stride, pad, col, phases=None):
 def col2im(col, k, stride, pad, dx, phases=None):
     """Adjoint of :func:`im2col`: overwrite ``dx`` (C, G, H, W) with the sum, over every entry
     of ``col`` (k*k*C, G*OH*OW), of that entry at the pixel it was read from (entries that read
-    padding are dropped). ``col`` is scratch: its padding entries are zeroed. Fastest when ``dx``
-    is C-contiguous (then each tap is one shifted 1-D add), or, for a strided convolution that
-    ``_phase_taps`` covers, with ``phases`` (scratch of C*G*H*W elements; ``dx`` may then have
-    any strides). Returns ``dx``."""
+    padding are dropped). ``col`` is scratch: its padding entries are zeroed. Fastest when each
+    channel of ``dx`` is one dense run (then each tap is one shifted add of rows), or, for a
+    strided convolution that ``_phase_taps`` covers, with ``phases`` (scratch of C*G*H*W
+    elements; ``dx`` may then have any strides). Returns ``dx``."""
     c, g, h, w = dx.shape
     oh, ow, flat, taps = _taps(k, stride, pad, h, w)
     _check_col(col, k * k * c, g * oh * ow)
@@ -200,17 +214,19 @@ def col2im(col, k, stride, pad, dx, phases=None):
         for f in range(s * s):
             dx[:, :, f // s::s, f % s::s] = planes[f].reshape(c, g, oh, ow)
         return dx
-    if flat and dx.flags.c_contiguous:
-        dx1, col2 = dx.reshape(-1), col.reshape(k * k, -1)
-        size = dx1.shape[0]
+    dx2 = _channel_rows(dx) if flat else None
+    if dx2 is not None:
+        col3 = col.reshape(k * k, c, -1)
+        size = dx2.shape[1]
         center = (k // 2) * k + k // 2                   # off == 0 and every entry valid
-        dx1[...] = col2[center]
+        dx2[...] = col3[center]
         for t, h0, h1, w0, w1, rows, cols, off, a, b in taps:
             if t != center:
                 _zero_outside(col5[t], h0, h1, w0, w1)  # what lands elsewhere adds 0
                 lo, hi = max(0, -off), size - max(0, off)
-                dst = dx1[lo + off:hi + off]
-                dst += col2[t, lo:hi]
+                if hi > lo:                              # else every entry lands outside
+                    dst = dx2[:, lo + off:hi + off]
+                    dst += col3[t, :, lo:hi]
         return dx
     dx[...] = 0
     for t, h0, h1, w0, w1, rows, cols, off, a, b in taps:
@@ -307,17 +323,6 @@ class Conv2D(Layer):
         wf.reshape(k, k, o, c)[...] = self.params["W"].transpose(2, 3, 0, 1)[::-1, ::-1]
         return wf
 
-    @staticmethod
-    def _channel_major(x, n0, m, buf):
-        """Samples n0:n0+m of x as (C, m*H*W): a view of x when m == 1, else copied into
-        ``buf``."""
-        _, c, h, w = x.shape
-        if m == 1:
-            return x[n0].reshape(c, h * w)
-        xm = buf[:c * m * h * w].reshape(c, m, h, w)
-        xm[...] = x[n0:n0 + m].transpose(1, 0, 2, 3)
-        return xm.reshape(c, m * h * w)
-
     def forward(self, x, train=True):
         self.check_input(x, 4, self.in_ch)
         xp = get_array_module(x)
@@ -327,43 +332,52 @@ class Conv2D(Layer):
         if oh < 1 or ow < 1:
             raise ValueError(f"{self.name}: input {x.shape} is smaller than the {k}x{k} kernel "
                              f"with pad {p}")
-        l, kk = oh * ow, c * k * k
-        y = xp.empty((n, o, oh, ow), dtype=x.dtype)
-        y3 = y.reshape(n, o, l)
-        self.forward_flops = 2 * n * o * kk * l
-        self.x = x if train else None
+        self.forward_flops = 2 * n * o * c * k * k * oh * ow
         self._col_of = None
-        if self.pointwise:
-            self._forward_pointwise(x, y3, xp)
-            return y
         if cuda.wanted(xp):
-            self._forward_kernels(x, y, xp)
+            y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+            if self.pointwise:
+                self._forward_pointwise_gpu(x, y, xp)
+            else:
+                self._forward_kernels(x, y, xp)
+            self.x = x if train else None
             return y
-        if self._output_side(self.output_side_forward, x.shape):
-            self._forward_output_side(x, y, xp)
-            return y
-        wt = self._tap_major_weight(xp, x.dtype)
-        rows, workers = wt.shape[1], self._workers(xp)
+        y = layout.empty((n, o, oh, ow), x.dtype)
+        if self.pointwise or self._output_side(max(self.output_side_forward,
+                                                   self.output_side_backward), x.shape):
+            x = layout.to_channel_major(x)       # these routes read x as (C, N*H*W) rows
+        self.x = x if train else None
+        if self.pointwise:
+            self._forward_pointwise(x, y)
+        elif self._output_side(self.output_side_forward, x.shape):
+            self._forward_output_side(x, y)
+        else:
+            self._forward_input_side(x, y)
+        return y
+
+    def _forward_input_side(self, x, y):
+        """y = [Wt | b] @ [col; 1], a chunk of samples at a time, each product written straight
+        into its columns of y's (O, N*OH*OW) rows."""
+        n, c = x.shape[:2]
+        k, s, p = self.k, self.stride, self.pad
+        l, kk = y.shape[2] * y.shape[3], c * k * k
+        wt = self._tap_major_weight(np, x.dtype)
+        rows, workers = wt.shape[1], self._workers(np)
         g = self._chunk(n, rows, l, x.dtype.itemsize, workers)
+        yr = layout.rows(y)
 
         def work(start, stop, worker):
-            buf = self._ws("col", worker, (rows * g * l,), x.dtype, xp)
-            yt = self._ws("yt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
-            phases = self._phases(worker, g, x, xp)
+            buf = self._ws("col", worker, (rows * g * l,), x.dtype, np)
+            phases = self._phases(worker, g, x, np)
             for n0 in range(start, stop, g):
                 m = min(g, stop - n0)
                 col = buf[:rows * m * l].reshape(rows, m * l)
                 im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk], phases)
                 col[kk:] = 1                                   # the bias row, if any
-                if m == 1:
-                    xp.matmul(wt, col, out=y3[n0])
-                else:
-                    xp.matmul(wt, col, out=yt[:, :m * l])
-                    y3[n0:n0 + m] = yt[:, :m * l].reshape(o, m, l).transpose(1, 0, 2)
+                np.matmul(wt, col, out=yr[:, n0 * l:(n0 + m) * l])
 
-        parallel.split_work(xp, n, work)
+        parallel.split_work(np, n, work)
         self._col_of = (x, g, workers)
-        return y
 
     def _forward_kernels(self, x, y, xp):
         """GPU: col = im2col(x) for the whole batch (``conv.cu``; rows (c, i, j), columns
@@ -429,191 +443,172 @@ class Conv2D(Layer):
             return None
         return self._ws("phases", worker, (c * g * h * w,), x.dtype, xp)
 
-    def _forward_pointwise(self, x, y3, xp):
-        """1x1: y[n] = W2d @ x[n] (+ b), one batched matmul per worker's range of samples."""
+    def _forward_pointwise_gpu(self, x, y, xp):
+        """GPU 1x1: y[n] = W2d @ x[n] (+ b), one batched matmul."""
         n, c = x.shape[:2]
-        w2d, x3 = self.params["W"].reshape(self.out_ch, c), x.reshape(n, c, -1)
+        y3 = y.reshape(n, self.out_ch, -1)
+        xp.matmul(self.params["W"].reshape(self.out_ch, c), x.reshape(n, c, -1), out=y3)
+        if "b" in self.params:
+            y3 += self.params["b"][:, None]
+
+    def _forward_pointwise(self, x, y):
+        """1x1: Y = W2d @ X (+ b) on the (channels, N*H*W) rows, a column range per worker."""
+        n, c, h, w = x.shape
+        w2d, l = self.params["W"].reshape(self.out_ch, c), h * w
+        xr, yr = layout.rows(x), layout.rows(y)
         b = self.params["b"][:, None] if "b" in self.params else None
 
         def work(start, stop, worker):
-            ym = y3[start:stop]
-            xp.matmul(w2d, x3[start:stop], out=ym)
+            cols = slice(start * l, stop * l)
+            np.matmul(w2d, xr[:, cols], out=yr[:, cols])
             if b is not None:
-                ym += b
+                yr[:, cols] += b
 
-        parallel.split_work(xp, n, work)
+        parallel.split_work(np, n, work)
 
-    def _forward_output_side(self, x, y, xp):
-        """Z = Wf @ X and y = col2im(Z, k, 1, k-1-p) + b, a chunk of samples at a time."""
+    def _forward_output_side(self, x, y):
+        """Z = Wf @ X and y = col2im(Z, k, 1, k-1-p) + b, a chunk of samples at a time (X: a
+        column range of x's rows; col2im writes straight into y's samples)."""
         n, c, h, w = x.shape
-        o, oh, ow = y.shape[1:]
-        k, kd = self.k, self.k * self.k * self.out_ch
-        wf = self._flipped_stack(xp, x.dtype)
-        g = self._chunk(n, kd, h * w, x.dtype.itemsize, self._workers(xp))
-        b = self.params["b"][:, None, None] if "b" in self.params else None
+        k, kd, l = self.k, self.k * self.k * self.out_ch, h * w
+        wf = self._flipped_stack(np, x.dtype)
+        g = self._chunk(n, kd, l, x.dtype.itemsize, self._workers(np))
+        b = self.params["b"][:, None, None, None] if "b" in self.params else None
+        xr, ycm = layout.rows(x), y.transpose(1, 0, 2, 3)
 
         def work(start, stop, worker):
-            zbuf = self._ws("Z", worker, (kd * g * h * w,), x.dtype, xp)
-            xbuf = self._ws("X", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
-            yt = self._ws("yt", worker, (o * g * oh * ow,), x.dtype, xp)
+            zbuf = self._ws("Z", worker, (kd * g * l,), x.dtype, np)
             for n0 in range(start, stop, g):
                 m = min(g, stop - n0)
-                z = zbuf[:kd * m * h * w].reshape(kd, m * h * w)
-                xp.matmul(wf, self._channel_major(x, n0, m, xbuf), out=z)
-                ym = col2im(z, k, 1, k - 1 - self.pad,
-                            yt[:o * m * oh * ow].reshape(o, m, oh, ow))
-                if b is None:
-                    y[n0:n0 + m] = ym.transpose(1, 0, 2, 3)
-                else:
-                    xp.add(ym.transpose(1, 0, 2, 3), b, out=y[n0:n0 + m])
+                z = zbuf[:kd * m * l].reshape(kd, m * l)
+                np.matmul(wf, xr[:, n0 * l:(n0 + m) * l], out=z)
+                ym = col2im(z, k, 1, k - 1 - self.pad, ycm[:, n0:n0 + m])
+                if b is not None:
+                    ym += b
 
-        parallel.split_work(xp, n, work)
+        parallel.split_work(np, n, work)
 
     def backward(self, dy):
         x = self.x
         if x is None:
             raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
         xp = get_array_module(x)
-        n, c, h, w = x.shape
-        o, l = self.out_ch, dy.shape[2] * dy.shape[3]
-        dy3 = dy.reshape(n, o, l)
-        if self.pointwise and cuda.wanted(xp):
-            return self._backward_pointwise_gpu(x, dy3, xp)
-        if self.pointwise:
-            return self._backward_pointwise(x, dy3, xp)
         if cuda.wanted(xp):
+            if self.pointwise:
+                return self._backward_pointwise_gpu(x, dy.reshape(dy.shape[0], self.out_ch, -1),
+                                                    xp)
             return self._backward_kernels(x, dy, xp)
-        if self._output_side(self.output_side_backward, x.shape):
-            return self._backward_output_side(x, dy, xp)
-        k, s, p, kk = self.k, self.stride, self.pad, c * self.k * self.k
-        wt = self._tap_major_weight(xp, x.dtype)
-        rows, workers = wt.shape[1], self._workers(xp)
+        dy = layout.to_channel_major(dy)
+        dx = layout.empty(x.shape, x.dtype)
+        if self.pointwise:
+            self._backward_pointwise(x, dy, dx)
+        elif self._output_side(self.output_side_backward, x.shape):
+            self._backward_output_side(x, dy, dx)
+        else:
+            self._backward_input_side(x, dy, dx)
+        return dx
+
+    def _backward_input_side(self, x, dy, dx):
+        """Per chunk: [dWt | db] += dY @ [col; 1]^T and dx = col2im(Wt^T @ dY), dY a column
+        range of dy's rows, col2im writing straight into dx's samples."""
+        n, c, h, w = x.shape
+        k, s, p, o = self.k, self.stride, self.pad, self.out_ch
+        l, kk = dy.shape[2] * dy.shape[3], c * k * k
+        wt = self._tap_major_weight(np, x.dtype)
+        rows, workers = wt.shape[1], self._workers(np)
         g = self._chunk(n, rows, l, x.dtype.itemsize, workers)
         col_of, self._col_of = self._col_of, None
         reuse = col_of is not None and col_of[0] is x and col_of[1:] == (g, workers)
-        dx = xp.empty(x.shape, x.dtype)
+        dyr, dxcm = layout.rows(dy), dx.transpose(1, 0, 2, 3)
 
         def work(start, stop, worker):
-            buf = self._ws("col", worker, (rows * g * l,), x.dtype, xp)
-            dwt = self._ws("dWt", worker, (o, rows), x.dtype, xp)
-            part = self._ws("dWpart", worker, (o, rows), x.dtype, xp)
-            dyt = self._ws("dyt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
-            phases = self._phases(worker, g, x, xp)
-            dxt = self._ws("dxt", worker, (c * g * h * w,), x.dtype, xp) \
-                if g > 1 and phases is None else None
+            buf = self._ws("col", worker, (rows * g * l,), x.dtype, np)
+            dwt = self._ws("dWt", worker, (o, rows), x.dtype, np)
+            part = self._ws("dWpart", worker, (o, rows), x.dtype, np)
+            phases = self._phases(worker, g, x, np)
             starts = range(start, stop, g)
             last = starts[-1]
             for n0 in reversed(starts):
                 m = min(g, stop - n0)
-                if m == 1:
-                    dym = dy3[n0]
-                else:
-                    dym = dyt[:, :m * l]
-                    dym.reshape(o, m, l)[...] = dy3[n0:n0 + m].transpose(1, 0, 2)
+                dym = dyr[:, n0 * l:(n0 + m) * l]
                 col = buf[:rows * m * l].reshape(rows, m * l)
                 if not (n0 == last and reuse):
                     im2col(x[n0:n0 + m].transpose(1, 0, 2, 3), k, s, p, col[:kk], phases)
                     col[kk:] = 1
-                xp.matmul(dym, col.T, out=dwt if n0 == last else part)    # [dWt | db]
+                np.matmul(dym, col.T, out=dwt if n0 == last else part)    # [dWt | db]
                 if n0 != last:
                     dwt += part
-                xp.matmul(wt[:, :kk].T, dym, out=col[:kk])                # col now holds dcol
-                if m == 1 or phases is not None:       # written in place (any strides)
-                    col2im(col[:kk], k, s, p, dx[n0:n0 + m].transpose(1, 0, 2, 3), phases)
-                else:                                  # channel-major, then to dx
-                    dxm = col2im(col[:kk], k, s, p, dxt[:c * m * h * w].reshape(c, m, h, w))
-                    dx[n0:n0 + m] = dxm.transpose(1, 0, 2, 3)
+                np.matmul(wt[:, :kk].T, dym, out=col[:kk])                # col now holds dcol
+                col2im(col[:kk], k, s, p, dxcm[:, n0:n0 + m], phases)
             return dwt
 
-        dwt = self._sum_parts(parallel.split_work(xp, n, work))
+        dwt = self._sum_parts(parallel.split_work(np, n, work))
         self.grads["W"][...] = dwt[:, :kk].reshape(o, k, k, c).transpose(0, 3, 1, 2)
         if "b" in self.grads:
             self.grads["b"][...] = dwt[:, kk]
-        return dx
 
-    def _backward_output_side(self, x, dy, xp):
-        """D = im2col(dy, k, 1, k-1-p), dX = Wf^T @ D, dWf = D @ X^T (summed over chunks)."""
+    def _backward_output_side(self, x, dy, dx):
+        """D = im2col(dy, k, 1, k-1-p), dX = Wf^T @ D, dWf = D @ X^T (summed over chunks); X and
+        dX are column ranges of x's and dx's rows."""
         n, c, h, w = x.shape
-        k, o = self.k, self.out_ch
+        k, o, l = self.k, self.out_ch, h * w
         kd = k * k * o
-        wf = self._flipped_stack(xp, x.dtype)
-        g = self._chunk(n, kd, h * w, x.dtype.itemsize, self._workers(xp))
-        dx = xp.empty(x.shape, x.dtype)
+        wf = self._flipped_stack(np, x.dtype)
+        g = self._chunk(n, kd, l, x.dtype.itemsize, self._workers(np))
         bias = "b" in self.grads
+        xr, dxr, dycm = layout.rows(x), layout.rows(dx), dy.transpose(1, 0, 2, 3)
+        dyl = dy.shape[2] * dy.shape[3]
 
         def work(start, stop, worker):
-            dbuf = self._ws("Z", worker, (kd * g * h * w,), x.dtype, xp)
-            xbuf = self._ws("X", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
-            dwf = self._ws("dWf", worker, (kd, c), x.dtype, xp)
-            part = self._ws("dWpart", worker, (kd, c), x.dtype, xp)
-            dxt = self._ws("dxt", worker, (c * g * h * w,), x.dtype, xp) if g > 1 else None
-            db = self._ws("db", worker, (o,), x.dtype, xp) if bias else None
+            dbuf = self._ws("Z", worker, (kd * g * l,), x.dtype, np)
+            dwf = self._ws("dWf", worker, (kd, c), x.dtype, np)
+            part = self._ws("dWpart", worker, (kd, c), x.dtype, np)
+            db = self._ws("db", worker, (o,), x.dtype, np) if bias else None
             if bias:
-                dy[start:stop].sum(axis=(0, 2, 3), out=db)
+                layout.rows(dy)[:, start * dyl:stop * dyl].sum(axis=1, out=db)
             starts = range(start, stop, g)
             for n0 in reversed(starts):
                 m = min(g, stop - n0)
-                d = im2col(dy[n0:n0 + m].transpose(1, 0, 2, 3), k, 1, k - 1 - self.pad,
-                           dbuf[:kd * m * h * w].reshape(kd, m * h * w))
-                xp.matmul(d, self._channel_major(x, n0, m, xbuf).T,
-                          out=dwf if n0 == starts[-1] else part)
+                cols = slice(n0 * l, (n0 + m) * l)
+                d = im2col(dycm[:, n0:n0 + m], k, 1, k - 1 - self.pad,
+                           dbuf[:kd * m * l].reshape(kd, m * l))
+                np.matmul(d, xr[:, cols].T, out=dwf if n0 == starts[-1] else part)
                 if n0 != starts[-1]:
                     dwf += part
-                if m == 1:
-                    xp.matmul(wf.T, d, out=dx[n0].reshape(c, h * w))
-                else:
-                    dxm = dxt[:c * m * h * w].reshape(c, m * h * w)
-                    xp.matmul(wf.T, d, out=dxm)
-                    dx[n0:n0 + m] = dxm.reshape(c, m, h, w).transpose(1, 0, 2, 3)
+                np.matmul(wf.T, d, out=dxr[:, cols])
             return dwf, db
 
-        parts = parallel.split_work(xp, n, work)
+        parts = parallel.split_work(np, n, work)
         dwf = self._sum_parts([dwf for dwf, _ in parts])
         self.grads["W"][...] = dwf.reshape(k, k, o, c)[::-1, ::-1].transpose(2, 3, 0, 1)
         if bias:
             self.grads["b"][...] = self._sum_parts([db for _, db in parts])
-        return dx
 
-    def _backward_pointwise(self, x, dy3, xp):
-        """1x1: dx[n] = W2d^T @ dy[n]; dW2d = sum_n dy[n] @ x[n]^T, a chunk of samples per GEMM
-        (their x and dy transposed to (C, g*HW) and (O, g*HW)). Worker 0 writes its dW2d and db
-        straight into the gradients, the others into partials added after it."""
+    def _backward_pointwise(self, x, dy, dx):
+        """1x1: dX = W2d^T @ dY and dW2d = dY @ X^T on the (channels, N*H*W) rows, a column
+        range per worker. Worker 0 writes its dW2d and db straight into the gradients, the
+        others into partials added after it."""
         n, c, h, w = x.shape
         o, l = self.out_ch, h * w
         w2d = self.params["W"].reshape(o, c)
-        g = self._chunk(n, c, l, x.dtype.itemsize, self._workers(xp))
         bias = "b" in self.grads
-        dx = xp.empty(x.shape, x.dtype)
-        dx3 = dx.reshape(n, c, l)
+        xr, dyr, dxr = layout.rows(x), layout.rows(dy), layout.rows(dx)
 
         def work(start, stop, worker):
             if worker == 0:
                 dw = self.grads["W"].reshape(o, c)
                 db = self.grads["b"] if bias else None
             else:
-                dw = self._ws("dW", worker, (o, c), x.dtype, xp)
-                db = self._ws("db", worker, (o,), x.dtype, xp) if bias else None
+                dw = self._ws("dW", worker, (o, c), x.dtype, np)
+                db = self._ws("db", worker, (o,), x.dtype, np) if bias else None
+            cols = slice(start * l, stop * l)
+            np.matmul(w2d.T, dyr[:, cols], out=dxr[:, cols])
+            np.matmul(dyr[:, cols], xr[:, cols].T, out=dw)
             if bias:
-                dy3[start:stop].sum(axis=(0, 2), out=db)
-            xp.matmul(w2d.T, dy3[start:stop], out=dx3[start:stop])
-            part = self._ws("dWpart", worker, (o, c), x.dtype, xp)
-            xt = self._ws("xt", worker, (c, g * l), x.dtype, xp) if g > 1 else None
-            dyt = self._ws("dyt", worker, (o, g * l), x.dtype, xp) if g > 1 else None
-            for n0 in range(start, stop, g):
-                m = min(g, stop - n0)
-                if m == 1:
-                    xm, dym = x[n0].reshape(c, l), dy3[n0]
-                else:
-                    xm, dym = xt[:, :m * l], dyt[:, :m * l]
-                    xm.reshape(c, m, l)[...] = x[n0:n0 + m].reshape(m, c, l).transpose(1, 0, 2)
-                    dym.reshape(o, m, l)[...] = dy3[n0:n0 + m].transpose(1, 0, 2)
-                xp.matmul(dym, xm.T, out=dw if n0 == start else part)
-                if n0 != start:
-                    dw += part
+                dyr[:, cols].sum(axis=1, out=db)
             return dw, db
 
-        parts = parallel.split_work(xp, n, work)
+        parts = parallel.split_work(np, n, work)
         self._sum_parts([dw for dw, _ in parts])
         if bias:
             self._sum_parts([db for _, db in parts])
-        return dx

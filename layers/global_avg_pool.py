@@ -1,4 +1,5 @@
 """Global average pooling: y[n, c] = mean over (h, w) of x[n, c]; dx = dy[n, c] / (H W)."""
+from layers import layout
 from layers.base import Layer, get_array_module
 
 
@@ -12,6 +13,7 @@ class GlobalAvgPool(Layer):
     def forward(self, x, train=True):
         self.check_input(x, 4)
         self.x_shape = x.shape if train else None
+        self.channel_major = layout.is_channel_major(x)
         return x.mean(axis=(2, 3))
 
     def backward(self, dy):
@@ -19,6 +21,6 @@ class GlobalAvgPool(Layer):
             raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
         xp = get_array_module(dy)
         n, c, h, w = self.x_shape
-        dx = xp.empty(self.x_shape, dtype=dy.dtype)
+        dx = layout.empty_as(self.x_shape, dy.dtype, self.channel_major, xp)   # x's layout
         dx[...] = (dy * (1.0 / (h * w)))[:, :, None, None]
         return dx

@@ -12,8 +12,9 @@ channels outside [0, C) counting as zero. Backward:
 
 Both window sums are running sums over the channels (add the channel entering the window,
 subtract the one leaving it, re-sum the window exactly every ``resync`` channels), one channel
-slice (n, H*W) at a time, for blocks of n samples small enough that a window's slices stay in
-the L2 cache. A training forward reads x once and writes y, scale^-beta and
+slice (n, H*W) at a time (one contiguous run for channel-major input, ``layers/layout.py``; y
+and the stored powers keep x's layout), for blocks of n samples small enough that a window's
+slices stay in the L2 cache. A training forward reads x once and writes y, scale^-beta and
 (2 alpha beta / size) * scale^(-beta-1); backward reads those with x and dy and writes dx into
 dy's memory. beta = 0.75 (the usual value) takes square roots instead of a pow. Samples are
 independent, so a large input's samples are split into ranges over ``parallel.workers()``
@@ -21,7 +22,7 @@ threads, each with its own ring and row buffers (the same result for any number 
 """
 import numpy as np
 
-from layers import cuda, parallel
+from layers import cuda, layout, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -87,13 +88,13 @@ class LRN(Layer):
         self.check_input(x, 4)
         xp = get_array_module(x)
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        y = xp.empty(x3.shape, dtype=x.dtype)
         self.stored = None
         if cuda.wanted(xp):
+            y = xp.empty(x3.shape, dtype=x.dtype)
             return self._forward_kernels(xp.ascontiguousarray(x3), y, train, xp).reshape(x.shape)
+        y = xp.empty_like(x3)                  # x's layout (a channel slice: one dense row)
         if train:
-            self.stored = (self.workspace("pow", x3.shape, x.dtype, xp),
-                           self.workspace("ratio", x3.shape, x.dtype, xp))
+            self.stored = (self._like("pow", x3), self._like("ratio", x3))
 
         def run(start, stop, worker):
             chunks, rows = self._chunks(x3[start:stop], xp)
@@ -104,6 +105,13 @@ class LRN(Layer):
         parallel.split_work(xp, x3.shape[0], run, x3.nbytes)
         self.x3 = x3
         return y.reshape(x.shape)
+
+    def _like(self, key, x3):
+        """Workspace ``key`` of x3's shape, channel-major when x3 is (``layers/layout.py``)."""
+        n, c, l = x3.shape
+        if layout.is_channel_major(x3):
+            return self.workspace(key, (c, n, l), x3.dtype).transpose(1, 0, 2)
+        return self.workspace(key, x3.shape, x3.dtype)
 
     def _forward_kernels(self, x3, y, train, xp):
         """GPU (``lrn.cu``): y and the scale, one thread per element; backward recomputes

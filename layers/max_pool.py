@@ -10,15 +10,17 @@ CPU method: planes (n, c) go in chunks small enough for cache into a -inf padded
 workspace (the s*s sub-lattices of the padded input, see ``_phases``); there every window tap is
 a fixed flat offset from its output, so the running max and the argmax tap (int8) take k*k - 1
 contiguous 1-D passes at about output resolution (numpy is several times faster on contiguous
-than on strided operands). Backward scatters dy to the argmax positions with add.at. Planes are
-independent, so large inputs are split into plane ranges over ``parallel.workers()`` threads,
-each with its own workspaces (the same result for any number of workers).
+than on strided operands). Backward scatters dy to the argmax positions with add.at. The planes
+are taken in memory order, so a channel-major input (``layers/layout.py``) gives a channel-major
+output without copies. Planes are independent, so large inputs are split into plane ranges over
+``parallel.workers()`` threads, each with its own workspaces (the same result for any number of
+workers).
 """
 from functools import lru_cache
 
 import numpy as np
 
-from layers import cuda, parallel
+from layers import cuda, layout, parallel
 from layers.base import Layer, get_array_module
 
 
@@ -120,9 +122,12 @@ class MaxPool2D(Layer):
         cp = max(1, min(planes, self.chunk_elems // (s * s * area)))
         if train:
             self.idx = self.workspace("idx", (planes, oh, ow), self.idx_dtype, xp)
-        xs = x.reshape(planes, h, w)
-        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
-        ys = y.reshape(planes, oh, ow)
+        self.channel_major = layout.is_channel_major(x)
+        if not self.channel_major:
+            x = xp.ascontiguousarray(x)
+        xs = layout.planes(x)
+        y = layout.empty_as((n, c, oh, ow), x.dtype, self.channel_major, xp)
+        ys = layout.planes(y)
 
         def run(start, stop, worker):
             phase = self.workspace(("phase", worker), (s * s, cp, hq, wq), x.dtype, xp)
@@ -188,9 +193,10 @@ class MaxPool2D(Layer):
         cp = max(1, min(planes, self.chunk_elems // area))
         itype = np.int32 if cp * area < 2 ** 31 else np.int64      # positions within a chunk
         offs = xp.asarray([i * wp + j for i in range(k) for j in range(k)], dtype=itype)
-        dys = dy.reshape(planes, oh, ow)
-        dx = xp.empty(self.x_shape, dtype=dy.dtype)
-        dxs = dx.reshape(planes, h, w)
+        dy = layout.to_channel_major(dy) if self.channel_major else xp.ascontiguousarray(dy)
+        dys = layout.planes(dy)                  # the planes in forward's order
+        dx = layout.empty_as(self.x_shape, dy.dtype, self.channel_major, xp)
+        dxs = layout.planes(dx)
 
         def run(start, stop, worker):
             base = self.workspace(("base", worker), (cp, oh, ow), itype, xp)

@@ -4,7 +4,7 @@ plane ranges), including batches smaller than the number of workers and odd size
 import numpy as np
 import pytest
 
-from layers import parallel
+from layers import layout, parallel
 from layers.avg_pool import AvgPool2D
 from layers.batch_norm import BatchNorm2D
 from layers.concat import Concat
@@ -167,40 +167,45 @@ def test_large_arrays_are_split(monkeypatch):
         parallel.set_workers(1)
 
 
+@pytest.mark.parametrize("channel_major", [True, False])
 @pytest.mark.parametrize("workers", [1, 2, 3])
 @pytest.mark.parametrize("shape, block", [((5, 3, 6, 7), 1 << 15), ((5, 3, 6, 7), 50),
                                           ((4, 2, 3, 3), 7)])
-def test_relu_on_the_channel_slices_concat_hands_its_branches(shape, block, workers, calls,
-                                                              monkeypatch):
-    """A Concat branch gets dy[:, c0:c1] (each sample contiguous, the batch not): forward and
-    backward still split over the workers, in tiles of whole rows (per-sample rows shorter than
-    BLOCK) or of pieces of one row (longer), and write into the views themselves."""
+def test_relu_on_the_channel_slices_concat_hands_its_branches(shape, block, workers,
+                                                              channel_major, calls, monkeypatch):
+    """A Concat branch gets x and dy[:, c0:c1]: in channel-major memory one dense block, which
+    forward and backward split over the workers (backward in tiles of BLOCK elements, across
+    planes); in C order the samples lie apart, and one NumPy call does it. Either way the
+    views themselves are written and the other channels are left alone."""
     from layers import relu
     monkeypatch.setattr(relu, "BLOCK", block)
     parallel.set_workers(workers)
     rng = np.random.default_rng(7)
     n, c, h, w = shape
-    whole = rng.standard_normal((n, 3 * c, h, w))
+    arrange = layout.to_channel_major if channel_major else np.ascontiguousarray
+    whole = arrange(rng.standard_normal((n, 3 * c, h, w)))
     x = whole[:, c:2 * c]
     expected_y = np.maximum(x, 0)
     layer = ReLU(inplace=True)
     assert layer.forward(x) is x
     np.testing.assert_array_equal(x, expected_y)
-    grads = rng.standard_normal((n, 3 * c, h, w))
+    grads = arrange(rng.standard_normal((n, 3 * c, h, w)))
     dy = grads[:, 2 * c:]
     expected_dx, rest = np.where(expected_y > 0, dy, 0), grads[:, :2 * c].copy()
     assert layer.backward(dy) is dy
     np.testing.assert_array_equal(dy, expected_dx)
     np.testing.assert_array_equal(grads[:, :2 * c], rest)     # the other channels untouched
-    assert bool(calls) == (workers > 1)
+    assert bool(calls) == (workers > 1 and channel_major)
 
 
-def test_sample_rows_only_views_arrays_whose_samples_are_contiguous():
-    from layers.relu import sample_rows
-    a = np.zeros((4, 6, 5, 5), np.float32)
-    assert sample_rows(a).shape == (4, 150) and np.shares_memory(sample_rows(a), a)
-    view = sample_rows(a[:, 2:5])
-    assert view.shape == (4, 75) and np.shares_memory(view, a)
-    assert sample_rows(a[:, :, 1:]) is None              # rows cut inside a sample
-    assert sample_rows(a.transpose(1, 0, 2, 3)) is None
-    assert sample_rows(a[:, :1, :1]).shape == (4, 5)     # size-1 axes have any stride
+def test_flat_pair_needs_two_dense_arrays_laid_out_alike():
+    from layers.relu import flat_pair
+    a = np.arange(4 * 6 * 5 * 5, dtype=np.float32).reshape(4, 6, 5, 5)
+    cm = layout.to_channel_major(a)
+    fa, fb = flat_pair(a, np.empty_like(a))
+    assert fa.shape == (600,) and np.shares_memory(fa, a)
+    fa, fb = flat_pair(cm, np.empty_like(cm))                # empty_like keeps the layout
+    assert np.shares_memory(fa, cm) and fa[25] == cm[1, 0, 0, 0]   # sample 1 after sample 0
+    assert flat_pair(cm[:, 2:5], cm[:, 2:5]) is not None       # a channel range: one block
+    assert flat_pair(a[:, 2:5], a[:, 2:5]) is None             # samples apart
+    assert flat_pair(a, cm) is None                            # laid out differently
