@@ -14,8 +14,8 @@ and dx = gamma / std * dy in evaluation. Input (N, C, H, W) or (N, C).
 
 On the CPU the work runs on x's channel-major rows (``layers/layout.py``; an input in another
 layout is copied once): each channel is one contiguous row of M elements, taken in blocks of
-whole channels small enough for the L2 cache, so a block's statistics and its normalizing pass
-read x from memory once. Statistics come from float32 partial sums over segments of the rows
+whole channels of about ``block_elems`` elements (4 MiB of float32: fewer and longer NumPy calls
+beat L2-sized blocks, see bench/README.md). Statistics come from float32 partial sums over segments of the rows
 (``segment_elems`` at most) merged in float64; where E[x^2] - E[x]^2 would lose too much to
 cancellation (mean^2 > ``recentre`` * var in some channel) they are taken again from x - mean.
 A training forward writes y = x * scale + offset; backward writes dx into dy's memory, with
@@ -43,7 +43,7 @@ def _segment(n, per_sample, limit):
 
 
 class BatchNorm2D(Layer):
-    block_elems = 1 << 16   # CPU: elements of one block of channels (at least one channel)
+    block_elems = 1 << 20   # CPU: elements of one block of channels (at least one channel)
     segment_elems = 1 << 12  # CPU: longest float32 partial sum
     row_parts = 32          # GPU: partial sums per (n, c) row, one warp's worth
     recentre = 64.0         # mean^2 / var above which the variance is recomputed centred

@@ -244,8 +244,9 @@ class Conv2D(Layer):
 
     Class attributes (may be set per instance): ``chunk_bytes`` bounds one chunk's col (a chunk
     holds at least one sample); with several workers ``worker_chunk_bytes`` bounds each worker's
-    too (measured on 2 cores with 4 MiB L2 each: 2 MiB per worker beats 8 MiB by 1.1-1.6x, while
-    one GEMM on 2 BLAS threads splits an 8 MiB col between the cores); a stride-1 layer with
+    too (measured on 2 cores with 2 MiB of L2 each, inception_small's layers: 4 MiB per worker
+    beats 2 MiB, whose chunks of one 28x28 sample read and write only 784-float runs of each
+    channel row, and 0.5-1 MiB; see bench/README.md); a stride-1 layer with
     pad < k takes the output-side route (see the module docstring) in forward when
     O*H*W <= ``output_side_forward`` * C*OH*OW, in backward when
     O*H*W <= ``output_side_backward`` * C*OH*OW (its GEMMs run over the H*W input positions,
@@ -254,7 +255,7 @@ class Conv2D(Layer):
     """
 
     chunk_bytes = 8 << 20
-    worker_chunk_bytes = 2 << 20
+    worker_chunk_bytes = 4 << 20
     output_side_forward = 1.0
     output_side_backward = 1.5
 
