@@ -99,7 +99,7 @@ class MaxPool2D(Layer):
     ``chunk_elems`` (class attribute) bounds the polyphase size of one chunk of planes.
     """
 
-    chunk_elems = 1 << 17
+    chunk_elems = 1 << 18
 
     def __init__(self, ksize, stride, pad=0, ceil_mode=True):
         super().__init__()

@@ -15,7 +15,7 @@ import numpy as np
 from layers import cuda, layout, parallel
 from layers.base import Layer, get_array_module
 
-BLOCK = 1 << 15       # backward: elements per tile
+BLOCK = 1 << 17       # backward: elements per tile (bench/README.md)
 
 
 def flat_pair(a, b):
