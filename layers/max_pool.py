@@ -96,10 +96,12 @@ def _phases(k, stride, pad, h, w, oh, ow):
 class MaxPool2D(Layer):
     """Max pooling, NCHW, Caffe geometry (``ceil_mode=True`` is Caffe's; False is floor).
 
-    ``chunk_elems`` (class attribute) bounds the polyphase size of one chunk of planes.
+    ``chunk_elems`` (class attribute) bounds the elements of one chunk of planes in forward: its
+    s*s polyphase planes plus its running max (so that with the int8 argmax scratch a chunk
+    stays within the L2 cache whatever the stride), and the padded size of one in backward.
     """
 
-    chunk_elems = 1 << 18
+    chunk_elems = 5 << 16
 
     def __init__(self, ksize, stride, pad=0, ceil_mode=True):
         super().__init__()
@@ -119,7 +121,7 @@ class MaxPool2D(Layer):
             return self._forward_kernels(x, train, xp)
         hq, wq, copies, taps = _phases(k, s, self.pad, h, w, oh, ow)
         planes, area = n * c, hq * wq
-        cp = max(1, min(planes, self.chunk_elems // (s * s * area)))
+        cp = max(1, min(planes, self.chunk_elems // ((s * s + 1) * area)))
         if train:
             self.idx = self.workspace("idx", (planes, oh, ow), self.idx_dtype, xp)
         self.channel_major = layout.is_channel_major(x)
