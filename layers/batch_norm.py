@@ -14,11 +14,12 @@ and dx = gamma / std * dy in evaluation. Input (N, C, H, W) or (N, C).
 
 On the CPU the work runs on x's channel-major rows (``layers/layout.py``; an input in another
 layout is copied once): each channel is one contiguous row of M elements, taken in blocks of
-whole channels of about ``block_elems`` elements (4 MiB of float32: fewer and longer NumPy calls
-beat L2-sized blocks, see bench/README.md). Statistics come from float32 partial sums over segments of the rows
-(``segment_elems`` at most) merged in float64; where E[x^2] - E[x]^2 would lose too much to
-cancellation (mean^2 > ``recentre`` * var in some channel) they are taken again from x - mean.
-A training forward writes y = x * scale + offset; backward writes dx into dy's memory, with
+whole channels of about ``block_elems`` elements (4 MiB of float32: fewer and longer NumPy
+calls beat L2-sized blocks, see bench/README.md). Statistics come from float32 partial sums
+over segments of the rows (``segment_elems`` at most) merged in float64; where
+E[x^2] - E[x]^2 would lose too much to cancellation (mean^2 > ``recentre`` * var in some
+channel) they are taken again from x - mean. A training forward writes
+y = x * scale + offset; backward writes dx into dy's memory, with
 
     dx = a * dy + b * x + c,   a = gamma / std,   b = -a * sum(dy * xhat) / (M * std),
     c = -a * sum(dy) / M - b * mean.
@@ -73,8 +74,8 @@ class BatchNorm2D(Layer):
         return self.workspace((key, worker), (self._block_channels(m), m), block.dtype)[:cb]
 
     def _segment_sums(self, a, b, worker):
-        """Per-channel float64 sums of a and, if b is given, of a * b: a block of rows (cb, M)
-        summed in float32 segments (``_segment``), the segments added in float64."""
+        """Per-channel float64 sums of a and of a * b over a block of rows (cb, M): float32
+        partial sums over segments (``_segment``), the segments added in float64."""
         cb, m = a.shape
         seg = self.segment
         a3 = a.reshape(cb, m // seg, seg)
@@ -82,8 +83,6 @@ class BatchNorm2D(Layer):
                               a.dtype)[:cb]
         np.einsum("csl->cs", a3, out=part)
         sums = part.sum(axis=1, dtype=np.float64)
-        if b is None:
-            return sums, None
         np.vecdot(a3, b.reshape(a3.shape), out=part)
         return sums, part.sum(axis=1, dtype=np.float64)
 
@@ -218,11 +217,10 @@ class BatchNorm2D(Layer):
                 sums, dots = self._segment_sums(dyb, xb, worker)
                 a, b, c = (v.astype(dy.dtype)[:, None]
                            for v in self._coefficients(sums, dots, slice(b0, b1), m))
+                dyb *= a
                 if self.train:
                     t = np.multiply(xb, b, out=self._scratch("term", xb, worker))
                     t += c
-                dyb *= a
-                if self.train:
                     dyb += t
         parallel.split_work(np, self.ch, run, dy.nbytes)
         return dy
