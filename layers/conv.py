@@ -557,8 +557,8 @@ class Conv2D(Layer):
         wf = self._flipped_stack(np, x.dtype)
         g = self._chunk(n, kd, l, x.dtype.itemsize, self._workers(np))
         bias = "b" in self.grads
-        xr, dxr, dycm = layout.rows(x), layout.rows(dx), dy.transpose(1, 0, 2, 3)
-        dyl = dy.shape[2] * dy.shape[3]
+        xr, dxr, dyr = layout.rows(x), layout.rows(dx), layout.rows(dy)
+        dycm, dyl = dy.transpose(1, 0, 2, 3), dy.shape[2] * dy.shape[3]
 
         def work(start, stop, worker):
             dbuf = self._ws("Z", worker, (kd * g * l,), x.dtype, np)
@@ -566,7 +566,7 @@ class Conv2D(Layer):
             part = self._ws("dWpart", worker, (kd, c), x.dtype, np)
             db = self._ws("db", worker, (o,), x.dtype, np) if bias else None
             if bias:
-                layout.rows(dy)[:, start * dyl:stop * dyl].sum(axis=1, out=db)
+                dyr[:, start * dyl:stop * dyl].sum(axis=1, out=db)
             starts = range(start, stop, g)
             for n0 in reversed(starts):
                 m = min(g, stop - n0)
