@@ -1,6 +1,6 @@
 #!/bin/sh
 # bench/gpu_session.sh: every GPU check of the project in one run, for a session on a GPU machine
-# (see DEVELOPERS.md): the GPU tests (tests/gpu, and the device and NVRTC tests), then
+# (one command of at most 10 minutes, 15 minutes of machine time in all): the GPU tests (tests/gpu, and the device and NVRTC tests), then
 # bench/step.py on the GPU: googlenet batch 128 and inception_small batch 512, float32 and
 # TF32, each with PyTorch in the same run, and one per-layer profile of googlenet (a separate
 # run: its per-layer waits would slow the timed steps). Logs go to $OUT (the device tool's

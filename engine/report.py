@@ -68,7 +68,11 @@ def table(runs):
 
 
 def plot(runs, path):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ReportError(f"{path} not drawn: matplotlib is not installed (pip install "
+                          f"'matplotlib>=3.5', or reinstall this project: pip install -e .)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -109,8 +113,13 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     text = table(runs)
     (out / "report.md").write_text(text)
-    plot(runs, out / "report.png")
-    print(text + f"\nwrote {out / 'report.md'} and {out / 'report.png'}")
+    print(text + f"\nwrote {out / 'report.md'}")
+    try:
+        plot(runs, out / "report.png")
+    except ReportError as err:
+        print(f"report: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / 'report.png'}")
     return 0
 
 

@@ -2,6 +2,8 @@
 import io
 import json
 import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -72,19 +74,39 @@ def test_the_bar_on_a_terminal_and_lines_elsewhere():
     assert quiet.getvalue() == ""
 
 
-def test_the_report_compares_runs_in_a_plot_and_a_table(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A BSP and a LOCAL run of the small job, for the report."""
     folders = []
     for rule in ("BSP", "LOCAL"):
-        folder = tmp_path / rule
+        folder = tmp_path_factory.mktemp("runs") / rule
         train(load_config(None, COMMON + ["batch_size=16", "epochs=2", f"sync_rule={rule}",
                                           f"log.dir={folder}", "log.every=3"]))
-        folders.append(folder)
-    assert report([str(f) for f in folders] + ["--out", str(tmp_path / "cmp")]) == 0
+        folders.append(str(folder))
+    return folders
+
+
+def test_the_report_compares_runs_in_a_plot_and_a_table(two_runs, tmp_path, capsys):
+    assert report(two_runs + ["--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "report.md").read_text()
     assert table.count("\n") == 4 and "BSP, 1 workers" in table and "LOCAL" in table
     png = (tmp_path / "cmp" / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
     assert "final top-1" in capsys.readouterr().out
+
+
+def test_the_report_without_matplotlib_writes_its_table_and_says_what_to_install(two_runs,
+                                                                                 tmp_path):
+    hide = "import sys; sys.modules['matplotlib'] = None; from engine.report import main; " \
+           "sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", hide, *two_runs, "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"report: {tmp_path / 'report.png'} not drawn: matplotlib is not installed (pip install "
+        "'matplotlib>=3.5', or reinstall this project: pip install -e .)"]
+    assert "final top-1" in done.stdout and (tmp_path / "report.md").read_text().count("\n") == 4
+    assert not (tmp_path / "report.png").exists()
 
 
 def test_the_report_names_a_folder_that_is_no_run(tmp_path, capsys):
