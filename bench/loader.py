@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.format import open_dataset          # noqa: E402
+from data.dataset import open_dataset         # noqa: E402
 from data.loader import Loader                 # noqa: E402
 from data.prepare import main as prepare       # noqa: E402
 

@@ -23,8 +23,8 @@ from run.netns import NetnsCluster, NetnsError   # noqa: E402
 
 RULES = {"BSP": ("run_bsp.sh", 0), "EASGD": ("run_easgd.sh", 1),
          "DOWNPOUR": ("run_downpour.sh", 1), "GOSSIP": ("run_gossip.sh", 0)}
-JOB = ["data.dataset=synthetic", "data.image_size=28", "data.channels=1", "data.num_train=65536",
-       "data.num_val=64", "batch_size=8", "threads=1", "log.export=false", "print_every=1000",
+JOB = ["data.dataset=synthetic", "data.path=null", "data.image_size=28", "data.channels=1",
+       "data.num_train=65536", "data.num_val=64", "batch_size=8", "threads=1", "log.export=false", "print_every=1000",
        "checkpoint.every_epochs=0", "watchdog=null"]
 
 

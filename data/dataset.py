@@ -1,11 +1,13 @@
 """The data a run config names: its splits, opened and checked, and this rank's loaders."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from data.format import DataError, estimate_pixel_std, open_dataset
+from data.format import INCOMPLETE, METADATA, DataError, estimate_pixel_std, open_native
 from data.loader import Loader
 from data.synthetic import make_splits, mean_image
+from data.theano_mpi import is_theano_mpi, open_theano_mpi
 
 
 @dataclass
@@ -17,6 +19,26 @@ class Data:
     image_size: int          # of the model's input (the crop)
     num_classes: int
     description: str
+    notes: list = field(default_factory=list)     # for the user, printed at the start
+
+
+def open_dataset(path, train_folder=None, num_classes=None):
+    """The dataset at ``path``: a folder ``data.prepare`` wrote, or a Theano-MPI tree
+    (``data/theano_mpi.py``); ``train_folder`` picks among a tree's folders, ``num_classes``
+    overrides its class count (and must match a prepared folder's)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found (prepare one with "
+                        f"'python -m data.prepare')")
+    if (root / INCOMPLETE).exists():
+        raise DataError(f"{root}: preparation did not finish ({INCOMPLETE} is present); run "
+                        f"'python -m data.prepare' again, which goes on where it stopped")
+    if (root / METADATA).exists():
+        return open_native(root, num_classes)
+    if is_theano_mpi(root):
+        return open_theano_mpi(root, train_folder, num_classes)
+    raise DataError(f"{root}: not a prepared dataset (no {METADATA}, and no train_labels.npy "
+                    f"of the Theano-MPI layout at the top, in labels/ or in misc/)")
 
 
 def build_data(cfg, rank=0, size=1, val_shard=None):
@@ -24,11 +46,12 @@ def build_data(cfg, rank=0, size=1, val_shard=None):
     ``size`` and the val loader of shard ``val_shard`` (rank, size; default the same);
     raises ``DataError`` naming the file for a bad dataset."""
     data = cfg["data"]
+    notes = []
     if data["dataset"] == "prepared":
-        dataset = open_dataset(data["path"])
+        dataset = open_dataset(data["path"], data["train_folder"], data["num_classes"])
         train_split, val_split, mean = dataset.train, dataset.val, dataset.mean
         num_classes, description = dataset.num_classes, repr(dataset)
-        pixel_std = dataset.pixel_std
+        pixel_std, notes = dataset.pixel_std, dataset.notes
         for split in (train_split, val_split):
             split.verify = data["verify"]
     else:
@@ -55,4 +78,4 @@ def build_data(cfg, rank=0, size=1, val_shard=None):
     val_rank, val_size = val_shard or (rank, size)
     val = Loader(val_split, mean, cfg["batch_size"], train=False, rank=val_rank, size=val_size,
                  **common)
-    return Data(train, val, int(mean.shape[0]), crop, num_classes, description)
+    return Data(train, val, int(mean.shape[0]), crop, num_classes, description, notes)

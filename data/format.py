@@ -12,17 +12,18 @@ Native layout (what ``python -m data.prepare`` writes)::
     DIR/val_labels.npy
     DIR/img_mean.npy       float32 (C, H, W), the mean training image
 
-Legacy Theano-MPI layout (read as is, no metadata.json): folders ``train_hkl*/`` and
-``val_hkl*/`` (or ``train/``, ``val/``) of c01b files ``(C, H, W, B)``, ``train_labels.npy``,
-``val_labels.npy`` and ``img_mean.npy`` of shape ``(C, H, W)``.
+The Theano-MPI layout of c01b files is read by ``data/theano_mpi.py``; ``data.dataset.
+open_dataset`` opens either.
 
-``open_dataset(path)`` checks everything it can without reading the images (files present and
-of the recorded size, label counts and range, mean shape) and raises ``DataError`` naming the
-file and the problem; ``Split.read`` checks each batch's shape and checksum as it loads it.
+``open_native(path)`` checks everything it can without reading the images (files present and
+of the recorded size, label counts and range, a finite mean of the right shape, a finite pixel
+std) and raises ``DataError`` naming the file and the problem; ``Split.read`` checks each
+batch's shape and checksum as it loads it.
 """
 import contextlib
 import json
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -32,6 +33,7 @@ FORMAT_VERSION = 1
 METADATA = "metadata.json"
 MEAN = "img_mean.npy"
 INCOMPLETE = ".incomplete"      # present while data.prepare is writing the folder
+RECORDS = ".batches"            # meanwhile: a record of each batch file written
 SPLITS = ("train", "val")
 
 
@@ -51,7 +53,10 @@ def write_batch(path, images):
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"a batch is a uint8 (B, C, H, W) array, got {images.dtype} "
                          f"{images.shape}")
-    hickle.dump(images, str(path), mode="w")
+    path = Path(path)
+    partial = path.with_name(path.stem + ".partial.hkl")    # whole or absent under its name
+    hickle.dump(images, str(partial), mode="w")
+    os.replace(partial, path)
     return {"images": int(images.shape[0]), "bytes": os.path.getsize(path),
             "crc32": zlib.crc32(images.data)}
 
@@ -184,11 +189,14 @@ def estimate_pixel_std(split, mean, files=4):
 
 class Dataset:
     """A prepared dataset: ``train`` and ``val`` splits, ``mean`` (C, H, W) float32, the std of
-    the mean-subtracted pixels, and the geometry ``channels``, ``image_size`` (H, W),
-    ``num_classes``, ``classes``."""
+    the mean-subtracted pixels, the geometry ``channels``, ``image_size`` (H, W),
+    ``num_classes``, ``classes``, and ``notes``: what opening it decided that the user should
+    read (labels cut, where the class count came from)."""
 
-    def __init__(self, path, train, val, mean, classes, source, layout, pixel_std=None):
+    def __init__(self, path, train, val, mean, classes, source, layout, pixel_std=None,
+                 notes=()):
         self.path, self.train, self.val, self.mean = path, train, val, mean
+        self.notes = list(notes)
         self.pixel_std = pixel_std if pixel_std is not None else estimate_pixel_std(train, mean)
         self.channels = int(mean.shape[0])
         self.image_size = (int(mean.shape[1]), int(mean.shape[2]))
@@ -204,7 +212,14 @@ class Dataset:
                 f"{self.image_size[1]}, {self.num_classes} classes, source {self.source!r})")
 
 
-def _load_npy(path, what):
+def _read_text(path):
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def load_npy(path, what):
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -214,7 +229,7 @@ def _load_npy(path, what):
                         f"{type(err).__name__}: {err}") from None
 
 
-def _check_labels(path, labels, count, num_classes):
+def check_labels(path, labels, count, num_classes):
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be a 1-D integer array, found {labels.dtype} "
                         f"{labels.shape}")
@@ -226,28 +241,17 @@ def _check_labels(path, labels, count, num_classes):
     return labels.astype(np.int64, copy=False)
 
 
-def _check_mean(path, mean, shape):
+def check_mean(path, mean, shape):
+    """The mean image as float32, after checking its shape and that every value is finite (a
+    NaN here would only show as a NaN loss at the first step)."""
     if mean.shape != tuple(shape):
         raise DataError(f"{path}: mean image has shape {mean.shape}, expected {tuple(shape)} "
                         f"(C, H, W) to match the batch files")
+    if not np.issubdtype(mean.dtype, np.number) or not np.isfinite(mean).all():
+        bad = "not numbers" if not np.issubdtype(mean.dtype, np.number) else \
+            f"{int((~np.isfinite(mean)).sum())} values that are NaN or infinite"
+        raise DataError(f"{path}: the mean image holds {bad}; prepare the dataset again")
     return mean.astype(np.float32, copy=False)
-
-
-def open_dataset(path):
-    """The prepared dataset at ``path`` (native or legacy Theano-MPI layout), checked."""
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found (prepare one with "
-                        f"'python -m data.prepare')")
-    if (root / INCOMPLETE).exists():
-        raise DataError(f"{root}: preparation did not finish ({INCOMPLETE} is present); run "
-                        f"'python -m data.prepare' again")
-    if (root / METADATA).exists():
-        return _open_native(root)
-    if (root / labels_name("train")).exists():
-        return _open_legacy(root)
-    raise DataError(f"{root}: not a prepared dataset (no {METADATA}, and no "
-                    f"{labels_name('train')} of the legacy Theano-MPI layout)")
 
 
 def read_metadata(root):
@@ -270,11 +274,20 @@ def read_metadata(root):
     return meta
 
 
-def _open_native(root):
+def open_native(root, num_classes=None):
+    """The dataset ``data.prepare`` wrote at ``root``, checked; ``num_classes``, when given,
+    must be the metadata's."""
     meta = read_metadata(root)
     height, width = meta["image_size"]
     shape = (meta["channels"], height, width)
     classes = list(meta["classes"])
+    if num_classes is not None and num_classes != len(classes):
+        raise DataError(f"{root / METADATA}: {len(classes)} classes, but data.num_classes is "
+                        f"{num_classes}; remove data.num_classes or set it to {len(classes)}")
+    std = meta.get("pixel_std")
+    if std is not None and not (isinstance(std, (int, float)) and np.isfinite(std) and std >= 0):
+        raise DataError(f"{root / METADATA}: pixel_std is {std!r}, expected a finite number "
+                        f">= 0; prepare the dataset again")
     splits = {}
     for split in SPLITS:
         entries = meta["splits"][split]["files"]
@@ -289,67 +302,38 @@ def _open_native(root):
                                 f"(truncated or replaced?)")
         counts = [e["images"] for e in entries]
         label_path = root / labels_name(split)
-        labels = _check_labels(label_path, _load_npy(label_path, "labels"), sum(counts),
+        labels = check_labels(label_path, load_npy(label_path, "labels"), sum(counts),
                                len(classes))
         splits[split] = Split(split, files, counts, labels, "NCHW",
                               crcs=[e["crc32"] for e in entries])
-    mean = _check_mean(root / MEAN, _load_npy(root / MEAN, "mean image"), shape)
+    mean = check_mean(root / MEAN, load_npy(root / MEAN, "mean image"), shape)
     return Dataset(root, splits["train"], splits["val"], mean, classes,
-                   meta.get("source", "unknown"), "NCHW", meta.get("pixel_std"))
-
-
-def _legacy_folder(root, split):
-    if (root / split).is_dir():
-        return root / split
-    found = sorted(p for p in root.glob(f"{split}_hkl*") if p.is_dir())
-    if len(found) != 1:
-        raise DataError(f"{root}: expected one folder '{split}/' or '{split}_hkl*/' of batch "
-                        f"files, found {[p.name for p in found] or 'none'}")
-    return found[0]
-
-
-def _open_legacy(root):
-    splits, image_shape, num_classes = {}, None, 0
-    labels_of = {split: _load_npy(root / labels_name(split), "labels") for split in SPLITS}
-    num_classes = int(max((int(l.max()) for l in labels_of.values()
-                           if l.size and np.issubdtype(l.dtype, np.integer)), default=0)) + 1
-    for split in SPLITS:
-        folder = _legacy_folder(root, split)
-        files = sorted(folder.glob("*.hkl"))
-        if not files:
-            raise DataError(f"{folder}: no .hkl batch files")
-        counts = []
-        for file in files:
-            shape, dtype = batch_shape(file)
-            if dtype != np.uint8 or len(shape) != 4:
-                raise DataError(f"{file}: expected a uint8 c01b (C, H, W, B) array, found "
-                                f"{dtype} {shape}")
-            if image_shape is None:
-                image_shape = shape[:3]
-            elif shape[:3] != image_shape:
-                raise DataError(f"{file}: images of shape {shape[:3]}, other files hold "
-                                f"{image_shape} (C, H, W)")
-            counts.append(shape[3])
-        label_path = root / labels_name(split)
-        labels = _check_labels(label_path, labels_of[split], sum(counts), num_classes)
-        labels_of[split] = labels
-        splits[split] = Split(split, files, counts, labels, "c01b")
-    mean = _check_mean(root / MEAN, _load_npy(root / MEAN, "mean image"), image_shape)
-    classes = [str(c) for c in range(num_classes)]
-    return Dataset(root, splits["train"], splits["val"], mean, classes, "Theano-MPI", "c01b")
+                   meta.get("source", "unknown"), "NCHW", std)
 
 
 # -- writing a dataset ----------------------------------------------------------------------
-def pixel_stats(images):
-    """(per-pixel sum over the batch (C, H, W), sum of squared values) of uint8 images."""
-    values = images.astype(np.float32)
-    return values.sum(axis=0, dtype=np.float64), float(np.vdot(values, values))
+def pixel_stats(images, chunk=4):
+    """(per-pixel sum over the batch (C, H, W), sum of squared values) of uint8 images, both
+    exact. The squares go through a small reused buffer, ``chunk`` images at a time: a float
+    copy of the whole batch would be fresh memory on every call, slow to touch here."""
+    flat = images.reshape(len(images), -1)
+    squares = np.empty((min(chunk, len(flat)), flat.shape[1]), np.uint16)
+    total = 0
+    for start in range(0, len(flat), chunk):
+        part = flat[start:start + chunk]
+        out = squares[:len(part)]
+        np.multiply(part, part, out=out, dtype=np.uint16)
+        total += int(out.sum(dtype=np.uint64))
+    return np.add.reduce(images, axis=0, dtype=np.uint32).astype(np.float64), float(total)
 
 
 class DatasetWriter:
     """Collects batch files written by ``write_batch`` (possibly in worker processes) and
     finishes the folder: labels, mean image, then metadata.json. While it works the folder
-    holds ``.incomplete``, so a half-written dataset is never mistaken for a whole one.
+    holds ``.incomplete`` (naming the source and options), so a half-written dataset is never
+    mistaken for a whole one, and ``.batches/``: a record per batch file written (entry,
+    labels, images skipped), so that an interrupted preparation can go on where it stopped
+    (``resume=True`` with the same source and options keeps both; otherwise they are cleared).
 
         writer = DatasetWriter(out, channels=1, image_size=(28, 28), classes=names,
                                source="fashion-mnist", options={...})
@@ -358,23 +342,34 @@ class DatasetWriter:
         writer.finish()
     """
 
-    def __init__(self, root, channels, image_size, classes, source, options=None):
+    def __init__(self, root, channels, image_size, classes, source, options=None,
+                 class_names=None, resume=False):
         self.root = Path(root)
         self.channels, self.image_size = channels, tuple(image_size)
         self.classes, self.source, self.options = list(classes), source, options or {}
+        self.class_names = class_names
         self.entries = {split: {} for split in SPLITS}
         self.pixel_sum = np.zeros((channels,) + self.image_size, np.float64)
         self.square_sum = 0.0
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / INCOMPLETE).touch()
+        marker = json.dumps({"source": source, "options": self.options}, sort_keys=True)
+        self.resumed = resume and _read_text(self.root / INCOMPLETE) == marker
+        (self.root / INCOMPLETE).write_text(marker)
+        (self.root / RECORDS).mkdir(exist_ok=True)
+        stale = [] if self.resumed else list((self.root / RECORDS).glob("*.json"))
         for split in SPLITS:
             (self.root / split).mkdir(exist_ok=True)
-            for stale in (self.root / split).glob("*.hkl"):   # from an earlier preparation
-                stale.unlink()
+            # an earlier preparation's files, or only the ones it was writing when stopped
+            stale += (self.root / split).glob("*.partial.hkl" if self.resumed else "*.hkl")
+        for path in stale:
+            path.unlink()
         (self.root / METADATA).unlink(missing_ok=True)
 
     def batch_path(self, split, index):
         return self.root / split / f"{index:04d}.hkl"
+
+    def record_path(self, split, index):
+        return self.root / RECORDS / f"{split}-{index:06d}.json"
 
     def add(self, split, index, entry, labels, stats=None):
         """Record batch ``index`` of ``split`` (its ``write_batch`` entry and labels); the
@@ -403,9 +398,12 @@ class DatasetWriter:
         mean = self.pixel_sum / count
         variance = self.square_sum / (count * mean.size) - np.mean(mean ** 2)
         meta["pixel_std"] = float(np.sqrt(max(variance, 0.0)))
+        if self.class_names is not None:
+            meta["class_names"] = list(self.class_names)
         np.save(self.root / MEAN, mean.astype(np.float32))
         temporary = self.root / (METADATA + ".tmp")
         temporary.write_text(json.dumps(meta, indent=1))
         temporary.replace(self.root / METADATA)
+        shutil.rmtree(self.root / RECORDS)
         (self.root / INCOMPLETE).unlink()
         return meta

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.prepare import PrepareError
+from data.prepare import ArraySource, PrepareError, shuffled_train
 
 HELP = {"fashion-mnist": "Fashion-MNIST: 60k/10k 28x28 grayscale clothing images, 10 classes",
         "mnist": "MNIST: 60k/10k 28x28 grayscale handwritten digits, 10 classes"}
@@ -161,43 +161,29 @@ def locate(name, args):
                        + "; or ".join(how))
 
 
-class IdxSource:
-    """A prepare source over the four IDX files (see ``data.prepare.write_dataset``)."""
-
-    def __init__(self, name, folder, batch_size, seed, verify):
-        spec = DATASETS[name]
-        self.name, self.classes, self.channels = name, spec["classes"], 1
-        arrays = {key: read_idx(_check(folder / f, key, spec, verify), folder / f)
-                  for key, f in FILES.items()}
-        for split in ("train", "val"):
-            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-                raise PrepareError(f"{folder}: {split} images {images.shape} and labels "
-                                   f"{labels.shape} do not match")
-            if labels.max() >= len(self.classes):
-                raise PrepareError(f"{folder / FILES[f'{split}_labels']}: label "
-                                   f"{labels.max()} out of range for {len(self.classes)} "
-                                   f"classes")
-        self.image_size = arrays["train_images"].shape[1:]
-        order = np.random.default_rng(seed).permutation(len(arrays["train_images"]))
-        self.images = {"train": arrays["train_images"][order], "val": arrays["val_images"]}
-        self.labels = {"train": arrays["train_labels"][order], "val": arrays["val_labels"]}
-        self.batch_size = batch_size
-        self.options = {"batch_size": batch_size, "seed": seed}
-
-    def jobs(self):
-        return {split: [(s, min(s + self.batch_size, len(images)))
-                        for s in range(0, len(images), self.batch_size)]
-                for split, images in self.images.items()}
-
-    def make_batch(self, split, payload):
-        start, stop = payload
-        images = self.images[split][start:stop, None]          # (B, 1, 28, 28)
-        return images, self.labels[split][start:stop].astype(np.int64), 0
+def idx_source(name, folder, batch_size, seed, verify):
+    """The four IDX files in ``folder`` as a ``data.prepare`` source (one channel)."""
+    spec = DATASETS[name]
+    arrays = {key: read_idx(_check(folder / f, key, spec, verify), folder / f)
+              for key, f in FILES.items()}
+    for split in ("train", "val"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise PrepareError(f"{folder}: {split} images {images.shape} and labels "
+                               f"{labels.shape} do not match")
+        if labels.max() >= len(spec["classes"]):
+            raise PrepareError(f"{folder / FILES[f'{split}_labels']}: label {labels.max()} out "
+                               f"of range for {len(spec['classes'])} classes")
+    images, labels = shuffled_train(arrays["train_images"][:, None], arrays["train_labels"],
+                                    seed)
+    return ArraySource(name, spec["classes"],
+                       {"train": images, "val": arrays["val_images"][:, None]},
+                       {"train": labels, "val": arrays["val_labels"]}, batch_size,
+                       {"batch_size": batch_size, "seed": seed})
 
 
 def make_source(name, args):
     if args.batch_size < 1:
         raise PrepareError(f"--batch-size must be at least 1, got {args.batch_size}")
     folder = locate(name, args)
-    return IdxSource(name, Path(folder), args.batch_size, args.seed, not args.no_verify)
+    return idx_source(name, Path(folder), args.batch_size, args.seed, not args.no_verify)

@@ -62,7 +62,7 @@ def make_source(name, args):
                        args.batch_size, args.seed)
 
 
-def _is_image(name):
+def is_image(name):
     return not name.startswith(".") and name.lower().endswith(EXTENSIONS)
 
 
@@ -72,12 +72,12 @@ def _class_folders(folder):
             if entry.is_dir() and not entry.name.startswith(".")}
 
 
-def _image_files(folder):
+def image_files(folder):
     """The image files under ``folder`` (recursively, hidden entries skipped), sorted."""
     found = []
     for parent, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(parent, f) for f in sorted(files) if _is_image(f))
+        found.extend(os.path.join(parent, f) for f in sorted(files) if is_image(f))
     return found
 
 
@@ -93,7 +93,7 @@ def _scan(root, folder):
                            f"needs at least 2")
     files = []
     for name in names:
-        paths = _image_files(classes[name])
+        paths = image_files(classes[name])
         if not paths:
             raise PrepareError(f"{classes[name]}: class folder {name!r} holds no images "
                                f"({' '.join(EXTENSIONS)})")
@@ -124,7 +124,9 @@ def _to_rgb(image):
 class ImageFolder:
     """A class-per-folder image tree as a ``data.prepare`` source (see the module docstring).
 
-    A job payload is a list of (path relative to the source folder, label) pairs."""
+    A job payload is a list of (where, label) pairs: ``where`` is the image's path relative to
+    the source folder, which ``open`` turns into what Pillow reads (a subclass may use other
+    places, such as members of tar files)."""
 
     channels = 3
 
@@ -171,10 +173,11 @@ class ImageFolder:
     def jobs(self):
         return {split: _batches(items, self.batch_size) for split, items in self.splits.items()}
 
-    def load(self, path):
-        """The image file at ``path`` as a uint8 (3, S, S) array, resized as configured."""
+    def load(self, file):
+        """The image in ``file`` (a path or a binary file) as a uint8 (3, S, S) array, resized
+        as configured."""
         from PIL import Image
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             # JPEG only: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size.
             image.draft("RGB", self.image_size)
             image = _to_rgb(image)
@@ -188,18 +191,28 @@ class ImageFolder:
                                  reducing_gap=3.0)
         return np.asarray(image).transpose(2, 0, 1)
 
+    def open(self, where):
+        """What Pillow opens for a payload's ``where``: here a path under the source."""
+        return self.root / where
+
+    def describe(self, where):
+        return str(self.root / where)
+
     def make_batch(self, split, payload):
+        """(images, labels, images skipped) of one batch file; the images live in a buffer
+        this process reuses (fresh memory is slow to touch), valid until the next call."""
         from PIL import Image
-        images = np.empty((len(payload), 3) + self.image_size, np.uint8)
+        if getattr(self, "_buffer", None) is None or len(self._buffer) < len(payload):
+            self._buffer = np.empty((len(payload), 3) + self.image_size, np.uint8)
+        images = self._buffer[:len(payload)]
         labels = np.empty(len(payload), np.int64)
         count = 0
-        for relative, label in payload:
-            path = self.root / relative
+        for where, label in payload:
             try:
-                images[count] = self.load(path)
+                images[count] = self.load(self.open(where))
             except (*_DECODE_ERRORS, Image.DecompressionBombError) as err:
-                print(f"data.prepare: skipping {path}: {type(err).__name__}: {err}",
-                      file=sys.stderr)
+                print(f"data.prepare: skipping {self.describe(where)}: {type(err).__name__}: "
+                      f"{err}", file=sys.stderr)
                 continue
             labels[count] = label
             count += 1

@@ -1,23 +1,28 @@
 """``python -m data.prepare SOURCE OUT [options]``: raw images -> a prepared dataset folder.
 
-Sources: ``imagefolder`` (a folder per class of JPEG/PNG images), ``fashion-mnist`` and
-``mnist`` (the IDX ``.gz`` files), ``synthetic`` (ImageNet-shaped random batches). The batch
-files are produced by a pool of worker processes, one per core, with a progress bar; a folder
-already prepared from the same source with the same options is left as it is (``--force``
-rebuilds it). See ``data/format.py`` for what is written.
+Sources: ``imagefolder`` (a folder per class of JPEG/PNG images), ``imagenet`` (ILSVRC-2012 as
+downloaded), ``fashion-mnist`` and ``mnist`` (the IDX ``.gz`` files), ``cifar10`` and
+``cifar100`` (the python tarballs), ``synthetic`` (ImageNet-shaped random batches). The batch
+files are produced by a pool of worker processes, one per core, with a progress bar (and its
+ETA). A folder already prepared from the same source with the same options is left as it is
+(``--force`` rebuilds it); an interrupted preparation goes on where it stopped when the same
+command runs again (the batch files already written are read back and checked, not made
+again). See ``data/format.py`` for what is written.
 """
 import argparse
 import importlib
+import json
 import multiprocessing
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from data.format import (METADATA, DataError, DatasetWriter, pixel_stats, read_metadata,
-                         write_batch)
+from data.format import (METADATA, DataError, DatasetWriter, pixel_stats, read_batch,
+                         read_metadata, write_batch)
 
 # The source behind the jobs that worker processes run: set in the parent before the pool
 # forks, so workers inherit it instead of receiving large arrays through pipes.
@@ -28,53 +33,110 @@ class PrepareError(RuntimeError):
     """The source cannot be prepared (missing input, bad options); the message says why."""
 
 
+class ArraySource:
+    """A source whose images are in memory (``images`` / ``labels``: {split: array}, images
+    (N, C, H, W) uint8): batch files of ``batch_size`` consecutive images."""
+
+    def __init__(self, name, classes, images, labels, batch_size, options):
+        self.name, self.classes, self.batch_size = name, list(classes), batch_size
+        self.images, self.labels, self.options = images, labels, options
+        self.channels, self.image_size = images["train"].shape[1], images["train"].shape[2:]
+
+    def jobs(self):
+        return {split: [(s, min(s + self.batch_size, len(images)))
+                        for s in range(0, len(images), self.batch_size)]
+                for split, images in self.images.items()}
+
+    def make_batch(self, split, payload):
+        start, stop = payload
+        return self.images[split][start:stop], \
+            self.labels[split][start:stop].astype(np.int64), 0
+
+
+def shuffled_train(images, labels, seed):
+    """The training split in one order fixed by ``seed`` (the test split keeps its own)."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    return images[order], labels[order]
+
+
 def _work(job):
-    split, index, path, payload = job
+    split, index, path, record, payload = job
+    done = _done_before(split, path, record)
+    if done is not None:
+        return (split, index) + done
     images, labels, skipped = _SOURCE.make_batch(split, payload)
-    if len(images) == 0:
-        return split, index, None, labels, None, skipped
-    entry = write_batch(path, images)
-    stats = pixel_stats(images) if split == "train" else None
+    entry = write_batch(path, images) if len(images) else None
+    record.write_text(json.dumps({"entry": entry, "labels": labels.tolist(),
+                                  "skipped": skipped}))
+    stats = pixel_stats(images) if split == "train" and len(images) else None
     return split, index, entry, labels, stats, skipped
 
 
-def write_dataset(source, out, workers=None, progress=True):
+def _done_before(split, path, record):
+    """(entry, labels, stats, skipped) of a batch file an interrupted preparation wrote, read
+    back and checked against its record; None where it must be made (again)."""
+    if not record.exists():
+        return None
+    try:
+        done = json.loads(record.read_text())
+        entry, labels = done["entry"], np.asarray(done["labels"], np.int64)
+        stats = None
+        if entry is not None:
+            images = read_batch(path)
+            if len(images) != entry["images"] or zlib.crc32(images.data) != entry["crc32"]:
+                return None
+            stats = pixel_stats(images) if split == "train" else None
+        return entry, labels, stats, done["skipped"]
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return None
+
+
+def _run(jobs, workers, bar):
+    """The results of ``_work`` over ``jobs``, in a pool of ``workers`` processes."""
+    results = []
+    if workers == 1:
+        for result in map(_work, jobs):
+            results.append(result)
+            bar.update()
+        return results
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for result in pool.imap_unordered(_work, jobs):
+            results.append(result)
+            bar.update()
+    return results
+
+
+def write_dataset(source, out, workers=None, progress=True, resume=True):
     """Write ``source``'s batches under ``out`` with ``workers`` processes (default: one per
-    core); returns (metadata, number of images skipped as unreadable).
+    core); returns (metadata, number of images skipped as unreadable). With ``resume``, the
+    batch files that an interrupted preparation of the same source and options wrote are
+    checked and kept instead of made again.
 
     A source has ``name``, ``channels``, ``image_size``, ``classes``, ``options`` (recorded in
     the metadata), ``jobs()`` -> {split: [payload, ...]} (one payload per batch file) and
-    ``make_batch(split, payload)`` -> (uint8 (B, C, H, W) images, labels, images skipped)."""
+    ``make_batch(split, payload)`` -> (uint8 (B, C, H, W) images, labels, images skipped);
+    optionally ``class_names`` (readable names of the classes, kept in the metadata)."""
     global _SOURCE
     _SOURCE = source
     writer = DatasetWriter(out, source.channels, source.image_size, source.classes,
-                           source.name, source.options)
-    jobs, next_index = [], {}
-    for split, payloads in source.jobs().items():
-        for i, payload in enumerate(payloads):
-            jobs.append((split, i, writer.batch_path(split, i), payload))
+                           source.name, source.options, getattr(source, "class_names", None),
+                           resume=resume)
+    jobs = [(split, i, writer.batch_path(split, i), writer.record_path(split, i), payload)
+            for split, payloads in source.jobs().items() for i, payload in enumerate(payloads)]
+    if writer.resumed:
+        kept = sum(job[3].exists() for job in jobs)
+        print(f"{out}: going on with an interrupted preparation: {kept} of {len(jobs)} batch "
+              f"files were written before; they are checked, not made again", file=sys.stderr)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    skipped_total, results = 0, []
     bar = tqdm(total=len(jobs), unit="batch", desc=f"preparing {source.name}",
                disable=not progress, file=sys.stderr)
     try:
-        if workers == 1:
-            stream = map(_work, jobs)
-            pool = None
-        else:
-            pool = multiprocessing.get_context("fork").Pool(workers)
-            stream = pool.imap_unordered(_work, jobs)
-        for result in stream:
-            results.append(result)
-            skipped_total += result[5]
-            bar.update()
-        if pool is not None:
-            pool.close()
-            pool.join()
+        results = _run(jobs, workers, bar)
     finally:
         bar.close()
         _SOURCE = None
     # Batches left empty (every image unreadable) are dropped; the rest are renumbered.
+    next_index = {}
     for split, index, entry, labels, stats, _ in sorted(results, key=lambda r: r[:2]):
         if entry is None:
             continue
@@ -83,7 +145,7 @@ def write_dataset(source, out, workers=None, progress=True):
         if new != index:
             os.replace(writer.batch_path(split, index), writer.batch_path(split, new))
         writer.add(split, new, entry, labels, stats)
-    return writer.finish(), skipped_total
+    return writer.finish(), sum(r[5] for r in results)
 
 
 def already_prepared(out, source):
@@ -97,8 +159,9 @@ def already_prepared(out, source):
     return meta.get("source") == source.name and meta.get("options") == source.options
 
 
-SOURCES = {"imagefolder": "data.imagefolder", "fashion-mnist": "data.idx", "mnist": "data.idx",
-           "synthetic": "data.synthetic"}
+SOURCES = {"imagefolder": "data.imagefolder", "imagenet": "data.imagenet",
+           "fashion-mnist": "data.idx", "mnist": "data.idx", "cifar10": "data.cifar",
+           "cifar100": "data.cifar", "synthetic": "data.synthetic"}
 
 
 def _sources():
@@ -136,10 +199,14 @@ def main(argv=None):
                 and not (out / ".incomplete").exists():
             raise PrepareError(f"{out}: folder exists and holds something else; choose "
                                f"another folder or pass --force to overwrite it")
-        meta, skipped = write_dataset(source, out, args.workers)
+        meta, skipped = write_dataset(source, out, args.workers, resume=not args.force)
     except (PrepareError, DataError) as err:
         print(f"data.prepare: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"data.prepare: interrupted; the same command goes on where it stopped",
+              file=sys.stderr)
+        return 130
     counts = {s: meta["splits"][s]["count"] for s in ("train", "val")}
     print(f"{out}: {counts['train']} train / {counts['val']} val images, "
           f"{meta['channels']}x{meta['image_size'][0]}x{meta['image_size'][1]}, "

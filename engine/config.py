@@ -127,6 +127,7 @@ def _suggest_value(value, choices):
 
 
 # -- the schema -----------------------------------------------------------------------------
+SYNTHETIC_CLASSES = 10
 SCHEMA = {
     "model": Key("str", "inception_small", choices=("mlp", "inception_small", "googlenet")),
     "model_options": Key("mapping", {}),   # free-form; the model factory validates it
@@ -156,8 +157,12 @@ SCHEMA = {
         "warmup_start": Key("float", 0.1, low=0),               # fraction of optimizer.lr
     },
     "data": {
-        "dataset": Key("str", "synthetic", choices=("synthetic", "prepared")),
+        "dataset": Key("str", None, choices=("synthetic", "prepared"),   # null: prepared when
+                       nullable=True),                                # path is set, else synthetic
         "path": Key("str", None, nullable=True, path=True),   # a prepared dataset folder
+        "train_folder": Key("str", None, nullable=True),      # Theano-MPI tree: which train_hkl*/
+        "num_classes": Key("int", None, low=2, high=100_000,  # null: the dataset's (synthetic: 10)
+                           nullable=True),
         "crop": Key("int", None, low=1, high=4096, nullable=True),       # square crop; null: whole image
         "pad": Key("int", 0, low=0, high=4096),                          # zero padding before a train crop
         "mirror": Key("bool", False),                         # random horizontal flips
@@ -169,7 +174,6 @@ SCHEMA = {
         "num_val": Key("int", 256, low=1, high=10_000_000),
         "image_size": Key("int", 32, low=1, high=4096),
         "channels": Key("int", 3, low=1, high=64),
-        "num_classes": Key("int", 10, low=2, high=100_000),
         "noise": Key("float", 0.5, low=0, high=1e6),
     },
     "log": {
@@ -224,10 +228,40 @@ SCHEMA = {
 }
 
 
+def _derive(cfg):
+    """Defaults that follow other keys: the dataset from data.path, synthetic data's classes."""
+    data = cfg["data"]
+    if data["dataset"] is None:
+        data["dataset"] = "prepared" if data["path"] else "synthetic"
+    if data["dataset"] == "synthetic" and data["num_classes"] is None:
+        data["num_classes"] = SYNTHETIC_CLASSES
+    return cfg
+
+
 def _prepared_data_needs_a_path(cfg):
     if cfg["data"]["dataset"] == "prepared" and not cfg["data"]["path"]:
         yield "data.path", "dataset 'prepared' needs the folder of a prepared dataset " \
                            "(python -m data.prepare ...)"
+
+
+def _synthetic_data_has_no_path(cfg):
+    data = cfg["data"]
+    if data["dataset"] == "synthetic" and data["path"]:
+        yield "data.path", (f"{data['path']} is set, but data.dataset is 'synthetic', which "
+                            f"generates its images and would not read it; remove data.dataset "
+                            f"(or set it to prepared) to train on that folder, or remove "
+                            f"data.path")
+
+
+def _avg_freq_is_bsp_only(cfg):
+    rule, every = cfg["sync_rule"], cfg["avg_freq"]
+    if every != 1 and rule != "BSP":
+        instead = {"EASGD": f"; EASGD's period is easgd.tau (Theano-MPI's EASGD avg_freq {every} "
+                            f"is easgd.tau: {every} here)",
+                   "DOWNPOUR": "; Downpour's periods are downpour.n_push and downpour.n_fetch",
+                   "GOSSIP": "; gossip exchanges with probability gossip.p per step"}.get(rule, "")
+        yield "avg_freq", (f"{every} has no effect under sync_rule {rule}: avg_freq is BSP's "
+                           f"period of parameter averaging{instead}")
 
 
 def _overlap_needs_gradient_averaging(cfg):
@@ -273,7 +307,8 @@ def _nesterov_needs_sgd_momentum(cfg):
 
 
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
-CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path,
+CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path, _synthetic_data_has_no_path,
+          _avg_freq_is_bsp_only,
           _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder,
           _synthetic_data_fits_in_memory, _wire_needs_the_ring, _nccl_needs_the_gpu]
 
@@ -482,7 +517,7 @@ def resolve(raw, overrides=(), source="<config>", base=None):
         _apply_override(values, text, errors, root)
     if errors:
         raise ConfigError(errors)
-    cfg = _fill(values, root)
+    cfg = _derive(_fill(values, root))
     errors = [f"{source}: {path}: {problem}" for check in CHECKS for path, problem in check(cfg)]
     if errors:
         raise ConfigError(errors)

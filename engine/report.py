@@ -72,7 +72,8 @@ def plot(runs, path):
         import matplotlib
     except ImportError:
         raise ReportError(f"{path} not drawn: matplotlib is not installed (pip install "
-                          f"'matplotlib>=3.5', or reinstall this project: pip install -e .)") from None
+                          f"'matplotlib>=3.5', or reinstall this project: pip install -e .)"
+                          ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(2, 2, figsize=(11, 8))

@@ -170,6 +170,8 @@ def train(cfg, out=None, world=None):
                     f"on {len(set(hosts))} host(s), {threads} thread(s) per rank here; "
                     f"{data.description}; batch {cfg['batch_size']} per worker, "
                     f"{progress.total_steps} steps; run folder {folder}")
+    for note in data.notes:
+        display.message(f"note: {note}")
     rule.start(model)
     checkpoints = Checkpoints(cfg, world, rule, model, optimizer, progress, folder)
     resumed = checkpoints.resume(display.message)
@@ -271,8 +273,10 @@ def train_epoch(model, optimizer, schedule, batches, epoch, cfg, progress, rule,
         progress.step += 1
         if not np.isfinite(loss):
             if saved is None:
+                before = "no finite loss yet" if progress.last_finite is None else \
+                    f"last finite loss: {progress.last_finite}"
                 raise NonFiniteLoss(f"loss became {loss} at step {progress.step} (epoch "
-                                    f"{epoch}); last finite loss: {progress.last_finite}")
+                                    f"{epoch}); {before}")
             model.load_state(saved)   # the bad batch's BatchNorm statistics are dropped
             progress.skipped += 1
             continue

@@ -1,12 +1,11 @@
-"""The dataset format: native round trip, the legacy Theano-MPI layout, and damaged files."""
+"""The dataset format: native round trip and damaged files (Theano-MPI's: test_theano_mpi.py)."""
 import json
 
-import hickle
 import numpy as np
 import pytest
 
-from data.format import (DataError, DatasetWriter, open_dataset, pixel_stats, read_batch,
-                         write_batch)
+from data.dataset import open_dataset
+from data.format import DataError, DatasetWriter, pixel_stats, read_batch, write_batch
 
 
 def write_native(root, train_sizes=(5, 5, 3), val_sizes=(4,), shape=(3, 6, 7), classes=4,
@@ -55,45 +54,6 @@ def test_read_into_a_reused_buffer(tmp_path):
     buffer = np.empty((5, 3, 6, 7), np.uint8)
     last = split.read(1, buffer)
     assert last.shape == (3, 3, 6, 7) and np.shares_memory(last, buffer)
-
-
-def write_legacy(root, files=3, batch=4, shape=(3, 8, 8), classes=5, seed=0):
-    """Theano-MPI's layout: c01b files in train_hkl_b256_b_128/ and val_hkl_b256_b_128/."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split, count in (("train", files), ("val", 1)):
-        folder = root / f"{split}_hkl_b256_b_128"
-        folder.mkdir(parents=True)
-        images = rng.integers(0, 256, size=(count * batch,) + shape, dtype=np.uint8)
-        for i in range(count):
-            c01b = np.ascontiguousarray(images[i * batch:(i + 1) * batch].transpose(1, 2, 3, 0))
-            hickle.dump(c01b, str(folder / f"{i:04d}.hkl"), mode="w")
-        labels = rng.integers(0, classes, size=count * batch)
-        labels[0] = classes - 1
-        np.save(root / f"{split}_labels.npy", labels)
-        written[split] = images, labels
-    np.save(root / "img_mean.npy", written["train"][0].mean(axis=0).astype(np.float32))
-    return written
-
-
-def test_legacy_theano_mpi_layout_reads_without_conversion(tmp_path):
-    written = write_legacy(tmp_path)
-    dataset = open_dataset(tmp_path)
-    assert dataset.layout == "c01b" and dataset.num_classes == 5
-    assert dataset.image_size == (8, 8) and list(dataset.train.counts) == [4, 4, 4]
-    got = np.concatenate([dataset.train.read(i) for i in range(3)])
-    np.testing.assert_array_equal(got, written["train"][0])
-    np.testing.assert_array_equal(dataset.val.labels, written["val"][1])
-
-
-def test_legacy_batches_train_through_the_loader(tmp_path):
-    from data.loader import Loader
-    written = write_legacy(tmp_path)
-    dataset = open_dataset(tmp_path)
-    loader = Loader(dataset.val, dataset.mean, 4, train=False, prefetch=0)
-    (x, y), = list(loader.epoch(0))
-    np.testing.assert_allclose(x, written["val"][0] - dataset.mean, rtol=1e-6)
-    np.testing.assert_array_equal(y, written["val"][1])
 
 
 # -- damaged datasets: the error names the file and the problem -------------------------------
@@ -172,16 +132,29 @@ def test_a_file_that_is_not_a_batch_is_named(tmp_path):
         read_batch(path)
 
 
-def test_legacy_files_of_different_image_shapes_are_refused(tmp_path):
-    write_legacy(tmp_path)
-    odd = np.zeros((3, 8, 6, 4), np.uint8)
-    hickle.dump(odd, str(tmp_path / "train_hkl_b256_b_128" / "0001.hkl"), mode="w")
-    with pytest.raises(DataError, match=r"0001.hkl: images of shape \(3, 8, 6\)"):
-        open_dataset(tmp_path)
-
-
 def test_a_folder_that_is_no_dataset(tmp_path):
     with pytest.raises(DataError, match="not a prepared dataset"):
         open_dataset(tmp_path)
     with pytest.raises(DataError, match="dataset folder not found"):
         open_dataset(tmp_path / "nothing")
+
+
+def test_a_mean_or_pixel_std_that_is_not_finite_is_named_when_the_dataset_opens(tmp_path):
+    write_native(tmp_path)
+    mean = np.load(tmp_path / "img_mean.npy")
+    np.save(tmp_path / "img_mean.npy", np.where(mean > 128, np.inf, mean))
+    with pytest.raises(DataError, match=r"img_mean.npy: the mean image holds \d+ values that "
+                                        r"are NaN or infinite"):
+        open_dataset(tmp_path)
+    np.save(tmp_path / "img_mean.npy", mean)
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    (tmp_path / "metadata.json").write_text(json.dumps(dict(meta, pixel_std=float("nan"))))
+    with pytest.raises(DataError, match=r"metadata.json: pixel_std is nan, expected a finite"):
+        open_dataset(tmp_path)
+
+
+def test_a_class_count_in_the_config_must_be_the_dataset_s(tmp_path):
+    write_native(tmp_path)
+    assert open_dataset(tmp_path, num_classes=4).num_classes == 4
+    with pytest.raises(DataError, match=r"metadata.json: 4 classes, but data.num_classes is 5"):
+        open_dataset(tmp_path, num_classes=5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data import idx
-from data.format import open_dataset
+from data.dataset import open_dataset
 from data.prepare import PrepareError, main
 
 SYSTEM = Path(idx.DATASETS["fashion-mnist"]["system"][0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.format import open_dataset
+from data.dataset import open_dataset
 from data.prepare import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -245,3 +245,25 @@ def test_command_line(tmp_path, capsys):
     assert printed["model"] == "mlp" and printed["seed"] == 7
     assert config.main([str(path), "--set", "seed=x"]) == 2
     assert "seed: expected int >= 0, got str 'x'" in capsys.readouterr().err
+
+
+def test_a_data_path_means_that_folder(tmp_path):
+    cfg = load_config(None, [f"data.path={tmp_path}"])
+    assert cfg["data"]["dataset"] == "prepared" and cfg["data"]["num_classes"] is None
+    cfg = load_config(None, [])
+    assert cfg["data"]["dataset"] == "synthetic" and cfg["data"]["num_classes"] == 10
+    with pytest.raises(ConfigError, match=r"data.path: .* is set, but data.dataset is "
+                                          r"'synthetic', which generates its images"):
+        load_config(None, ["data.dataset=synthetic", f"data.path={tmp_path}"])
+
+
+@pytest.mark.parametrize("rule, instead", [
+    ("EASGD", r"EASGD's period is easgd.tau \(Theano-MPI's EASGD avg_freq 8 is easgd.tau: 8"),
+    ("DOWNPOUR", "downpour.n_push and downpour.n_fetch"),
+    ("GOSSIP", "gossip.p"),
+    ("LOCAL", "averaging$")])
+def test_avg_freq_outside_bsp_is_refused_naming_the_rule_s_own_key(rule, instead):
+    with pytest.raises(ConfigError, match=rf"avg_freq: 8 has no effect under sync_rule {rule}: "
+                                          rf"avg_freq is BSP's period.*{instead}"):
+        load_config(None, [f"sync_rule={rule}", "avg_freq=8"])
+    assert load_config(None, [f"sync_rule={rule}", "avg_freq=1"])["avg_freq"] == 1

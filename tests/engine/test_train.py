@@ -48,6 +48,20 @@ def test_nonfinite_loss_stops_with_the_step_and_last_finite_loss():
         train(cfg)
 
 
+def test_a_loss_nonfinite_from_the_first_step_says_there_was_no_finite_loss(monkeypatch):
+    from data.loader import Loader
+    make = Loader._make
+
+    def nan_batches(self, epoch, b, *rest):
+        x, y = make(self, epoch, b, *rest)
+        x[...] = np.nan
+        return x, y
+    monkeypatch.setattr(Loader, "_make", nan_batches)
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at step 1 \(epoch 1\); no finite "
+                                            r"loss yet$"):
+        train(load_config(None, TINY))
+
+
 def test_skipped_nonfinite_batches_leave_batchnorm_statistics_finite(monkeypatch):
     from data.loader import Loader
     make = Loader._make

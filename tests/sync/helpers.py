@@ -12,8 +12,8 @@ from engine.train import model_options
 from tests.mpi import ROOT, run_mpi
 
 COMMON = ["model=mlp", "model_options={hidden: [16]}", "data.dataset=synthetic",
-          "data.num_train=480", "data.num_val=64", "data.image_size=6", "data.channels=2",
-          "data.noise=1.0", "optimizer.lr=0.05", "optimizer.momentum=0.9",
+          "data.path=null", "data.num_train=480", "data.num_val=64", "data.image_size=6",
+          "data.channels=2", "data.noise=1.0", "optimizer.lr=0.05", "optimizer.momentum=0.9",
           "optimizer.weight_decay=0.001", "lr_schedule.policy=constant", "threads=1",
           "print_every=1000", "seed=3", "epochs=1"]
 

@@ -1,0 +1,1 @@
+run/run_bsp.sh
