@@ -1,5 +1,6 @@
 """Checkpoints: exact BSP resume, keeping K, damaged files, changed setups, full disks."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,21 @@ def test_when_checkpoints_are_written(tmp_path, settings, expected):
     root = tmp_path / "run" / "checkpoints"
     written = sorted(p.name for p in root.iterdir()) if root.exists() else []
     assert written == expected
+
+
+FIXTURE = Path(__file__).with_name("data") / "checkpoint-2026-12-06"
+
+
+def test_a_checkpoint_written_before_the_redesign_resumes_to_the_same_parameters(tmp_path):
+    """Written on 2026-12-06 by the engine before its modules moved (inception_small at width
+    0.1, step 4 of 8); resumed here, the run must end where it ended then."""
+    cfg = load_config(None, [
+        "model=inception_small", "model_options={width: 0.1}", "data.dataset=synthetic",
+        "data.num_train=64", "data.num_val=32", "data.image_size=8", "data.channels=1",
+        "batch_size=16", "epochs=2", f"log.dir={tmp_path}", "log.export=false", "threads=1",
+        "seed=5", "optimizer.nesterov=true", f"resume={FIXTURE}", "checkpoint.every_epochs=0"])
+    final = train(cfg)
+    assert final["resumed_from"] == FIXTURE
+    np.testing.assert_allclose(final["model"].params,
+                               np.load(FIXTURE / "params-after-epoch-2.npy"), rtol=1e-5,
+                               atol=1e-7)
