@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.host import copy_into, to_host
+from layers.backend import copy_into, to_host
 
 MANIFEST = "manifest.json"
 

@@ -9,7 +9,7 @@ already have left each rank a single one. Servers (EASGD, Downpour) stay on the 
 ``tf32: true`` lets cuBLAS round the inputs of float32 matrix products to TF32 (a 10-bit
 mantissa, Ampere and later GPUs), CuPy's float32 compute type; float64 is unaffected.
 
-Batches reach the GPU through ``feed``, one step ahead of the model; engine/host.py has the
+Batches reach the GPU through ``feed``, one step ahead of the model; layers/backend.py has the
 helpers for everything else that crosses between host and device.
 """
 import os
@@ -67,13 +67,6 @@ def set_tf32(cupy, enabled):
     except ImportError:                       # a CuPy without the setter: the variable rules
         return
     set_compute_type(np.float32, COMPUTE_TYPE_TF32 if enabled else COMPUTE_TYPE_DEFAULT)
-
-
-def synchronize():
-    """Wait until the current GPU stream has done its queued work (before MPI reads device
-    memory)."""
-    import cupy
-    cupy.cuda.get_current_stream().synchronize()
 
 
 def pinned_empty(n, dtype):

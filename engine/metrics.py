@@ -1,7 +1,7 @@
 """Classification metrics over NumPy (or CuPy) score arrays."""
 import numpy as np
 
-from layers.base import get_array_module
+from layers.backend import array_module
 
 
 def topk_correct(scores, labels, ks=(1, 5)):
@@ -14,7 +14,7 @@ def topk_correct(scores, labels, ks=(1, 5)):
     correct at k when its rank < k; k larger than C counts every sample. A row holding a NaN is
     never correct.
     """
-    xp = get_array_module(scores)
+    xp = array_module(scores)
     ks = tuple(ks)
     for k in ks:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:

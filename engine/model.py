@@ -7,7 +7,7 @@ in layout on every rank, of which every layer's parameters and gradients are vie
 """
 import numpy as np
 
-from engine.host import copy_into
+from layers.backend import copy_into
 from layers.base import bind_flat, bind_views, leaves
 from layers.softmax_cross_entropy import SoftmaxCrossEntropy
 

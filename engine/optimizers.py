@@ -23,13 +23,8 @@ import math
 
 import numpy as np
 
-from layers import cuda
-from layers.base import get_array_module
-
-
-def _to_host(array):
-    """A NumPy copy of a NumPy or CuPy array."""
-    return array.get() if hasattr(array, "get") else np.array(array, copy=True)
+from layers import backend, cuda
+from layers.backend import array_module
 
 
 def _number(name, value, low, low_open=False, high=None):
@@ -84,22 +79,22 @@ class Optimizer:
         """Persistent state like ``params``: zeros on first use; a loaded checkpoint's array is
         moved to the parameters' device and dtype."""
         buf = self._state.get(key)
-        xp = get_array_module(params)
+        xp = array_module(params)
         if buf is not None and buf.shape != params.shape:
             raise ValueError(f"{type(self).__name__}: state '{key}' has shape {buf.shape}, "
                              f"the parameters have shape {params.shape}")
         if buf is None:
             buf = xp.zeros_like(params)
-        elif buf.dtype != params.dtype or get_array_module(buf) is not xp:
+        elif buf.dtype != params.dtype or array_module(buf) is not xp:
             buf = xp.asarray(buf, dtype=params.dtype)
         self._state[key] = buf
         return buf
 
     def _scratch_buffer(self, key, params):
         buf = self._scratch.get(key)
-        xp = get_array_module(params)
+        xp = array_module(params)
         if buf is None or buf.shape != params.shape or buf.dtype != params.dtype or \
-                get_array_module(buf) is not xp:
+                array_module(buf) is not xp:
             buf = xp.empty_like(params)
             self._scratch[key] = buf
         return buf
@@ -108,7 +103,7 @@ class Optimizer:
         """g = grads + weight_decay * params, in the scratch buffer 'g' (``grads`` if wd = 0)."""
         if not self.weight_decay:
             return grads
-        xp = get_array_module(params)
+        xp = array_module(params)
         g = self._scratch_buffer("g", params)
         xp.multiply(params, self.weight_decay, out=g)
         xp.add(g, grads, out=g)
@@ -119,7 +114,8 @@ class Optimizer:
         """``{'name', 'steps', 'hyperparameters', 'buffers': {key: NumPy copy}}``."""
         return {"name": self.name, "steps": self.steps,
                 "hyperparameters": self.hyperparameters(),
-                "buffers": {key: _to_host(buf) for key, buf in self._state.items()}}
+                "buffers": {key: np.array(backend.to_host(buf), copy=True)
+                            for key, buf in self._state.items()}}
 
     def load_state_dict(self, state):
         """Restore the step count and state buffers saved by ``state_dict``.
@@ -164,9 +160,9 @@ class SGD(Optimizer):
         return dict(super().hyperparameters(), momentum=self.momentum, nesterov=self.nesterov)
 
     def _update(self, params, grads, lr):
-        xp = get_array_module(params)
+        xp = array_module(params)
         mu = self.momentum
-        if cuda.wanted(xp) and mu > 0.0:      # one kernel over the flat buffer
+        if backend.uses_kernels(xp) and mu > 0.0:      # one kernel over the flat buffer
             cuda.launch("elementwise", "sgd_update", params.dtype, params.size,
                         (params, grads, self._state_buffer("velocity", params), lr, mu,
                          self.weight_decay, int(self.nesterov), params.size))
@@ -208,8 +204,8 @@ class Adagrad(Optimizer):
         return dict(super().hyperparameters(), eps=self.eps)
 
     def _update(self, params, grads, lr):
-        xp = get_array_module(params)
-        if cuda.wanted(xp):                   # one kernel over the flat buffer
+        xp = array_module(params)
+        if backend.uses_kernels(xp):                   # one kernel over the flat buffer
             cuda.launch("elementwise", "adagrad_update", params.dtype, params.size,
                         (params, grads, self._state_buffer("sum_sq", params), lr, self.eps,
                          self.weight_decay, params.size))

@@ -30,7 +30,7 @@ from engine.runlog import RunLog, run_folder
 from engine.watchdog import Watchdog
 from engine.schedules import build_schedule
 from engine.version import source_fingerprint
-from layers import parallel
+from layers import backend, parallel
 from sync import build_rule
 from sync.comm import install_abort_hook, leave, ranks_on_this_host, world as mpi_world
 
@@ -337,7 +337,7 @@ def main(argv=None):
               f"model or dataset", file=sys.stderr)
         return 5
     except Exception as err:
-        if type(err).__name__ != "OutOfMemoryError":      # CuPy's, not imported on the CPU
+        if not backend.out_of_memory(err):
             raise
         print(f"out of GPU memory: {err}; batch_size {cfg['batch_size']} of model "
               f"{cfg['model']} ({cfg['dtype']}) does not fit on this GPU: use a smaller "

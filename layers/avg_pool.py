@@ -11,8 +11,9 @@ CPU method: k*k strided slice adds over a zero-padded workspace (used by GoogLeN
 heads only, so it is kept simple), large inputs split into sample ranges over
 ``parallel.workers()`` threads.
 """
-from layers import cuda, parallel
-from layers.base import Layer, get_array_module
+from layers import backend, cuda, parallel
+from layers.backend import array_module
+from layers.base import Layer
 from layers.max_pool import check_pool_args, pool_geometry, saved_geometry
 
 
@@ -40,13 +41,13 @@ class AvgPool2D(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, 4)
-        xp = get_array_module(x)
+        xp = array_module(x)
         n, c, h, w = x.shape
         k, s, p = self.k, self.stride, self.pad
         oh, ow, hp, wp = pool_geometry(self, x)
         self.x_shape = x.shape if train else None
         self.geometry = (oh, ow, hp, wp)
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             y = xp.empty((n, c, oh, ow), dtype=x.dtype)
             cuda.launch("pool", "avg_forward", x.dtype, y.size,
                         (xp.ascontiguousarray(x), y, n * c, h, w, k, s, p, oh, ow))
@@ -72,9 +73,9 @@ class AvgPool2D(Layer):
 
     def backward(self, dy):
         (n, c, h, w), (oh, ow, hp, wp) = saved_geometry(self)
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         p = self.pad
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             dx = xp.empty(self.x_shape, dtype=dy.dtype)
             cuda.launch("pool", "avg_backward", dy.dtype, dx.size,
                         (xp.ascontiguousarray(dy), dx, n * c, h, w, self.k, self.stride, p,

@@ -10,15 +10,9 @@ State that must not be averaged across workers (BatchNorm running statistics) li
 """
 import numpy as np
 
+from layers.backend import array_module
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def get_array_module(x):
-    """numpy or cupy, whichever owns ``x`` (cupy is imported only if it is already loaded)."""
-    if type(x).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
 
 
 class Layer:
@@ -47,7 +41,7 @@ class Layer:
         """A buffer kept across calls: reused while ``shape`` and ``dtype`` stay the same."""
         buf = self._work.get(key)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or \
-                get_array_module(buf) is not xp:
+                array_module(buf) is not xp:
             buf = xp.empty(shape, dtype=dtype)
             self._work[key] = buf
         return buf

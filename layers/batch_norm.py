@@ -29,9 +29,10 @@ result does not depend on the number of workers (up to the recentring test, take
 """
 import numpy as np
 
-from engine.initializers import Constant
-from layers import cuda, layout, parallel
-from layers.base import Layer, get_array_module
+from layers.initializers import Constant
+from layers import backend, cuda, layout, parallel
+from layers.backend import array_module
+from layers.base import Layer
 
 
 def _segment(n, per_sample, limit):
@@ -141,7 +142,7 @@ class BatchNorm2D(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
-        xp = get_array_module(x)
+        xp = array_module(x)
         m = x.size // self.ch
         if train:
             mean, var = xp.empty(self.ch, np.float64), xp.empty(self.ch, np.float64)
@@ -150,7 +151,7 @@ class BatchNorm2D(Layer):
             var = self.state["running_var"].astype(np.float64)
         self.train, self.mean = train, mean
         self.invstd = xp.empty(self.ch, np.float64)
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             y = self._forward_kernels(x, train, var, xp)
         else:
             y = self._forward_rows(x, train, var)
@@ -165,7 +166,7 @@ class BatchNorm2D(Layer):
     def _affine(self, channels, var):
         """scale = gamma / std and offset = beta - mean * scale for ``channels`` (a slice),
         keeping 1 / std."""
-        self.invstd[channels] = 1.0 / get_array_module(var).sqrt(var[channels] + self.eps)
+        self.invstd[channels] = 1.0 / array_module(var).sqrt(var[channels] + self.eps)
         scale = self.params["gamma"][channels] * self.invstd[channels]
         return scale, self.params["beta"][channels] - self.mean[channels] * scale
 
@@ -203,8 +204,8 @@ class BatchNorm2D(Layer):
         return y.reshape(x.shape)
 
     def backward(self, dy):
-        xp = get_array_module(dy)
-        if cuda.wanted(xp):
+        xp = array_module(dy)
+        if backend.uses_kernels(xp):
             dy3 = xp.ascontiguousarray(dy.reshape(self.x3.shape))
             return self._backward_kernels(dy3, xp).reshape(dy.shape)
         dy = layout.to_channel_major(dy)

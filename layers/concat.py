@@ -9,7 +9,8 @@ concatenation copy and the gradient sum of large arrays are split into sample ra
 ``parallel.workers()`` threads (the same result for any number of workers).
 """
 from layers import layout, parallel
-from layers.base import Layer, get_array_module
+from layers.backend import array_module
+from layers.base import Layer
 
 
 class Concat(Layer):
@@ -21,7 +22,7 @@ class Concat(Layer):
         return self.branches
 
     def forward(self, x, train=True):
-        xp = get_array_module(x)
+        xp = array_module(x)
         outs = [branch.forward(x, train) for branch in self.branches]
         self.splits = [out.shape[1] for out in outs]
         y = layout.empty_as(outs[0].shape[:1] + (sum(self.splits),) + outs[0].shape[2:],
@@ -43,7 +44,7 @@ class Concat(Layer):
             if dx is None:
                 dx = d if _own(d) else d.copy()      # not a view of dy or of anything kept
             else:
-                xp = get_array_module(dx)
+                xp = array_module(dx)
 
                 def run(n0, n1, worker, d=d):
                     dx[n0:n1] += d[n0:n1]

@@ -58,9 +58,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from engine import initializers
-from layers import cuda, layout, parallel
-from layers.base import Layer, get_array_module
+from layers import backend, cuda, initializers, layout, parallel
+from layers.backend import array_module
+from layers.base import Layer
 
 
 def conv_out_size(size, k, stride, pad):
@@ -326,7 +326,7 @@ class Conv2D(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, 4, self.in_ch)
-        xp = get_array_module(x)
+        xp = array_module(x)
         n, c, h, w = x.shape
         k, s, p, o = self.k, self.stride, self.pad, self.out_ch
         oh, ow = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
@@ -335,7 +335,7 @@ class Conv2D(Layer):
                              f"with pad {p}")
         self.forward_flops = 2 * n * o * c * k * k * oh * ow
         self._col_of = None
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             y = xp.empty((n, o, oh, ow), dtype=x.dtype)
             if self.pointwise:
                 self._forward_pointwise_gpu(x, y, xp)
@@ -493,8 +493,8 @@ class Conv2D(Layer):
         x = self.x
         if x is None:
             raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
-        xp = get_array_module(x)
-        if cuda.wanted(xp):
+        xp = array_module(x)
+        if backend.uses_kernels(xp):
             if self.pointwise:
                 return self._backward_pointwise_gpu(x, dy.reshape(dy.shape[0], self.out_ch, -1),
                                                     xp)

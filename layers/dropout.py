@@ -8,8 +8,9 @@ it, so a test can reproduce a mask.
 """
 import numpy as np
 
-from layers import cuda
-from layers.base import Layer, get_array_module
+from layers import backend, cuda
+from layers.backend import array_module
+from layers.base import Layer
 
 
 class Dropout(Layer):
@@ -29,8 +30,8 @@ class Dropout(Layer):
         self.train = train
         if not train:
             return x
-        xp = get_array_module(x)
-        if cuda.wanted(xp) and x.flags.c_contiguous:      # the same draws as on the CPU
+        xp = array_module(x)
+        if backend.uses_kernels(xp) and x.flags.c_contiguous:      # the same draws as on the CPU
             u = xp.asarray(self.rng.random(x.shape, dtype=x.dtype))
             y, self.mask = xp.empty_like(x), xp.empty_like(x)
             cuda.launch("elementwise", "dropout_forward", x.dtype, x.size,

@@ -1,6 +1,7 @@
 """Global average pooling: y[n, c] = mean over (h, w) of x[n, c]; dx = dy[n, c] / (H W)."""
 from layers import layout
-from layers.base import Layer, get_array_module
+from layers.backend import array_module
+from layers.base import Layer
 
 
 class GlobalAvgPool(Layer):
@@ -19,7 +20,7 @@ class GlobalAvgPool(Layer):
     def backward(self, dy):
         if self.x_shape is None:
             raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         n, c, h, w = self.x_shape
         dx = layout.empty_as(self.x_shape, dy.dtype, self.channel_major, xp)   # x's layout
         dx[...] = (dy * (1.0 / (h * w)))[:, :, None, None]

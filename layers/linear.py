@@ -2,8 +2,9 @@
 
 Backward: dW = dy^T x, db = sum_n dy, dx = dy W.
 """
-from engine.initializers import Constant, get
-from layers.base import Layer, get_array_module
+from layers.initializers import Constant, get
+from layers.backend import array_module
+from layers.base import Layer
 
 
 class Linear(Layer):
@@ -18,7 +19,7 @@ class Linear(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, 2, self.in_f)
-        xp = get_array_module(x)
+        xp = array_module(x)
         self.x = x
         y = xp.matmul(x, self.params["W"].T)
         if self.bias:
@@ -27,7 +28,7 @@ class Linear(Layer):
         return y
 
     def backward(self, dy):
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         xp.matmul(dy.T, self.x, out=self.grads["W"])
         if self.bias:
             xp.sum(dy, axis=0, out=self.grads["b"])

@@ -22,8 +22,9 @@ threads, each with its own ring and row buffers (the same result for any number 
 """
 import numpy as np
 
-from layers import cuda, layout, parallel
-from layers.base import Layer, get_array_module
+from layers import backend, cuda, layout, parallel
+from layers.backend import array_module
+from layers.base import Layer
 
 
 
@@ -86,10 +87,10 @@ class LRN(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, 4)
-        xp = get_array_module(x)
+        xp = array_module(x)
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         self.stored = None
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             y = xp.empty(x3.shape, dtype=x.dtype)
             return self._forward_kernels(xp.ascontiguousarray(x3), y, train, xp).reshape(x.shape)
         y = xp.empty_like(x3)                  # x's layout (a channel slice: one dense row)
@@ -165,9 +166,9 @@ class LRN(Layer):
     def backward(self, dy):
         if self.stored is None:
             raise RuntimeError("LRN: backward needs a forward with train=True")
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         dy3 = dy.reshape(self.x3.shape)
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             return self._backward_kernels(dy3, xp).reshape(dy.shape)
         x3 = self.x3
 

@@ -20,8 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from layers import cuda, layout, parallel
-from layers.base import Layer, get_array_module
+from layers import backend, cuda, layout, parallel
+from layers.backend import array_module
+from layers.base import Layer
 
 
 
@@ -113,11 +114,11 @@ class MaxPool2D(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, 4)
-        xp = get_array_module(x)
+        xp = array_module(x)
         n, c, h, w = x.shape
         k, s = self.k, self.stride
         oh, ow, hp, wp = pool_geometry(self, x)
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             return self._forward_kernels(x, train, xp)
         hq, wq, copies, taps = _phases(k, s, self.pad, h, w, oh, ow)
         planes, area = n * c, hq * wq
@@ -184,9 +185,9 @@ class MaxPool2D(Layer):
 
     def backward(self, dy):
         (n, c, h, w), (oh, ow, hp, wp) = saved_geometry(self)
-        xp = get_array_module(dy)
+        xp = array_module(dy)
         k, s, p = self.k, self.stride, self.pad
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             dx = xp.empty(self.x_shape, dtype=dy.dtype)
             cuda.launch("pool", "max_backward", dy.dtype, dx.size,
                         (xp.ascontiguousarray(dy), self.idx, dx, n * c, h, w, k, s, p, oh, ow))

@@ -12,8 +12,9 @@ views take one NumPy call.
 """
 import numpy as np
 
-from layers import cuda, layout, parallel
-from layers.base import Layer, get_array_module
+from layers import backend, cuda, layout, parallel
+from layers.backend import array_module
+from layers.base import Layer
 
 BLOCK = 1 << 17       # backward: elements per tile (bench/README.md)
 
@@ -34,7 +35,7 @@ class ReLU(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, max(getattr(x, "ndim", 0), 1))
-        xp = get_array_module(x)
+        xp = array_module(x)
         y = x if self.inplace else xp.empty_like(x)
         self.y = y
         flat = flat_pair(x, y)
@@ -48,8 +49,8 @@ class ReLU(Layer):
         return y
 
     def backward(self, dy):
-        xp = get_array_module(dy)
-        if cuda.wanted(xp) and dy.flags.c_contiguous and self.y.flags.c_contiguous:
+        xp = array_module(dy)
+        if backend.uses_kernels(xp) and dy.flags.c_contiguous and self.y.flags.c_contiguous:
             cuda.launch("elementwise", "relu_backward", dy.dtype, dy.size, (dy, self.y, dy.size))
             return dy
         flat = flat_pair(dy, self.y)

@@ -12,14 +12,15 @@ softmax (N, K) and ``labels`` the labels; ``accuracy(k)`` is the top-k accuracy 
 """
 import numpy as np
 
-from layers import cuda
-from layers.base import Layer, get_array_module
+from layers import backend, cuda
+from layers.backend import array_module
+from layers.base import Layer
 
 
 class SoftmaxCrossEntropy(Layer):
     def forward(self, logits, labels, train=True):
         self.check_input(logits, 2)
-        xp = get_array_module(logits)
+        xp = array_module(logits)
         n, k = logits.shape
         if getattr(labels, "shape", None) != (n,):
             got = getattr(labels, "shape", type(labels).__name__)
@@ -33,7 +34,7 @@ class SoftmaxCrossEntropy(Layer):
                              f"{logits.shape}, got values in [{int(labels.min())}, "
                              f"{int(labels.max())}]")
         rows = xp.arange(n)
-        if cuda.wanted(xp):
+        if backend.uses_kernels(xp):
             labels = xp.ascontiguousarray(labels, dtype=np.int64)
             probs, losses = xp.empty((n, k), logits.dtype), xp.empty(n, np.float64)
             cuda.launch("elementwise", "softmax_forward", logits.dtype, n,
@@ -49,8 +50,8 @@ class SoftmaxCrossEntropy(Layer):
         return float((xp.log(total[:, 0]) - z[rows, labels]).sum()) / max(n, 1)
 
     def backward(self, scale=1.0):
-        xp = get_array_module(self.probs)
-        if cuda.wanted(xp):
+        xp = array_module(self.probs)
+        if backend.uses_kernels(xp):
             n, k = self.probs.shape
             dlogits = xp.empty_like(self.probs)
             cuda.launch("elementwise", "softmax_backward", dlogits.dtype, dlogits.size,

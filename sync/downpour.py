@@ -17,7 +17,7 @@ import contextlib
 
 import numpy as np
 
-from engine.host import copy_into, host_like, to_host
+from layers.backend import copy_into, host_like, on_device, to_host
 from layers.parallel import ranges
 from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule, through_host
 
@@ -58,7 +58,7 @@ class Downpour(SyncRule):
         """Overwrite ``params`` with the servers' shards."""
         for server in range(self.n_servers):
             self.notify(server, tag)
-        host = params if isinstance(params, np.ndarray) else host_like(params)
+        host = host_like(params) if on_device(params) else params
         for server, (lo, hi) in enumerate(self.bounds):
             self.world.comm.Recv(host[lo:hi], source=server, tag=VALUES)
         copy_into(params, host)

@@ -18,7 +18,7 @@ import contextlib
 
 import numpy as np
 
-from engine.host import copy_into, host_like, in_memory_of, to_host
+from layers.backend import copy_into, host_like, in_memory_of, to_host
 from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule, through_host
 
 EXCHANGE = 11

@@ -31,7 +31,7 @@ only the values on the wire are rounded. float32 stays the default everywhere.
 """
 import numpy as np
 
-from layers.base import get_array_module
+from layers import backend
 from sync.comm import cuda_aware, ranks_on_this_host
 from sync.node_memory import NodeBuffers, NodeMemoryError
 
@@ -79,7 +79,7 @@ class Exchange:
         if self.method != "auto":
             return self.method
         nbytes = buffer.nbytes
-        if nbytes >= self._shared_from and type(buffer) is np.ndarray:
+        if nbytes >= self._shared_from and not backend.on_device(buffer):
             return "shared"
         return "ring" if nbytes >= self._ring_from else "allreduce"
 
@@ -134,7 +134,7 @@ class Exchange:
     def _reduce(self, buffer, scale):
         if self.size == 1:
             return buffer
-        if not isinstance(buffer, np.ndarray):
+        if backend.on_device(buffer):
             return self._reduce_device(buffer, scale)
         if self.method == "nccl":
             raise ValueError("exchange.method nccl averages GPU buffers only (device: gpu)")
@@ -158,7 +158,7 @@ class Exchange:
                 buffer *= buffer.dtype.type(scale)
             return buffer
         from engine import device
-        device.synchronize()
+        backend.synchronize(backend.array_module(buffer))
         if self._cuda_aware is None:
             self._cuda_aware = cuda_aware()
         if self._cuda_aware:
@@ -254,7 +254,7 @@ class Exchange:
         bounds = [len(buffer) * i // n for i in range(n + 1)]
         chunk = lambda i: buffer[bounds[i % n]:bounds[i % n + 1]]   # noqa: E731
         longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-        wire, xp = self.wire or buffer.dtype, get_array_module(buffer)
+        wire, xp = self.wire or buffer.dtype, backend.array_module(buffer)
         incoming = self._buffer("in", longest, wire, xp)
         outgoing = self._buffer("out", longest, wire, xp) if self.wire is not None else None
 
@@ -264,8 +264,7 @@ class Exchange:
                 return data
             out = outgoing[:len(data)]
             out[...] = data
-            if xp is not np:          # MPI reads ``out`` once the GPU has written it
-                xp.cuda.get_current_stream().synchronize()
+            backend.synchronize(xp)   # MPI reads ``out`` once the GPU has written it
             return out
 
         # Reduce-scatter: after n - 1 steps rank r holds the full sum of chunk r + 1.
@@ -274,8 +273,7 @@ class Exchange:
             received = incoming[:len(target)]
             self.comm.Sendrecv(send(rank - step), dest=right, recvbuf=received, source=left)
             target += received
-            if xp is not np:          # the next send may read this sum: it must be done
-                xp.cuda.get_current_stream().synchronize()
+            backend.synchronize(xp)   # the next send may read this sum: it must be done
         # Allgather: pass the finished chunks around the ring.
         for step in range(n - 1):
             target = chunk(rank - step)

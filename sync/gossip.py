@@ -19,7 +19,7 @@ import contextlib
 
 import numpy as np
 
-from engine.host import copy_into, host_like, in_memory_of, to_host
+from layers.backend import copy_into, host_like, in_memory_of, to_host
 from sync.rule import SyncRule
 
 WEIGHT, PARAMS, REQUEST, REPLY = range(31, 35)

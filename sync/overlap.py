@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 
-import numpy as np
+from layers import backend
 
 
 def bucket_bounds(size, itemsize, bucket_bytes):
@@ -42,7 +42,7 @@ class BucketedExchange:
             threading.Thread(target=self._work, name="exchange", daemon=True).start()
 
     def _work(self):
-        if not isinstance(self.buffer, np.ndarray):   # CuPy: this thread uses its GPU too
+        if backend.on_device(self.buffer):      # CuPy: this thread uses its GPU too
             self.buffer.device.use()
         while True:
             lo, hi = self._tasks.get()

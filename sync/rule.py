@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.host import copy_into, to_host
+from layers.backend import copy_into, on_device, to_host
 from sync.dropped import DROPPED, DropListener
 
 IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
@@ -66,7 +66,7 @@ def through_host(buffer, call):
     """``call(buffer)`` for a NumPy buffer; for a GPU buffer, ``call`` on a host copy that is
     copied back afterwards (for the rare, small collectives: start, evaluation, finish; the
     per-step exchange has its own device path, sync/exchange.py)."""
-    if isinstance(buffer, np.ndarray):
+    if not on_device(buffer):
         return call(buffer)
     host = to_host(buffer)
     call(host)

@@ -6,7 +6,8 @@ Every kernel is a grid-stride loop over its outputs, each thread computing whole
 (a gather: no atomics, no shared memory, no thread ever waits for another). Arguments follow
 one convention: arrays (C-contiguous), integers as ``long long``, floating scalars as ``real``.
 The same sources build as C++ for the CPU (tests/layers/cuda_on_cpu.py), so the CPU test suite
-checks the kernels' index arithmetic against NumPy; only their speed needs a GPU.
+checks the kernels' index arithmetic against NumPy; only their speed needs a GPU. Whether a
+layer takes its kernel route is ``layers.backend.uses_kernels``.
 """
 import functools
 from pathlib import Path
@@ -17,12 +18,6 @@ THREADS = 256          # threads per block
 MAX_BLOCKS = 1 << 20   # the grid-stride loops cover any size with at most this many blocks
 
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-
-
-def wanted(xp):
-    """Whether a layer runs its kernels for arrays of module ``xp``: on CuPy (the CPU tests
-    switch this on for NumPy too, with the kernels' CPU build)."""
-    return xp is not np
 
 
 def source(name):

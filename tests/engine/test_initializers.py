@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine import initializers
+from layers import initializers
 
 
 def fill(init, shape, seed=0):

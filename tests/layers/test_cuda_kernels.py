@@ -5,7 +5,7 @@ speed, and CuPy itself, need a GPU (tests/gpu)."""
 import numpy as np
 import pytest
 
-from layers import cuda
+from layers import backend, cuda
 from engine.optimizers import SGD, Adagrad
 from layers.avg_pool import AvgPool2D
 from layers.batch_norm import BatchNorm2D
@@ -23,7 +23,7 @@ RNG = np.random.default_rng(11)
 def switch_on(monkeypatch):
     """Layers take their kernel paths, the kernels run as CPU code."""
     cuda_on_cpu.compiler()
-    monkeypatch.setattr(cuda, "wanted", lambda xp: True)
+    monkeypatch.setattr(backend, "uses_kernels", lambda xp: True)
     monkeypatch.setattr(cuda, "launch", cuda_on_cpu.launch)
 
 

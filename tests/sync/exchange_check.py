@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import engine.device   # noqa: E402
 import sync.node_memory   # noqa: E402
+from layers import backend   # noqa: E402
 from sync.exchange import SHARED_BLOCK, Exchange   # noqa: E402
 from sync.node_memory import NodeMemoryError   # noqa: E402
 
@@ -73,8 +74,9 @@ assert Exchange(comm, "auto", wire="float16").method_for(np.zeros(10 ** 6)) == "
 
 
 class DeviceBuffer:
-    """Stands in for a CuPy buffer: not a NumPy array, read and written only by get and set.
-    With a non-CUDA-aware MPI the exchange must stage it through host memory."""
+    """Stands in for a CuPy buffer (the backend knows those by their module): read and written
+    only by get and set. With a non-CUDA-aware MPI the exchange must stage it through host
+    memory."""
 
     def __init__(self, values):
         self.values, self.dtype, self.size = values.copy(), values.dtype, values.size
@@ -90,7 +92,9 @@ class DeviceBuffer:
 
 
 os.environ["PT_CUDA_AWARE"] = "0"                      # the staged path, whatever the MPI
-engine.device.synchronize = lambda: None               # no GPU stream to wait for
+DeviceBuffer.__module__ = "cupy.stand_in"
+backend.synchronize = lambda xp: None                  # no GPU stream to wait for
+backend.array_module = lambda x: np                    # and no CuPy to import
 engine.device.pinned_empty = lambda count, dtype: np.empty(count, dtype)
 for method in ("allreduce", "ring", "shared", "auto"):
     exchange = Exchange(comm, method, shared_min_bytes=0)

@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.config import load_config   # noqa: E402
-from engine.host import to_host          # noqa: E402
+from layers.backend import to_host          # noqa: E402
 from engine.train import train          # noqa: E402
 from sync.comm import leave, world      # noqa: E402
 
