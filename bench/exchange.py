@@ -66,7 +66,8 @@ def main():
         for name in names:
             exchange = Exchange(comm, "ring", "float16") if name == "ring-f16" else \
                 Exchange(comm, name)
-            buffer = exchange.share(data.copy())        # where BSP keeps it
+            buffer = exchange.allocate(data.size, data.dtype)   # where BSP keeps it
+            buffer[...] = data
             exchange.mean(buffer)                       # warm-up (scratch buffers, connections)
             calls[name] = lambda exchange=exchange, buffer=buffer: exchange.mean(buffer)
         seconds = timed(comm, calls, repeats)

@@ -20,9 +20,9 @@ sys.path.insert(0, str(ROOT))
 def worker(args):
     import numpy as np
 
-    from engine.config import load_config
-    from engine.models import build_model
-    from engine.optimizers import build_optimizer
+    from core.config import load_config
+    from core.models import build_model
+    from core.optimizers import build_optimizer
     from layers import parallel
     from sync.bsp import BSP
     from sync.comm import world

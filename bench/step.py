@@ -25,9 +25,9 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from engine.device import DeviceError, array_module  # noqa: E402
-from engine.models import build_model  # noqa: E402
-from engine.optimizers import SGD  # noqa: E402
+from core.device import DeviceError, array_module  # noqa: E402
+from core.models import build_model  # noqa: E402
+from core.optimizers import SGD  # noqa: E402
 from layers import parallel  # noqa: E402
 
 INPUT = {"mlp": (3, 32), "inception_small": (3, 28), "googlenet": (3, 224)}
@@ -121,7 +121,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((args.batch, channels, size, size)).astype(args.dtype))
     labels = xp.asarray(rng.integers(0, 10, size=args.batch))
-    optimizer = SGD(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = SGD(momentum=0.9, weight_decay=5e-4)
     table = defaultdict(float)
     classes = model.forward(x[:1], train=False).shape[1]     # for the PyTorch twin
 
@@ -139,7 +139,7 @@ def main(argv=None):
         model.backward()
         sync()
         t2 = time.perf_counter()
-        optimizer.step(model.params, model.grads)
+        optimizer.step(model.params, model.grads, lr=0.01)
         sync()
         t3 = time.perf_counter()
         if step >= 2:

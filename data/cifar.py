@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.prepare import ArraySource, PrepareError, shuffled_train
+from data.source import ArraySource, PrepareError, shuffled_train
 
 HELP = {"cifar10": "CIFAR-10: 50k/10k 32x32 colour images, 10 classes (cifar-10-python.tar.gz)",
         "cifar100": "CIFAR-100: 50k/10k 32x32 colour images, 100 classes "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.prepare import ArraySource, PrepareError, shuffled_train
+from data.source import ArraySource, PrepareError, shuffled_train
 
 HELP = {"fashion-mnist": "Fashion-MNIST: 60k/10k 28x28 grayscale clothing images, 10 classes",
         "mnist": "MNIST: 60k/10k 28x28 grayscale handwritten digits, 10 classes"}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.prepare import PrepareError
+from data.source import PrepareError
 
 # Pillow is imported where images are decoded, so the other sources of data.prepare (which
 # imports this module to build its parser) work without it.

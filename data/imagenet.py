@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from data.imagefolder import ImageFolder, image_files, is_image
-from data.prepare import PrepareError
+from data.source import PrepareError
 
 HELP = "ILSVRC-2012 as downloaded: train/ class folders or per-class .tar files, flat val/"
 TRAIN_NAMES, VAL_NAMES = ("train", "ILSVRC2012_img_train"), ("val", "ILSVRC2012_img_val")

@@ -23,40 +23,11 @@ from tqdm import tqdm
 
 from data.format import (METADATA, DataError, DatasetWriter, pixel_stats, read_batch,
                          read_metadata, write_batch)
+from data.source import PrepareError
 
 # The source behind the jobs that worker processes run: set in the parent before the pool
 # forks, so workers inherit it instead of receiving large arrays through pipes.
 _SOURCE = None
-
-
-class PrepareError(RuntimeError):
-    """The source cannot be prepared (missing input, bad options); the message says why."""
-
-
-class ArraySource:
-    """A source whose images are in memory (``images`` / ``labels``: {split: array}, images
-    (N, C, H, W) uint8): batch files of ``batch_size`` consecutive images."""
-
-    def __init__(self, name, classes, images, labels, batch_size, options):
-        self.name, self.classes, self.batch_size = name, list(classes), batch_size
-        self.images, self.labels, self.options = images, labels, options
-        self.channels, self.image_size = images["train"].shape[1], images["train"].shape[2:]
-
-    def jobs(self):
-        return {split: [(s, min(s + self.batch_size, len(images)))
-                        for s in range(0, len(images), self.batch_size)]
-                for split, images in self.images.items()}
-
-    def make_batch(self, split, payload):
-        start, stop = payload
-        return self.images[split][start:stop], \
-            self.labels[split][start:stop].astype(np.int64), 0
-
-
-def shuffled_train(images, labels, seed):
-    """The training split in one order fixed by ``seed`` (the test split keeps its own)."""
-    order = np.random.default_rng(seed).permutation(len(images))
-    return images[order], labels[order]
 
 
 def _work(job):
@@ -215,7 +186,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # Run the importable data.prepare, not this __main__ copy of it: the sources raise
-    # data.prepare.PrepareError, which main() must catch as its own class.
-    from data.prepare import main as _main
-    sys.exit(_main())
+    sys.exit(main())

@@ -10,6 +10,7 @@ shape by default (3 x 256 x 256, 1000 classes), for loader and step benchmarks.
 import numpy as np
 
 from data.format import ArraySplit
+from data.source import PrepareError
 
 HELP = "random ImageNet-shaped batches (uniform uint8 pixels and labels), for benchmarks"
 
@@ -80,7 +81,6 @@ class RandomSource:
 
 
 def make_source(name, args):
-    from data.prepare import PrepareError
     for option in ("train_batches", "val_batches", "batch_size", "image_size", "channels"):
         if getattr(args, option) < 1:
             raise PrepareError(f"--{option.replace('_', '-')} must be at least 1, got "

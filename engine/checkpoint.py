@@ -12,7 +12,7 @@ state, the sync rule's state (an EASGD center or a Downpour shard is a server's 
 Adagrad sums are its optimizer state), the position in the data (the step: the loader's order
 and augmentation are functions of the seed, epoch and batch) and the dropout generators.
 
-``fingerprint(cfg, world, model)`` lists what a resumed run must not change (model, parameter
+``fingerprint(cfg, world, model, rule)`` lists what a resumed run must not change (model, parameter
 count, ranks, workers, sync rule, dtype); the learning rate or the epochs may change.
 """
 import json
@@ -37,11 +37,10 @@ class CheckpointError(ValueError):
         self.setup_differs = setup_differs
 
 
-def fingerprint(cfg, world, model):
+def fingerprint(cfg, world, model, rule):
     return {"model": cfg["model"], "model_options": cfg["model_options"],
             "parameters": model.num_params, "dtype": cfg["dtype"], "ranks": world.size,
-            "sync_rule": cfg["sync_rule"], "servers": cfg["downpour"]["servers"]
-            if cfg["sync_rule"] == "DOWNPOUR" else (1 if cfg["sync_rule"] == "EASGD" else 0)}
+            "sync_rule": cfg["sync_rule"], "servers": rule.servers}
 
 
 def _write_atomically(path, write):
@@ -181,7 +180,7 @@ class Checkpoints:
         self.model, self.optimizer, self.progress = model, optimizer, progress
         self.root = Path(folder) / "checkpoints"
         self.options = cfg["checkpoint"]
-        self.fingerprint = fingerprint(cfg, world, model)
+        self.fingerprint = fingerprint(cfg, world, model, rule)
         self.last_time = time.monotonic()
 
     def write_own(self, folder):
@@ -237,7 +236,7 @@ class Checkpoints:
 
     def _everyones(self, problem):
         """The problems (not None) of every rank, in rank order."""
-        found = self.world.comm.allgather(problem) if self.world.comm is not None else [problem]
+        found = self.world.allgather(problem)
         return [p for p in found if p]
 
     def resume(self, say):

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import ConfigError, dump
+from core.config import dump
+
+from core.errors import ConfigError
 from engine.version import source_fingerprint
 
 
@@ -62,8 +64,7 @@ def run_folder(cfg, world):
             probe.unlink()
         except OSError as err:
             problem = f"log.dir: cannot write the run folder {name}: {err}"
-    if world.comm is not None:
-        name, problem = world.comm.bcast((name, problem), root=0)
+    name, problem = world.bcast((name, problem))
     if problem:
         raise ConfigError(problem)
     return Path(name).absolute()

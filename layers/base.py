@@ -90,19 +90,24 @@ def param_slots(layers):
     return slots, offset
 
 
-def bind_flat(layers, dtype, rng, xp=np):
+def bind_flat(layers, dtype, rng, xp=np, allocate=None):
     """Allocate the flat ``params``/``grads`` buffers for ``layers`` and bind every layer to them.
 
-    Parameters are initialized (in float64 on the host, then cast) with each layer's
-    initializer, drawing from ``rng`` in buffer order, so the result depends only on the seed.
+    ``allocate(name, count, dtype, xp)`` makes each buffer ('params', then 'grads'; default:
+    ``xp.empty``), so that the memory is where it will be used from the start. Parameters are
+    initialized (in float64 on the host, then cast) with each layer's initializer, drawing
+    from ``rng`` in buffer order, so the result depends only on the seed.
     """
     slots, total = param_slots(layers)
     host = np.empty(total, dtype=np.float64)
     for layer, name, shape, offset in slots:
         view = host[offset:offset + int(np.prod(shape))].reshape(shape)
         layer.initializers[name](rng, view)
-    params = xp.asarray(host.astype(dtype))
-    grads = xp.zeros(total, dtype=dtype)
+    allocate = allocate or (lambda name, count, dtype_, xp_: xp_.empty(count, dtype_))
+    params = allocate("params", total, dtype, xp)
+    params[...] = xp.asarray(host.astype(dtype))
+    grads = allocate("grads", total, dtype, xp)
+    grads[...] = 0
     bind_views(layers, params, grads)
     for layer in leaves(layers):
         for key, value in list(layer.state.items()):

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from engine.config import ConfigError, load_config
+import sync                                     # noqa: F401  (every rule's settings)
+from core.config import load_config
+from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = "/opt/parallel-training"

@@ -75,7 +75,9 @@ config_value() {   # config_value KEY...: each KEY's (dotted) resolved value wit
     PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" python3 - "$CONFIG" "$#" "$@" "${EXTRA[@]}" \
         <<'PY'
 import sys
-from engine.config import ConfigError, load_config
+import sync                       # every rule's settings, for a config that names them
+from core.config import load_config
+from core.errors import ConfigError
 path, count = sys.argv[1], int(sys.argv[2])
 keys, rest = sys.argv[3:3 + count], sys.argv[3 + count:]
 overrides = [rest[i + 1] for i in range(len(rest) - 1) if rest[i] == "--set"]

@@ -1,10 +1,10 @@
-"""Sync rules: how workers (and servers) started by mpiexec combine their training."""
-from sync.bsp import BSP, Local
-from sync.downpour import Downpour
-from sync.easgd import EASGD
-from sync.gossip import Gossip
+"""Sync rules: how workers (and servers) started by mpiexec combine their training.
 
-RULES = {"BSP": BSP, "EASGD": EASGD, "DOWNPOUR": Downpour, "GOSSIP": Gossip, "LOCAL": Local}
+Importing this package registers every rule in ``core.registry.RULES`` and its settings in
+the configuration: a rule is one file here plus its line below.
+"""
+from core.registry import RULES
+from sync import bsp, downpour, easgd, gossip   # noqa: F401  (each registers itself)
 
 
 def build_rule(world, cfg):

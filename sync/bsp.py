@@ -13,13 +13,58 @@ DDP without SyncBatchNorm); validation uses their average.
 """
 import contextlib
 
-from sync.exchange import Exchange
+import numpy as np
+
+from core.config import Key, register_section
+from core.registry import RULES
+from sync.exchange import METHODS, RING_MIN_BYTES, SHARED_MIN_BYTES, Exchange
 from sync.overlap import BucketedExchange
 from sync.rule import SyncRule
 
 
+def _avg_freq_is_bsp_only(cfg):
+    rule, every = cfg["sync_rule"], cfg["avg_freq"]
+    if every != 1 and rule != "BSP":
+        period = RULES[rule].period
+        instead = f"; {rule}'s exchanges are set by {period.format(k=every)}" if period else ""
+        yield "avg_freq", (f"{every} has no effect under sync_rule {rule}: avg_freq is BSP's "
+                           f"period of parameter averaging{instead}")
+
+
+def _overlap_needs_gradient_averaging(cfg):
+    if cfg["exchange"]["overlap"] and (cfg["sync_rule"] != "BSP" or cfg["avg_freq"] != 1):
+        yield "exchange.overlap", (f"true needs sync_rule BSP with avg_freq 1 (it overlaps the "
+                                   f"gradient exchange with backward), got {cfg['sync_rule']} "
+                                   f"with avg_freq {cfg['avg_freq']}")
+
+
+def _wire_needs_the_ring(cfg):
+    ex = cfg["exchange"]
+    if ex["wire"] is not None and ex["method"] not in ("auto", "ring"):
+        yield "exchange.wire", (f"{ex['wire']} travels on the ring only (method auto or ring), "
+                                f"got method {ex['method']!r}")
+
+
+def _nccl_needs_the_gpu(cfg):
+    if cfg["exchange"]["method"] == "nccl" and cfg["device"] != "gpu":
+        yield "exchange.method", "nccl averages GPU buffers: it needs device: gpu"
+
+
+register_section("avg_freq", Key("int", 1, low=1), checks=[_avg_freq_is_bsp_only])
+register_section("exchange", {                    # how BSP averages its buffer
+    "method": Key("str", "auto", choices=METHODS),
+    "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
+    "ring_min_bytes": Key("int", RING_MIN_BYTES, low=0),   # auto: ring from this size up
+    "shared_min_bytes": Key("int", SHARED_MIN_BYTES, low=0),   # auto, one host: shared
+    "bucket_mb": Key("float", None, low=0, low_open=True, high=1e5, nullable=True),   # one
+    "overlap": Key("bool", False),            # average buckets while backward runs
+}, checks=[_overlap_needs_gradient_averaging, _wire_needs_the_ring, _nccl_needs_the_gpu])
+
+
+@RULES.register("BSP")
 class BSP(SyncRule):
     name = "BSP"
+    period = "avg_freq"
 
     def __init__(self, world, cfg):
         super().__init__(world, cfg)
@@ -31,12 +76,16 @@ class BSP(SyncRule):
         self.overlap = ex["overlap"]
         self.buckets = None
 
+    def allocate(self, name, count, dtype, xp):
+        """The buffer BSP averages (the gradient, or with ``avg_freq > 1`` the parameters)
+        where its exchange averages fastest (for NumPy: shared memory when the workers share
+        a host); the other one plainly."""
+        if name == ("grads" if self.avg_freq == 1 else "params") and xp is np:
+            return self.exchange.allocate(count, dtype)
+        return super().allocate(name, count, dtype, xp)
+
     def start(self, model):
         super().start(model)
-        if self.avg_freq == 1:                 # the buffer exchanged goes where it is fastest
-            model.move_buffers(grads=self.exchange.share(model.grads))
-        else:
-            model.move_buffers(params=self.exchange.share(model.params))
         if self.avg_freq == 1 and (self.bucket_bytes or self.overlap):
             self.buckets = BucketedExchange(self.exchange, model.grads,
                                             self.bucket_bytes or model.grads.nbytes,
@@ -86,6 +135,7 @@ class BSP(SyncRule):
             self.average_over_workers(value)
 
 
+@RULES.register("LOCAL")
 class Local(SyncRule):
     """No communication: each worker trains alone (the baseline); validation averages them."""
     name = "LOCAL"

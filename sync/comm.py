@@ -19,7 +19,8 @@ def launched_by_mpi():
 
 
 class World:
-    """``rank`` and ``size`` of this run; ``comm`` is ``MPI.COMM_WORLD`` or None alone."""
+    """``rank`` and ``size`` of this run; ``comm`` is ``MPI.COMM_WORLD`` or None alone. The
+    collectives the driver uses work alone too (a world of one answers for itself)."""
 
     def __init__(self, comm=None):
         self.comm = comm
@@ -34,6 +35,24 @@ class World:
     def barrier(self):
         if self.comm is not None:
             self.comm.Barrier()
+
+    def allgather(self, value):
+        """Every rank's ``value``, in rank order."""
+        return self.comm.allgather(value) if self.comm is not None else [value]
+
+    def bcast(self, value, root=0):
+        """``root``'s ``value``, on every rank."""
+        return self.comm.bcast(value, root=root) if self.comm is not None else value
+
+    def ranks_on_this_host(self):
+        """How many ranks run on this host (collective)."""
+        return ranks_on_this_host(self.comm) if self.comm is not None else 1
+
+    def abort(self, code):
+        """End every rank of the job with ``code`` (alone: this process)."""
+        if self.comm is None:
+            sys.exit(code)
+        self.comm.Abort(code)
 
 
 def ranks_on_this_host(comm):

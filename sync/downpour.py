@@ -17,11 +17,19 @@ import contextlib
 
 import numpy as np
 
+from core.config import Key, register_section
+from core.registry import RULES
 from layers.backend import copy_into, host_like, on_device, to_host
 from layers.parallel import ranges
-from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule, through_host
+from sync.rule import through_host
+from sync.server import ServerRule
+from sync.tags import DONE, DONE_FETCH, DOWNPOUR_PUSH as PUSH, FETCH, VALUES
 
-PUSH = 21
+register_section("downpour", {
+    "servers": Key("int", 1, low=1),              # parameter-server ranks
+    "n_fetch": Key("int", 1, low=1),              # steps between fetches
+    "n_push": Key("int", 1, low=1),               # steps between pushes
+})
 
 
 def shard_bounds(size, servers):
@@ -31,32 +39,32 @@ def shard_bounds(size, servers):
     return ranges(size, servers)
 
 
-class Downpour(SyncRule):
+@RULES.register("DOWNPOUR")
+class Downpour(ServerRule):
     name = "DOWNPOUR"
-    synchronous = False
+    period = "downpour.n_push and downpour.n_fetch"
 
     def __init__(self, world, cfg):
-        options = cfg["downpour"]
-        self.n_servers = options["servers"]
         super().__init__(world, cfg)
-        self.n_fetch, self.n_push = options["n_fetch"], options["n_push"]
+        self.n_fetch, self.n_push = cfg["downpour"]["n_fetch"], cfg["downpour"]["n_push"]
         self.finished = False
         self.pushes = np.zeros(self.num_workers, np.int64)   # a server's count per worker
 
-    def num_servers(self):
-        return self.n_servers
+    @classmethod
+    def servers_in(cls, cfg):
+        return cfg["downpour"]["servers"]
 
     def start(self, model):
         """Every rank starts from the first server's parameters."""
         through_host(model.params, lambda params: self.world.comm.Bcast(params, root=0))
-        self.bounds = shard_bounds(model.params.size, self.n_servers)
+        self.bounds = shard_bounds(model.params.size, self.servers)
         self.accrued = np.zeros_like(model.params)
         if not self.is_server:
             self.listen_for_drop()
 
     def fetch(self, params, tag=FETCH):
         """Overwrite ``params`` with the servers' shards."""
-        for server in range(self.n_servers):
+        for server in range(self.servers):
             self.notify(server, tag)
         host = host_like(params) if on_device(params) else params
         for server, (lo, hi) in enumerate(self.bounds):
@@ -122,13 +130,13 @@ class Downpour(SyncRule):
             self.final = host_like(model.params)
             self.fetch(self.final, tag=DONE_FETCH)
         else:
-            for server in range(self.n_servers):
+            for server in range(self.servers):
                 self.notify(server, DONE)
         self.finished = True
         self.listener.stop()
 
     def serve(self, model, optimizer, schedule, steps_per_epoch, save):
-        lo, hi = shard_bounds(model.params.size, self.n_servers)[self.world.rank]
+        lo, hi = shard_bounds(model.params.size, self.servers)[self.world.rank]
         shard, pushed = model.params[lo:hi], np.empty(hi - lo, model.params.dtype)
 
         def apply_push(source, tag):

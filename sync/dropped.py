@@ -11,8 +11,7 @@ import os
 import sys
 
 from sync.periodic import Periodic
-
-DROPPED = 7             # a tag of the server protocol (sync/rule.py)
+from sync.tags import DROPPED
 
 
 class DropListener(Periodic):

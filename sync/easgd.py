@@ -18,22 +18,31 @@ import contextlib
 
 import numpy as np
 
+from core.config import Key, register_section
+from core.registry import RULES
 from layers.backend import copy_into, host_like, in_memory_of, to_host
-from sync.rule import DONE, DONE_FETCH, FETCH, VALUES, SyncRule, through_host
+from sync.rule import through_host
+from sync.server import ServerRule
+from sync.tags import DONE, DONE_FETCH, EASGD_EXCHANGE as EXCHANGE, FETCH, VALUES
 
-EXCHANGE = 11
+register_section("easgd", {
+    "tau": Key("int", 10, low=1),                 # steps between a worker's exchanges
+    "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # moving rate
+})
 
 
-class EASGD(SyncRule):
+@RULES.register("EASGD")
+class EASGD(ServerRule):
     name = "EASGD"
-    synchronous = False
+    period = "easgd.tau (Theano-MPI's EASGD avg_freq {k} is easgd.tau: {k} here)"
 
     def __init__(self, world, cfg):
         super().__init__(world, cfg)
         self.tau, self.alpha = cfg["easgd"]["tau"], cfg["easgd"]["alpha"]
         self.exchanges, self.finished = 0, False
 
-    def num_servers(self):
+    @classmethod
+    def servers_in(cls, cfg):
         return 1
 
     def start(self, model):

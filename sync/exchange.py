@@ -7,7 +7,8 @@ Methods (``exchange.method``):
   (Patarasuk & Yuan 2009): each rank sends and receives ``2 (n - 1) / n`` of the buffer, the
   minimum, and the sum of a chunk is done in NumPy as it arrives.
 - ``shared``: for ranks that all run on one host. Every rank's buffer lives in memory all of
-  them map (``sync/node_memory.py``; ``share`` moves a buffer there once). Between two barriers,
+  them map (``sync/node_memory.py``): ``allocate`` makes it there, and the model binds its
+  flat buffer to it from the start (``SyncRule.allocate``). Between two barriers,
   rank r sums its 1/n of the buffer straight from the n buffers, in cache-sized blocks, and
   writes the result into all n: each rank reads and writes the buffer's size once, as a memcpy
   does, where a message-based all-reduce copies every byte into and out of a transfer buffer
@@ -31,6 +32,7 @@ only the values on the wire are rounded. float32 stays the default everywhere.
 """
 import numpy as np
 
+from core import device
 from layers import backend
 from sync.comm import cuda_aware, ranks_on_this_host
 from sync.node_memory import NodeBuffers, NodeMemoryError
@@ -63,7 +65,7 @@ class Exchange:
             raise ValueError(f"exchange.wire {self.wire.name} goes with the ring only, not "
                              f"{method!r}")
         self._scratch = {}
-        self._shared = []             # NodeBuffers made by share(), searched by _sum_shared
+        self._homes = {}              # id of a buffer allocate() made -> its NodeBuffers
         self._cuda_aware = None       # asked of the MPI library at the first GPU buffer
         self._nccl = None             # the NCCL communicator, made at the first exchange
 
@@ -83,22 +85,25 @@ class Exchange:
             return "shared"
         return "ring" if nbytes >= self._ring_from else "allreduce"
 
-    def share(self, array):
-        """``array``'s contents in memory every rank on this host maps, when ``mean`` of it
-        would take the shared path; otherwise ``array`` itself. Collective; meant once per
-        buffer (the mapping lives as long as this Exchange): the caller uses the result in
-        place of ``array`` from then on. Where shared memory cannot be made, ``auto`` goes on
-        without it (the reason printed once); ``shared`` raises."""
-        if self.size == 1 or self.method_for(array) != "shared":
-            return array
+    def allocate(self, count, dtype):
+        """A flat host buffer of ``count`` elements of ``dtype`` for ``mean`` to average: in
+        memory every rank on this host maps when ``mean`` of it takes the shared path,
+        otherwise plain memory. Collective. Where shared memory cannot be made, ``auto`` goes
+        on without it (the reason printed once); ``shared`` raises."""
+        buffer = np.empty(count, dtype)
+        if self.size == 1 or self.method_for(buffer) != "shared":
+            return buffer
         try:
-            buffers = NodeBuffers(self.comm, array.size, array.dtype)
+            buffers = NodeBuffers(self.comm, count, dtype)
         except NodeMemoryError as err:
             self._do_without_shared_memory(err)
-            return array
-        self._shared.append(buffers)
-        buffers.mine[...] = array
+            return buffer
+        self._homes[id(buffers.mine)] = buffers     # kept alive by buffers: the id stays its
         return buffers.mine
+
+    def in_shared_memory(self, buffer):
+        """Whether ``buffer`` is one that ``allocate`` placed in shared memory."""
+        return id(buffer) in self._homes
 
     def _do_without_shared_memory(self, err):
         """``shared`` re-raises ``err``; ``auto`` says so once and averages by messages from
@@ -110,34 +115,27 @@ class Exchange:
             print(f"exchange: no shared memory ({err}); averaging by messages instead",
                   flush=True)
 
-    def _holder(self, buffer):
-        """(the NodeBuffers that ``share`` made and that hold ``buffer``, its offset there),
-        or (None, None)."""
-        for buffers in self._shared:
-            offset = buffers.offset_of(buffer)
-            if offset is not None:
-                return buffers, offset
-        return None, None
+    def mean(self, buffer, lo=0, hi=None):
+        """Replace ``buffer[lo:hi]`` (of a contiguous 1-D ``buffer``: a bucket of it, or all)
+        by its mean over the ranks; returns that part."""
+        return self._reduce(buffer, 1.0 / self.size, lo, hi)
 
-    def in_shared_memory(self, buffer):
-        """Whether ``buffer`` lies in memory that ``share`` placed (the zero-copy path)."""
-        return self._holder(buffer)[0] is not None
+    def sum(self, buffer, lo=0, hi=None):
+        """Replace ``buffer[lo:hi]`` by its sum over the ranks."""
+        return self._reduce(buffer, None, lo, hi)
 
-    def mean(self, buffer):
-        """Replace the contiguous 1-D ``buffer`` by its mean over the ranks."""
-        return self._reduce(buffer, 1.0 / self.size)
-
-    def sum(self, buffer):
-        """Replace the contiguous 1-D ``buffer`` by its sum over the ranks."""
-        return self._reduce(buffer, None)
-
-    def _reduce(self, buffer, scale):
+    def _reduce(self, buffer, scale, lo=0, hi=None):
+        home = self._homes.get(id(buffer))
+        buffer = buffer[lo:hi] if lo or hi is not None else buffer
         if self.size == 1:
             return buffer
         if backend.on_device(buffer):
             return self._reduce_device(buffer, scale)
         if self.method == "nccl":
             raise ValueError("exchange.method nccl averages GPU buffers only (device: gpu)")
+        if home is not None:                      # in shared memory: summed in place there
+            self._reduce_in_place(home, lo, buffer.size, scale)
+            return buffer
         method = self.method_for(buffer)
         if method == "shared":
             return self._sum_shared(buffer, scale)
@@ -157,7 +155,6 @@ class Exchange:
             if scale is not None:
                 buffer *= buffer.dtype.type(scale)
             return buffer
-        from engine import device
         backend.synchronize(backend.array_module(buffer))
         if self._cuda_aware is None:
             self._cuda_aware = cuda_aware()
@@ -199,11 +196,8 @@ class Exchange:
         return scratch[:n]
 
     def _sum_shared(self, buffer, scale=None):
-        """The ``shared`` method; ``scale`` multiplies the sum on the way (for ``mean``)."""
-        buffers, offset = self._holder(buffer)
-        if buffers is not None:
-            self._reduce_in_place(buffers, offset, buffer.size, scale)
-            return buffer
+        """The ``shared`` method for a buffer ``allocate`` did not place: copied into shared
+        scratch memory and back; ``scale`` multiplies the sum on the way (for ``mean``)."""
         try:
             buffers = self._shared_scratch(buffer.size, buffer.dtype)
         except NodeMemoryError as err:

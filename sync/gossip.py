@@ -19,14 +19,24 @@ import contextlib
 
 import numpy as np
 
+from core.config import Key, register_section
+from core.registry import RULES
 from layers.backend import copy_into, host_like, in_memory_of, to_host
 from sync.rule import SyncRule
+from sync.tags import (GOSSIP_PARAMS as PARAMS, GOSSIP_REPLY as REPLY,
+                       GOSSIP_REQUEST as REQUEST, GOSSIP_WEIGHT as WEIGHT)
 
-WEIGHT, PARAMS, REQUEST, REPLY = range(31, 35)
+register_section("gossip", {
+    "variant": Key("str", "gosgd", choices=("gosgd", "elastic")),
+    "p": Key("float", 0.1, low=0, high=1, low_open=True),       # exchange probability
+    "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # elastic moving rate
+})
 
 
+@RULES.register("GOSSIP")
 class Gossip(SyncRule):
     name = "GOSSIP"
+    period = "gossip.p (the probability of an exchange per step)"
 
     def __init__(self, world, cfg):
         super().__init__(world, cfg)

@@ -66,13 +66,3 @@ class NodeBuffers:
             raise NodeMemoryError(errors[0])
         self.arrays = [np.frombuffer(memory, self.dtype, count, r * stride) for r in range(size)]
         self.mine = self.arrays[rank]
-
-    def offset_of(self, view):
-        """Element offset of the contiguous 1-D ``view`` inside this rank's array, or None."""
-        if not isinstance(view, np.ndarray) or view.dtype != self.dtype or view.ndim != 1 \
-                or not view.flags.c_contiguous:
-            return None
-        start = view.__array_interface__["data"][0] - self.mine.__array_interface__["data"][0]
-        if start < 0 or start + view.nbytes > self.mine.nbytes or start % view.itemsize:
-            return None
-        return start // view.itemsize

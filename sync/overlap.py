@@ -49,7 +49,7 @@ class BucketedExchange:
             try:
                 if self._error is None:
                     tick = time.perf_counter()
-                    self.exchange.mean(self.buffer[lo:hi])
+                    self.exchange.mean(self.buffer, lo, hi)
                     self.exchange_time += time.perf_counter() - tick
             except BaseException as err:         # re-raised on the main thread by finish()
                 self._error = err
@@ -76,7 +76,7 @@ class BucketedExchange:
         else:
             tick = time.perf_counter()
             for lo, hi in self.bounds:
-                self.exchange.mean(self.buffer[lo:hi])
+                self.exchange.mean(self.buffer, lo, hi)
             self.exchange_time += time.perf_counter() - tick
             self.waited += time.perf_counter() - tick
         self.next = 0

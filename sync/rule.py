@@ -11,55 +11,20 @@ The loop calls, on a worker::
     rule.finish(model)
 
 and on a server rank ``rule.serve(model, optimizer, schedule, steps_per_epoch, save)``
-instead. ``workers`` is a communicator over the worker ranks only (None in a single process);
-``worker_rank`` / ``num_workers`` say which data shard a worker reads.
+instead (rules with servers: ``sync/server.py``). ``workers`` is a communicator over the worker
+ranks only (None in a single process); ``worker_rank`` / ``num_workers`` say which data shard a
+worker reads. ``allocate`` (for ``Model``) places the flat buffers where the rule exchanges
+them fastest.
+
+A rule is one file that registers itself in ``core.registry.RULES`` and its settings with
+``core.config.register_section``; ``period`` says, for messages, what sets how often it
+exchanges (``{k}`` stands for a period a user gave).
 """
 import contextlib
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
 from layers.backend import copy_into, on_device, to_host
-from sync.dropped import DROPPED, DropListener
-
-IDLE_SLEEP = 1e-3      # a waiting server sleeps up to this long between polls
-
-# Tags of the server protocol that EASGD and Downpour share: a worker asks for the server's
-# values (FETCH), says it is done (DONE), or is done and wants the final values (DONE_FETCH);
-# the server answers with VALUES. CHECKPOINT (a folder) asks a server to write its part of a
-# checkpoint, SAVED answers it. Rule-specific messages use tags from 10 on.
-# DROPPED (sync/dropped.py) tells a worker the server dropped it.
-FETCH, DONE, DONE_FETCH, VALUES, CHECKPOINT, SAVED = 1, 2, 3, 4, 5, 6
-
-
-def probe_sleeping(comm, status, timeout):
-    """``comm.Probe(ANY_SOURCE, ANY_TAG, status)`` that sleeps while nothing arrives (a
-    blocking Probe spins on a core, which a server sharing a host with workers must not) and
-    gives up after ``timeout`` seconds; True if a message is there."""
-    from mpi4py import MPI
-    pause, give_up = 0.0, time.monotonic() + timeout
-    while not comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status):
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(pause)
-        pause = min(IDLE_SLEEP, pause * 2 + 1e-5)
-    return True
-
-
-def failed_ranks(comm):
-    """Ranks of ``comm`` whose processes failed (ULFM), acknowledged so that receives from
-    any source work again."""
-    from mpi4py import MPI
-    comm.Ack_failed()
-    failed = comm.Get_failed()
-    ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), comm.Get_group())
-    return [r for r in ranks if r != MPI.UNDEFINED]
-
-
-def warn(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def through_host(buffer, call):
@@ -74,12 +39,13 @@ def through_host(buffer, call):
 
 
 class SyncRule:
-    name = "LOCAL"
+    name = None
+    period = None           # the setting that says how often it exchanges (for messages)
     log = None              # the run's RunLog (engine/runlog.py), set by the driver
 
     def __init__(self, world, cfg):
         self.world, self.cfg = world, cfg
-        self.servers = self.num_servers()
+        self.servers = self.servers_in(cfg)
         if world.size <= self.servers:
             raise ValueError(f"{self.name} needs more than {self.servers} ranks "
                              f"({self.servers} server rank(s) and at least one worker), got "
@@ -87,13 +53,19 @@ class SyncRule:
         self.is_server = world.rank < self.servers
         self.num_workers = world.size - self.servers
         self.worker_rank = world.rank - self.servers
-        self.worker_timeout, self.dropped = cfg["worker_timeout"], []
         self.workers = None
         if world.comm is not None:
             self.workers = world.comm.Split(0 if self.is_server else 1, world.rank)
 
-    def num_servers(self):
+    @classmethod
+    def servers_in(cls, cfg):
+        """How many server ranks the rule runs with ``cfg`` (none: every rank a worker)."""
         return 0
+
+    def allocate(self, name, count, dtype, xp):
+        """The model's flat buffer ``name`` ('params' or 'grads') of ``count`` elements:
+        plain memory here; BSP places the one it averages in memory its exchange shares."""
+        return xp.empty(count, dtype)
 
     # Synchronous rules (BSP, gossip, LOCAL) evaluate with every worker taking its shard of the
     # validation set and save checkpoints together. In asynchronous ones (EASGD, Downpour) no
@@ -189,90 +161,10 @@ class SyncRule:
         """Restore what ``state_dict`` returned."""
 
     def save_checkpoint(self, folder, save):
-        """Every worker writes its part (``save(folder)``); the first worker has the servers
-        write theirs. Returns the problems (on the first worker; [] elsewhere); asynchronous
-        workers do not wait for each other (the checkpoint is whole once every file is
-        there)."""
+        """Every worker writes its part (``save(folder)``). Returns the problems (on the
+        first worker; [] elsewhere); asynchronous workers do not wait for each other (the
+        checkpoint is whole once every file is there)."""
         failures = [save(folder)]
         if self.synchronous and self.workers is not None and self.num_workers > 1:
             failures = self.workers.allgather(failures[0])
-        if self.worker_rank == 0:
-            for server in range(self.servers):
-                self.world.comm.send(str(folder), dest=server, tag=CHECKPOINT)
-                failures.append(self.world.comm.recv(source=server, tag=SAVED))
         return [f for f in failures if f] if self.worker_rank == 0 else []
-
-    # -- the server protocol ----------------------------------------------------------------
-    def listen_for_drop(self):
-        """On a worker of a rule with servers: end this process if a server drops it."""
-        self.listener = DropListener(self.world.comm, self.world.rank, self.servers).start()
-
-    def notify(self, server, tag):
-        """Send ``server`` an empty note (FETCH, DONE or DONE_FETCH)."""
-        self.world.comm.Send(np.zeros(1, np.int8), dest=server, tag=tag)
-
-    def serve_workers(self, values, handle, save):
-        """Answer the workers until every one is done: FETCH gets ``values``, CHECKPOINT has
-        ``save`` write this rank's part, other tags go to ``handle(source, tag)`` (which must
-        receive the message); at the end the worker that sent DONE_FETCH gets the final
-        ``values``. Each message served is a "serve" event of the timeline.
-
-        A worker whose process died (reported by MPI when the job runs with ULFM, as the
-        launchers start it) or that has sent nothing for ``worker_timeout`` seconds is
-        dropped with a warning; the others go on."""
-        from mpi4py import MPI
-        comm, status, note = self.world.comm, MPI.Status(), np.empty(1, np.int8)
-        active, self.notices = set(range(self.servers, self.world.size)), []
-        heard = dict.fromkeys(active, time.monotonic())
-        final_to = None
-        while active:
-            try:
-                arrived = probe_sleeping(comm, status, timeout=1.0)
-            except MPI.Exception:
-                self._drop(active, failed_ranks(comm), "its process died")
-                continue
-            if not arrived:
-                now = time.monotonic()
-                silent = [r for r in active if now - heard[r] > self.worker_timeout]
-                self._drop(active, silent, f"it sent nothing for {self.worker_timeout:g} s")
-                self.notices += [comm.issend(f"silent for {self.worker_timeout:g} s", dest=r,
-                                             tag=DROPPED) for r in silent]
-                continue
-            source, tag = status.Get_source(), status.Get_tag()
-            heard[source] = time.monotonic()
-            try:
-                with self.log.phase("serve", f"tag {tag} from rank {source}"):
-                    if tag == CHECKPOINT:
-                        folder = comm.recv(source=source, tag=CHECKPOINT)
-                        comm.send(save(Path(folder)), dest=source, tag=SAVED)
-                    elif tag not in (FETCH, DONE, DONE_FETCH):
-                        handle(source, tag)
-                    else:
-                        comm.Recv(note, source=source, tag=tag)
-                        if tag == FETCH:
-                            comm.Send(values, dest=source, tag=VALUES)
-                        else:
-                            active.discard(source)
-                            final_to = source if tag == DONE_FETCH else final_to
-            except MPI.Exception:            # the worker died while being served
-                self._drop(active, failed_ranks(comm), "its process died")
-        if final_to is not None:
-            comm.Send(values, dest=final_to, tag=VALUES)
-        self._deliver_notices()
-
-    def _deliver_notices(self, seconds=10.0):
-        """Wait until the dropped workers have received their DROPPED notes (sent in
-        synchronous mode: under ULFM a note is lost once its sender has ended), for no more
-        than ``seconds`` (a worker whose every thread is stuck never receives it)."""
-        from mpi4py import MPI
-        give_up = time.monotonic() + seconds
-        while self.notices and not MPI.Request.Testall(self.notices) and \
-                time.monotonic() < give_up:
-            time.sleep(0.05)
-
-    def _drop(self, active, ranks, why):
-        for rank in sorted(set(ranks) & active):
-            active.discard(rank)
-            self.dropped.append(rank)
-            warn(f"warning: server rank {self.world.rank} drops worker rank {rank}: {why}; "
-                 f"the other workers go on")

@@ -11,7 +11,8 @@ import pytest
 
 from data import idx
 from data.dataset import open_dataset
-from data.prepare import PrepareError, main
+from data.prepare import main
+from data.source import PrepareError
 
 SYSTEM = Path(idx.DATASETS["fashion-mnist"]["system"][0])
 

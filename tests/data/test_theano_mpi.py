@@ -159,7 +159,7 @@ def test_files_of_different_image_shapes_are_refused(tmp_path):
 
 
 def test_a_run_trains_on_the_root_of_the_tree(tmp_path):
-    from engine.config import load_config
+    from core.config import load_config
     from engine.train import train
     write_tree(tmp_path / "ilsvrc12")
     out = io.StringIO()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from engine.checkpoint import CheckpointError, export_weights, import_weights
-from engine.config import load_config
-from engine.models import build_model
+from core.config import load_config
+from core.models import build_model
 from engine.train import main, train
 from tests.mpi import ROOT, run_mpi
 from tests.sync.helpers import COMMON, run_rule

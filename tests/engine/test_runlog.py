@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.config import load_config
+from core.config import load_config
 from engine.progress import ProgressDisplay
 from engine.report import main as report
 from engine.train import train

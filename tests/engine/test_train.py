@@ -4,8 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+import yaml
 
-from engine.config import ConfigError, load_config
+from core.config import load_config
+
+from core.errors import ConfigError
 from engine.train import NonFiniteLoss, main, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +160,7 @@ def test_prepared_data_without_a_path_is_a_config_error():
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_a_non_finite_gradient_never_reaches_the_parameters(monkeypatch, policy):
-    from engine.model import Model
+    from core.model import Model
     backward, calls = Model.backward, []
 
     def nan_on_third_call(self, *args):
@@ -174,3 +177,14 @@ def test_a_non_finite_gradient_never_reaches_the_parameters(monkeypatch, policy)
         return
     result = train(cfg)
     assert result["skipped_steps"] == 1 and np.isfinite(result["model"].params).all()
+
+
+def test_check_prints_the_resolved_configuration_or_its_problems(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: mlp\neasgd:\n  tau: 4\n")
+    assert main([str(path), "--check", "--set", "seed=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"] == "mlp" and printed["seed"] == 7 and printed["easgd"]["tau"] == 4
+    assert main([str(path), "--check", "--set", "seed=x"]) == 2
+    assert "seed: expected int >= 0, got str 'x'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

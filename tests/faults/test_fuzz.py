@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from data.prepare import main as prepare
-from engine.config import SCHEMA
+from core.config import SCHEMA
 from engine.train import main as train_main
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261126"))

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from engine.config import load_config
-from engine.models import build_model
-from engine.optimizers import SGD
+from core.config import load_config
+from core.models import build_model
+from core.optimizers import SGD
 from tests.sync.helpers import reference_setup, run_rule, sgd_step
 
 MODELS = [("inception_small", {"width": 0.25}, (8, 3, 28, 28)),
@@ -38,21 +38,21 @@ def test_no_training_step_allocates_after_the_first(cupy):
     """The memory pool serves every step after warm-up from memory it already holds."""
     pool = cupy.get_default_memory_pool()
     model = build_model("googlenet", {"image_size": 96, "num_classes": 10}, seed=0, xp=cupy)
-    optimizer = SGD(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = SGD(momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(0)
     x = cupy.asarray(rng.standard_normal((16, 3, 96, 96)).astype(np.float32))
     labels = cupy.asarray(rng.integers(0, 10, size=16))
     held = []
     for _ in range(5):
         step(model, x, labels)
-        optimizer.step(model.params, model.grads)
+        optimizer.step(model.params, model.grads, lr=0.01)
         cupy.cuda.get_current_stream().synchronize()
         held.append(pool.total_bytes())
     assert held[1] == held[2] == held[3] == held[4], held
 
 
 def test_tf32_switches_float32_products_and_back(cupy):
-    from engine.device import array_module, set_tf32
+    from core.device import array_module, set_tf32
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((512, 512)).astype(np.float32) for _ in range(2))
     exact = a.astype(np.float64) @ b.astype(np.float64)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from layers import backend, cuda
-from engine.optimizers import SGD, Adagrad
+from core.optimizers import SGD, Adagrad
 from layers.avg_pool import AvgPool2D
 from layers.batch_norm import BatchNorm2D
 from layers.conv import Conv2D, conv_out_size
@@ -137,7 +137,7 @@ def test_max_pool_kernel_records_the_first_maximum_on_ties(kernels):
 ])
 def test_whole_models_through_the_kernels_equal_the_cpu_path(model, options, shape,
                                                               monkeypatch):
-    from engine.models import build_model
+    from core.models import build_model
     x = RNG.standard_normal(shape)
     labels = RNG.integers(0, options.get("num_classes", 10), size=shape[0])
     results = []
@@ -203,9 +203,9 @@ def test_softmax_cross_entropy_kernels(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: SGD(0.1, momentum=0.9, weight_decay=1e-3),
-    lambda: SGD(0.1, momentum=0.8, nesterov=True),
-    lambda: Adagrad(0.05, eps=1e-6, weight_decay=1e-2),
+    lambda: SGD(momentum=0.9, weight_decay=1e-3),
+    lambda: SGD(momentum=0.8, nesterov=True),
+    lambda: Adagrad(eps=1e-6, weight_decay=1e-2),
 ], ids=["sgd", "nesterov", "adagrad"])
 def test_optimizer_update_kernels(make, monkeypatch):
     params = RNG.standard_normal(50)

@@ -12,7 +12,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import engine.device   # noqa: E402
+import core.device   # noqa: E402
 import sync.node_memory   # noqa: E402
 from layers import backend   # noqa: E402
 from sync.exchange import SHARED_BLOCK, Exchange   # noqa: E402
@@ -49,17 +49,18 @@ for dtype in (np.float32, np.float64):
             values = data(count, dtype)
             plain = values.copy()                     # private memory: copied in and out
             check(exchange.mean(plain), values, dtype, f"{method} {count} {dtype.__name__}")
-            shared = exchange.share(values.copy())
+            shared = exchange.allocate(count, dtype)
+            shared[...] = values
             in_shared = exchange.in_shared_memory(shared)
             assert in_shared == (method in ("shared", "auto")), (method, in_shared)
             check(exchange.mean(shared), values, dtype, f"{method} shared {count}")
-            if count > 2:                             # a slice (a bucket) of a shared buffer
-                piece = shared[1:-1]
+            if count > 2:                             # a bucket [1, count - 1) of it
                 before = shared.copy()
                 values = data(count - 2, dtype, salt=1)
-                piece[...] = values
-                check(exchange.mean(piece), values, dtype, f"{method} slice {count}")
-                assert shared[0] == before[0] and shared[-1] == before[-1], "outside the slice"
+                shared[1:-1] = values
+                check(exchange.mean(shared, 1, count - 1), values, dtype,
+                      f"{method} bucket {count}")
+                assert shared[0] == before[0] and shared[-1] == before[-1], "outside the bucket"
             summed = data(count, dtype, salt=2)
             reference = expected_mean(summed) * n
             np.testing.assert_allclose(exchange.sum(summed.copy()), reference, rtol=1e-5,
@@ -95,7 +96,7 @@ os.environ["PT_CUDA_AWARE"] = "0"                      # the staged path, whatev
 DeviceBuffer.__module__ = "cupy.stand_in"
 backend.synchronize = lambda xp: None                  # no GPU stream to wait for
 backend.array_module = lambda x: np                    # and no CuPy to import
-engine.device.pinned_empty = lambda count, dtype: np.empty(count, dtype)
+core.device.pinned_empty = lambda count, dtype: np.empty(count, dtype)
 for method in ("allreduce", "ring", "shared", "auto"):
     exchange = Exchange(comm, method, shared_min_bytes=0)
     for count in (1, 1000):
@@ -115,7 +116,8 @@ else:
 sync.node_memory._folder = lambda: "/nonexistent/parallel-training"
 auto = Exchange(comm, "auto", shared_min_bytes=0)
 values = data(100, np.float32)
-buffer = auto.share(values.copy())
+buffer = auto.allocate(100, np.float32)
+buffer[...] = values
 assert not auto.in_shared_memory(buffer) and auto.method_for(buffer) == "allreduce"
 check(auto.mean(buffer), values, np.float32, "auto without shared memory")
 unshared = Exchange(comm, "auto", shared_min_bytes=0)          # the copy-in path's scratch
@@ -123,7 +125,7 @@ values = data(100, np.float32, salt=3)
 check(unshared.mean(values.copy()), values, np.float32, "auto, no scratch shared memory")
 assert unshared.method_for(values) == "allreduce"
 try:
-    Exchange(comm, "shared").share(values.copy())
+    Exchange(comm, "shared").allocate(100, np.float32)
 except NodeMemoryError as err:
     assert "rank 0 could not reserve" in str(err), err
 else:

@@ -5,10 +5,10 @@ import json
 import numpy as np
 
 from data.dataset import build_data
-from engine.config import load_config
-from engine.models import build_model
-from engine.optimizers import build_optimizer
-from engine.train import model_options
+from core.config import load_config
+from core.models import build_model
+from core.optimizers import build_optimizer
+from engine.train import geometry
 from tests.mpi import ROOT, run_mpi
 
 COMMON = ["model=mlp", "model_options={hidden: [16]}", "data.dataset=synthetic",
@@ -38,8 +38,8 @@ def reference_setup(settings, shards=1, copies=1):
     """(cfg, per-shard data, models, optimizers) for a one-process reference run."""
     cfg = load_config(None, COMMON + settings)
     data = [build_data(cfg, r, shards) for r in range(shards)]
-    models = [build_model(cfg["model"], model_options(cfg, data[0]), cfg["dtype"], cfg["seed"])
-              for _ in range(copies)]
+    models = [build_model(cfg["model"], cfg["model_options"], cfg["dtype"], cfg["seed"],
+                          geometry=geometry(data[0])) for _ in range(copies)]
     optimizers = [build_optimizer(cfg["optimizer"]) for _ in range(copies)]
     return cfg, data, models, optimizers
 

@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.config import load_config   # noqa: E402
+from core.config import load_config   # noqa: E402
 from layers.backend import to_host          # noqa: E402
 from engine.train import train          # noqa: E402
 from sync.comm import leave, world      # noqa: E402
@@ -69,7 +69,8 @@ if __name__ == "__main__":
     rule = result["rule"]
     np.save(f"{args.out}.{w.rank}.npy", to_host(result["model"].params))   # also from a GPU
     summary = {"role": result["role"], "top1": result.get("top1"), "seconds": seconds,
-               "exchanges": getattr(rule, "exchanges", None), "dropped": rule.dropped}
+               "exchanges": getattr(rule, "exchanges", None),
+               "dropped": getattr(rule, "dropped", [])}     # server rules drop workers
     if hasattr(rule, "exchange"):             # BSP: how its buffer was averaged
         model = result["model"]
         buffer = model.grads if rule.avg_freq == 1 else model.params

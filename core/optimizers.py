@@ -1,9 +1,10 @@
 """Optimizers that update a model's flat 1-D ``params`` buffer from its flat ``grads`` buffer.
 
-Each ``step(params, grads, lr=None)`` is a few in-place ufunc calls (``out=``) over the whole
+Each ``step(params, grads, lr)`` is a few in-place ufunc calls (``out=``) over the whole
 buffer; state (momentum velocity, Adagrad's sum of squares) and one or two scratch buffers are
 allocated on the first step and reused, so a step allocates nothing afterwards. ``grads`` is only
-read. Works on NumPy or CuPy buffers alike (``xp`` comes from ``params``).
+read. Works on NumPy or CuPy buffers alike (``xp`` comes from ``params``). The learning rate
+is the schedule's (``core/schedules.py``, its one owner), given to every step.
 
 Equations, with g = grad + weight_decay * p (L2 regularization folded into the gradient):
 
@@ -19,10 +20,12 @@ Equations, with g = grad + weight_decay * p (L2 regularization folded into the g
       s = s + g^2
       p = p - lr * g / (sqrt(s) + eps)
 """
+import inspect
 import math
 
 import numpy as np
 
+from core.registry import OPTIMIZERS
 from layers import backend, cuda
 from layers.backend import array_module
 
@@ -41,7 +44,7 @@ def _number(name, value, low, low_open=False, high=None):
 
 
 class Optimizer:
-    """Base class: flat-buffer checks, the lr override, state buffers and checkpoints.
+    """Base class: flat-buffer checks, state buffers and checkpoints.
 
     Subclasses set ``name`` and ``buffer_names`` (the persistent per-element state) and
     implement ``_update(params, grads, lr)``.
@@ -50,8 +53,7 @@ class Optimizer:
     name = None
     buffer_names = ()
 
-    def __init__(self, lr, weight_decay=0.0):
-        self.lr = _number("lr", lr, 0.0, low_open=True)
+    def __init__(self, weight_decay=0.0):
         self.weight_decay = _number("weight_decay", weight_decay, 0.0)
         self.steps = 0
         self._state = {}    # name -> array like params, checkpointed
@@ -59,10 +61,11 @@ class Optimizer:
 
     def hyperparameters(self):
         """The constructor arguments, as a dict."""
-        return {"lr": self.lr, "weight_decay": self.weight_decay}
+        return {"weight_decay": self.weight_decay}
 
-    def step(self, params, grads, lr=None):
-        """Update ``params`` in place from ``grads``; ``lr`` overrides ``self.lr`` (schedules)."""
+    def step(self, params, grads, lr):
+        """Update ``params`` in place from ``grads`` at learning rate ``lr`` (the schedule's
+        value for this step, checked there)."""
         if getattr(params, "ndim", None) != 1 or getattr(grads, "shape", None) != params.shape \
                 or grads.dtype != params.dtype:
             raise ValueError(
@@ -70,7 +73,6 @@ class Optimizer:
                 f"shape and dtype, got params {getattr(params, 'shape', type(params).__name__)} "
                 f"{getattr(params, 'dtype', '')} and grads "
                 f"{getattr(grads, 'shape', type(grads).__name__)} {getattr(grads, 'dtype', '')}")
-        lr = self.lr if lr is None else _number("lr", lr, 0.0)
         self._update(params, grads, lr)
         self.steps += 1
 
@@ -135,6 +137,7 @@ class Optimizer:
                        for key, buf in state.get("buffers", {}).items()}
 
 
+@OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     """SGD with optional (Nesterov) momentum and L2 weight decay::
 
@@ -147,8 +150,8 @@ class SGD(Optimizer):
     name = "sgd"
     buffer_names = ("velocity",)
 
-    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(weight_decay)
         self.momentum = _number("momentum", momentum, 0.0, high=1.0)
         if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
@@ -185,6 +188,7 @@ class SGD(Optimizer):
         xp.subtract(params, tmp, out=params)
 
 
+@OPTIMIZERS.register("adagrad")
 class Adagrad(Optimizer):
     """Adagrad (Duchi et al. 2011) with L2 weight decay::
 
@@ -196,8 +200,8 @@ class Adagrad(Optimizer):
     name = "adagrad"
     buffer_names = ("sum_sq",)
 
-    def __init__(self, lr, eps=1e-10, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, eps=1e-10, weight_decay=0.0):
+        super().__init__(weight_decay)
         self.eps = _number("eps", eps, 0.0, low_open=True)
 
     def hyperparameters(self):
@@ -222,28 +226,15 @@ class Adagrad(Optimizer):
         xp.subtract(params, tmp, out=params)
 
 
-OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad}
-# keys a config section may hold, and which optimizer uses each
-_SECTION_KEYS = {"name", "lr", "momentum", "nesterov", "weight_decay", "eps"}
-_USES = {"sgd": {"lr", "momentum", "nesterov", "weight_decay"},
-         "adagrad": {"lr", "eps", "weight_decay"}}
-
-
-def build_optimizer(cfg):
-    """An optimizer from a config section, e.g.
-    ``{name: sgd, lr: 0.05, momentum: 0.9, nesterov: false, weight_decay: 5e-4}``.
-
-    Keys the chosen optimizer does not use (``momentum``/``nesterov`` for adagrad, ``eps`` for
-    sgd) are ignored, so one section can switch optimizers by name; other keys are an error.
-    """
-    name = cfg.get("name")
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name: {name!r} is not one of {sorted(OPTIMIZERS)}")
-    unknown = set(cfg) - _SECTION_KEYS
+def build_optimizer(section):
+    """The optimizer a config section names, e.g. ``{name: sgd, lr: 0.05, momentum: 0.9,
+    nesterov: false, weight_decay: 5e-4}``, with the keys its constructor takes (one section
+    can switch optimizers by name: ``momentum`` is ignored by adagrad, ``eps`` by sgd; ``lr``
+    belongs to the schedule)."""
+    kind = OPTIMIZERS.get_or_raise(section.get("name"))
+    known = {"name", "lr"}.union(*(inspect.signature(k).parameters for k in OPTIMIZERS.values()))
+    unknown = set(section) - known
     if unknown:
-        raise ValueError(f"optimizer: unknown keys {sorted(unknown)}; "
-                         f"allowed: {sorted(_SECTION_KEYS)}")
-    if "lr" not in cfg:
-        raise ValueError("optimizer.lr is required")
-    kwargs = {key: value for key, value in cfg.items() if key in _USES[name]}
-    return OPTIMIZERS[name](**kwargs)
+        raise ValueError(f"optimizer: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    taken = inspect.signature(kind).parameters
+    return kind(**{key: value for key, value in section.items() if key in taken})

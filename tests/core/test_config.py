@@ -1,8 +1,13 @@
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from engine import config
-from engine.config import SCHEMA, ConfigError, Key, dump, load_config, register_section, resolve
+from core import config
+from core.config import SCHEMA, Key, dump, load_config, register_section, resolve
+from core.errors import ConfigError
+from tests.mpi import ROOT
 
 
 def _write(tmp_path, text, name="run.yaml"):
@@ -238,13 +243,45 @@ def test_register_section_extends_the_schema(monkeypatch):
     assert "plot" not in SCHEMA
 
 
-def test_command_line(tmp_path, capsys):
-    path = _write(tmp_path, "model: mlp\n")
-    assert config.main([str(path), "--set", "seed=7"]) == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"] == "mlp" and printed["seed"] == 7
-    assert config.main([str(path), "--set", "seed=x"]) == 2
-    assert "seed: expected int >= 0, got str 'x'" in capsys.readouterr().err
+def test_the_choices_are_the_registries(monkeypatch):
+    from core.registry import MODELS, RULES
+    assert set(SCHEMA["model"].choices) == {"mlp", "inception_small", "googlenet"}
+    assert set(RULES) == {"BSP", "EASGD", "DOWNPOUR", "GOSSIP", "LOCAL"}
+    monkeypatch.setitem(MODELS, "tiny", "nowhere:tiny")    # one registration, nothing else
+    assert load_config(None, ["model=tiny"])["model"] == "tiny"
+    with pytest.raises(ConfigError, match="model: str 'tinny' is not allowed; allowed values: "
+                                          ".*tiny.*did you mean 'tiny'"):
+        load_config(None, ["model=tinny"])
+
+
+def test_each_rule_brings_its_own_settings_and_checks():
+    cfg = load_config(None, [])
+    assert cfg["easgd"] == {"tau": 10, "alpha": 0.5} and cfg["worker_timeout"] == 300
+    assert cfg["exchange"]["method"] == "auto" and cfg["avg_freq"] == 1
+    with pytest.raises(ConfigError, match="exchange.wire: float16 travels on the ring only"):
+        load_config(None, ["exchange.wire=float16", "exchange.method=shared"])
+
+
+def test_the_configuration_loads_no_layer_and_no_rule():
+    code = ("import sys; import core.config; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('layers', 'sync', 'engine', 'data')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = eval(done.stdout)
+    assert not [m for m in loaded if m.split(".")[0] in ("sync", "engine", "data")], loaded
+    assert set(loaded) <= {"layers", "layers.backend", "layers.cuda"}, loaded
+
+
+def test_the_schedule_defaults_are_the_schedule_s_own():
+    import inspect
+
+    from core.schedules import Schedule
+    section = load_config(None, [])["lr_schedule"]
+    for name, parameter in inspect.signature(Schedule).parameters.items():
+        if parameter.kind is parameter.KEYWORD_ONLY:
+            assert section[name] == parameter.default, name
 
 
 def test_a_data_path_means_that_folder(tmp_path):
@@ -258,7 +295,8 @@ def test_a_data_path_means_that_folder(tmp_path):
 
 
 @pytest.mark.parametrize("rule, instead", [
-    ("EASGD", r"EASGD's period is easgd.tau \(Theano-MPI's EASGD avg_freq 8 is easgd.tau: 8"),
+    ("EASGD", r"EASGD's exchanges are set by easgd.tau \(Theano-MPI's EASGD avg_freq 8 is "
+              r"easgd.tau: 8 here\)"),
     ("DOWNPOUR", "downpour.n_push and downpour.n_fetch"),
     ("GOSSIP", "gossip.p"),
     ("LOCAL", "averaging$")])

@@ -1,5 +1,5 @@
 """Multilayer perceptron: flatten -> (Linear -> ReLU) x len(hidden) -> Linear."""
-from engine.model import Model
+from core.model import Model
 from layers.flatten import Flatten
 from layers.linear import Linear
 from layers.relu import ReLU

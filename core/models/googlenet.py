@@ -6,7 +6,7 @@ dropout 0.7 -> fc), whose losses are added with weight 0.3 during training.
 import itertools
 import math
 
-from engine.model import Head, Model
+from core.model import Head, Model
 from layers.avg_pool import AvgPool2D
 from layers.dropout import Dropout
 from layers.flatten import Flatten

@@ -8,7 +8,7 @@ in layout on every rank, of which every layer's parameters and gradients are vie
 import numpy as np
 
 from layers.backend import copy_into
-from layers.base import bind_flat, bind_views, leaves
+from layers.base import bind_flat, leaves
 from layers.softmax_cross_entropy import SoftmaxCrossEntropy
 
 
@@ -21,7 +21,10 @@ class Head:
 
 
 class Model:
-    def __init__(self, name, stages, heads=(), dtype=np.float32, seed=0, xp=np):
+    def __init__(self, name, stages, heads=(), dtype=np.float32, seed=0, xp=np, allocate=None):
+        """``allocate(name, count, dtype, xp)`` makes the flat ``params`` and ``grads`` buffers
+        (a sync rule places the one it exchanges where that is fastest); default: plain
+        arrays of ``xp``."""
         self.name = name
         self.stages = list(stages)
         self.heads = list(heads)
@@ -29,24 +32,11 @@ class Model:
         self.dtype = np.dtype(dtype)
         self.xp = xp
         self.params, self.grads = bind_flat(self.layers(), self.dtype,
-                                            np.random.default_rng(seed), xp)
+                                            np.random.default_rng(seed), xp, allocate)
         self._leaves = list(leaves(self.layers()))   # the layer tree is fixed from here on
         sizes = [sum(int(np.prod(v.shape)) for leaf in leaves([layer])
                      for v in leaf.params.values()) for layer in self.layers()]
         self.starts = [int(s) for s in np.cumsum([0] + sizes[:-1])]   # flat offset of each
-
-    def move_buffers(self, params=None, grads=None):
-        """Use ``params``/``grads`` (flat arrays of the same size and dtype, holding the values
-        the caller wants) as the model's buffers from now on, e.g. memory shared between ranks.
-        """
-        for name, new in (("params", params), ("grads", grads)):
-            old = getattr(self, name)
-            if new is not None and (new.shape != old.shape or new.dtype != old.dtype):
-                raise ValueError(f"move_buffers: {name} must be {old.shape} {old.dtype}, "
-                                 f"got {new.shape} {new.dtype}")
-        self.params = self.params if params is None else params
-        self.grads = self.grads if grads is None else grads
-        bind_views(self.layers(), self.params, self.grads)
 
     def layers(self):
         """Top-level layers in parameter order: the trunk stages, then the heads."""

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.optimizers import SGD, Adagrad, build_optimizer
+from core.optimizers import SGD, Adagrad, build_optimizer
 
 N = 7
 STEPS = 5
@@ -14,12 +14,13 @@ def _problem(seed=0, dtype=np.float64):
     return p0, grads
 
 
-def _run(opt, p0, grads, lrs=None):
+def _run(opt, p0, grads, lr=None, lrs=None):
+    """Steps at ``lr``, or at ``lrs[i]`` on step i (the schedule gives every step its rate)."""
     params = p0.copy()
     history = []
     for i, g in enumerate(grads):
         g_before = g.copy()
-        opt.step(params, g, lr=None if lrs is None else lrs[i])
+        opt.step(params, g, lr=lr if lrs is None else lrs[i])
         np.testing.assert_array_equal(g, g_before)   # grads are only read
         history.append(params.copy())
     return history
@@ -67,53 +68,54 @@ def _assert_history(got, want, rtol=1e-12):
     (0.9, True, 0.0), (0.5, True, 0.1)])
 def test_sgd_matches_reference(mu, nesterov, wd):
     p0, grads = _problem(1)
-    opt = SGD(0.05, momentum=mu, nesterov=nesterov, weight_decay=wd)
-    _assert_history(_run(opt, p0, grads), _sgd_reference(p0, grads, 0.05, mu, nesterov, wd))
+    opt = SGD(momentum=mu, nesterov=nesterov, weight_decay=wd)
+    _assert_history(_run(opt, p0, grads, 0.05),
+                    _sgd_reference(p0, grads, 0.05, mu, nesterov, wd))
     assert opt.steps == STEPS
 
 
 def test_plain_sgd_first_step_by_hand():
     params = np.array([1.0, -2.0, 3.0])
-    SGD(0.1, weight_decay=0.5).step(params, np.array([1.0, 1.0, -1.0]))
+    SGD(weight_decay=0.5).step(params, np.array([1.0, 1.0, -1.0]), lr=0.1)
     # g = grad + 0.5 p = [1.5, 0, 0.5]; p -= 0.1 g
     np.testing.assert_allclose(params, [0.85, -2.0, 2.95], rtol=1e-15)
 
 
 def test_momentum_accumulates_velocity():
     params = np.zeros(2)
-    opt = SGD(1.0, momentum=0.5)
+    opt = SGD(momentum=0.5)
     for _ in range(3):
-        opt.step(params, np.ones(2))
+        opt.step(params, np.ones(2), lr=1.0)
     # v = 1, 1.5, 1.75 -> p = -(1 + 1.5 + 1.75)
     np.testing.assert_allclose(params, [-4.25, -4.25], rtol=1e-15)
     np.testing.assert_allclose(opt.state_dict()["buffers"]["velocity"], [1.75, 1.75])
 
 
-def test_lr_override_per_step():
+def test_the_learning_rate_is_the_step_s_and_the_optimizer_keeps_none():
     p0, grads = _problem(2)
     lrs = [0.1, 0.05, 0.0, 0.2, 0.01]
-    opt = SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    _assert_history(_run(opt, p0, grads, lrs),
+    opt = SGD(momentum=0.9, nesterov=True, weight_decay=1e-3)
+    _assert_history(_run(opt, p0, grads, lrs=lrs),
                     _sgd_reference(p0, grads, None, 0.9, True, 1e-3, lrs=lrs))
-    assert opt.lr == 0.05
+    assert not hasattr(opt, "lr") and "lr" not in opt.hyperparameters()   # the schedule's
 
 
 @pytest.mark.parametrize("wd", [0.0, 0.01])
 def test_adagrad_matches_reference(wd):
     p0, grads = _problem(3)
-    opt = Adagrad(0.1, eps=1e-3, weight_decay=wd)
-    _assert_history(_run(opt, p0, grads), _adagrad_reference(p0, grads, 0.1, 1e-3, wd))
+    opt = Adagrad(eps=1e-3, weight_decay=wd)
+    _assert_history(_run(opt, p0, grads, 0.1), _adagrad_reference(p0, grads, 0.1, 1e-3, wd))
 
 
 def test_adagrad_first_step_is_sign_times_lr():
     params = np.array([0.0, 0.0, 0.0])
-    Adagrad(0.5).step(params, np.array([3.0, -0.2, 0.0]))
+    Adagrad().step(params, np.array([3.0, -0.2, 0.0]), lr=0.5)
     np.testing.assert_allclose(params, [-0.5, 0.5, 0.0], rtol=1e-9)
 
 
 def test_float32_close_to_float64_reference():
     p0, grads = _problem(4, np.float32)
-    got = _run(SGD(0.05, momentum=0.9, weight_decay=5e-4), p0, grads)
+    got = _run(SGD(momentum=0.9, weight_decay=5e-4), p0, grads, 0.05)
     assert got[-1].dtype == np.float32
     _assert_history(got, _sgd_reference(p0, grads, 0.05, 0.9, False, 5e-4), rtol=1e-5)
 
@@ -121,87 +123,84 @@ def test_float32_close_to_float64_reference():
 def test_update_is_in_place_and_buffers_are_reused():
     p0, grads = _problem(5)
     params = p0.copy()
-    opt = SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    opt.step(params, grads[0])
+    opt = SGD(momentum=0.9, nesterov=True, weight_decay=1e-3)
+    opt.step(params, grads[0], lr=0.05)
     ids = {k: id(v) for k, v in {**opt._state, **opt._scratch}.items()}
-    opt.step(params, grads[1])
+    opt.step(params, grads[1], lr=0.05)
     assert ids == {k: id(v) for k, v in {**opt._state, **opt._scratch}.items()}
 
 
 def test_state_dict_roundtrip_continues_identically():
     p0, grads = _problem(6)
-    full = SGD(0.05, momentum=0.9, weight_decay=1e-3)
-    want = _run(full, p0, grads)
-    first = SGD(0.05, momentum=0.9, weight_decay=1e-3)
+    full = SGD(momentum=0.9, weight_decay=1e-3)
+    want = _run(full, p0, grads, 0.05)
+    first = SGD(momentum=0.9, weight_decay=1e-3)
     params = p0.copy()
     for g in grads[:2]:
-        first.step(params, g)
-    resumed = SGD(0.05, momentum=0.9, weight_decay=1e-3)
+        first.step(params, g, lr=0.05)
+    resumed = SGD(momentum=0.9, weight_decay=1e-3)
     resumed.load_state_dict(first.state_dict())
     for g in grads[2:]:
-        resumed.step(params, g)
+        resumed.step(params, g, lr=0.05)
     np.testing.assert_allclose(params, want[-1], rtol=1e-12)
     assert resumed.steps == STEPS
 
 
 def test_loaded_state_takes_the_parameters_dtype():
-    opt = SGD(1.0, momentum=0.5)
+    opt = SGD(momentum=0.5)
     opt.load_state_dict({"name": "sgd", "steps": 3, "buffers": {"velocity": np.full(2, 2.0)}})
     params = np.zeros(2, np.float32)
-    opt.step(params, np.ones(2, np.float32))
+    opt.step(params, np.ones(2, np.float32), lr=1.0)
     np.testing.assert_array_equal(params, [-2.0, -2.0])   # v = 0.5 * 2 + 1
     assert opt.state_dict()["buffers"]["velocity"].dtype == np.float32
 
 
 def test_adagrad_state_dict_roundtrip():
     p0, grads = _problem(7)
-    want = _run(Adagrad(0.1), p0, grads)
-    first, params = Adagrad(0.1), p0.copy()
-    first.step(params, grads[0])
-    resumed = Adagrad(0.1)
+    want = _run(Adagrad(), p0, grads, 0.1)
+    first, params = Adagrad(), p0.copy()
+    first.step(params, grads[0], lr=0.1)
+    resumed = Adagrad()
     resumed.load_state_dict(first.state_dict())
     for g in grads[1:]:
-        resumed.step(params, g)
+        resumed.step(params, g, lr=0.1)
     np.testing.assert_allclose(params, want[-1], rtol=1e-12)
 
 
 def test_state_dict_is_a_copy():
     params = np.zeros(3)
-    opt = SGD(0.1, momentum=0.9)
-    opt.step(params, np.ones(3))
+    opt = SGD(momentum=0.9)
+    opt.step(params, np.ones(3), lr=0.1)
     state = opt.state_dict()
-    opt.step(params, np.ones(3))
+    opt.step(params, np.ones(3), lr=0.1)
     np.testing.assert_array_equal(state["buffers"]["velocity"], np.ones(3))
 
 
 def test_load_state_dict_rejects_mismatch():
-    sgd_state = SGD(0.1, momentum=0.9).state_dict()
+    sgd_state = SGD(momentum=0.9).state_dict()
     with pytest.raises(ValueError, match="sgd"):
-        Adagrad(0.1).load_state_dict(sgd_state)
-    opt = SGD(0.1, momentum=0.9)
+        Adagrad().load_state_dict(sgd_state)
+    opt = SGD(momentum=0.9)
     opt.load_state_dict({"name": "sgd", "steps": 1, "buffers": {"velocity": np.zeros(4)}})
     with pytest.raises(ValueError, match="velocity"):
-        opt.step(np.zeros(5), np.zeros(5))
+        opt.step(np.zeros(5), np.zeros(5), lr=0.1)
     with pytest.raises(ValueError, match="unknown buffers"):
-        SGD(0.1).load_state_dict({"name": "sgd", "buffers": {"sum_sq": np.zeros(4)}})
+        SGD().load_state_dict({"name": "sgd", "buffers": {"sum_sq": np.zeros(4)}})
 
 
 def test_step_rejects_bad_buffers():
-    opt = SGD(0.1)
+    opt = SGD()
     with pytest.raises(ValueError, match="flat 1-D"):
-        opt.step(np.zeros((2, 2)), np.zeros((2, 2)))
+        opt.step(np.zeros((2, 2)), np.zeros((2, 2)), lr=0.1)
     with pytest.raises(ValueError, match="same shape"):
-        opt.step(np.zeros(3), np.zeros(4))
+        opt.step(np.zeros(3), np.zeros(4), lr=0.1)
     with pytest.raises(ValueError, match="dtype"):
-        opt.step(np.zeros(3), np.zeros(3, np.float32))
-    with pytest.raises(ValueError, match="lr"):
-        opt.step(np.zeros(3), np.zeros(3), lr=-1.0)
+        opt.step(np.zeros(3), np.zeros(3, np.float32), lr=0.1)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"lr": 0.0}, "lr"), ({"lr": 0.1, "momentum": 1.0}, "momentum"),
-    ({"lr": 0.1, "weight_decay": -1}, "weight_decay"),
-    ({"lr": 0.1, "nesterov": True}, "nesterov"), ({"lr": True}, "lr")])
+    ({"momentum": 1.0}, "momentum"), ({"weight_decay": -1}, "weight_decay"),
+    ({"nesterov": True}, "nesterov"), ({"momentum": True}, "momentum")])
 def test_sgd_rejects_bad_hyperparameters(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         SGD(**kwargs)
@@ -211,13 +210,11 @@ def test_build_optimizer():
     opt = build_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False,
                            "weight_decay": 5e-4})
     assert isinstance(opt, SGD)
-    assert (opt.lr, opt.momentum, opt.nesterov, opt.weight_decay) == (0.05, 0.9, False, 5e-4)
+    assert (opt.momentum, opt.nesterov, opt.weight_decay) == (0.9, False, 5e-4)
     opt = build_optimizer({"name": "adagrad", "lr": 0.01, "momentum": 0.9, "nesterov": False,
                            "weight_decay": 0.0})
-    assert isinstance(opt, Adagrad) and opt.lr == 0.01 and opt.eps == 1e-10
-    with pytest.raises(ValueError, match="adam"):
+    assert isinstance(opt, Adagrad) and opt.eps == 1e-10 and not hasattr(opt, "lr")
+    with pytest.raises(ValueError, match="optimizer 'adam' is not one of sgd, adagrad"):
         build_optimizer({"name": "adam", "lr": 0.1})
     with pytest.raises(ValueError, match="betas"):
         build_optimizer({"name": "sgd", "lr": 0.1, "betas": 0.9})
-    with pytest.raises(ValueError, match="lr"):
-        build_optimizer({"name": "sgd"})

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from engine.schedules import Schedule, build_schedule
+from core.schedules import Schedule, build_schedule
 
 
 def test_constant():
@@ -38,8 +38,9 @@ def test_cosine():
 @pytest.mark.parametrize("policy", ["constant", "step", "poly", "cosine"])
 def test_warmup_is_linear_to_the_policy_value(policy):
     s = Schedule(policy, 0.4, total=10, step_size=1.5, gamma=0.5, power=1.0, final_lr=0.0,
-                 warmup=2, warmup_start=0.25)
-    plain = Schedule(policy, 0.4, total=10, step_size=1.5, gamma=0.5, power=1.0, final_lr=0.0)
+                 warmup_epochs=2, warmup_start=0.25)
+    plain = Schedule(policy, 0.4, total=10, step_size=1.5, gamma=0.5, power=1.0, final_lr=0.0,
+                     warmup_epochs=0)
     start, end = 0.25 * 0.4, plain.lr_at(2)
     assert s.lr_at(0) == pytest.approx(start)
     assert s.lr_at(0.5) == pytest.approx(start + (end - start) * 0.25)
@@ -49,7 +50,7 @@ def test_warmup_is_linear_to_the_policy_value(policy):
 
 
 def test_warmup_from_zero_and_negative_time():
-    s = Schedule("constant", 0.1, warmup=4, warmup_start=0.0)
+    s = Schedule("constant", 0.1, warmup_epochs=4, warmup_start=0.0)
     assert s.lr_at(-1) == 0.0
     assert s(1) == pytest.approx(0.025)
 
@@ -71,8 +72,15 @@ def test_build_schedule_from_config_section():
 @pytest.mark.parametrize("kwargs,match", [
     ({"policy": "exp"}, "policy"), ({"policy": "cosine"}, "total"),
     ({"policy": "step", "step_size": 0}, "step_size"),
-    ({"policy": "step", "gamma": -1}, "gamma"), ({"policy": "constant", "warmup": -1}, "warmup")])
+    ({"policy": "step", "gamma": -1}, "gamma"),
+    ({"policy": "constant", "warmup_epochs": -1}, "warmup")])
 def test_rejects_bad_parameters(kwargs, match):
     policy = kwargs.pop("policy")
     with pytest.raises(ValueError, match=match):
         Schedule(policy, 0.1, **kwargs)
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, True, float("nan")])
+def test_the_learning_rate_is_checked_once_by_its_owner(lr):
+    with pytest.raises(ValueError, match=r"lr_schedule.lr must be a finite number > 0"):
+        Schedule("constant", lr)

@@ -7,7 +7,7 @@ conv 3x3 96 -> inc(32,32) -> inc(32,48) -> down(80) -> inc(112,48) -> inc(96,64)
 
 ``width`` scales every channel count (at least 1 channel per branch), for a narrower network.
 """
-from engine.model import Model
+from core.model import Model
 from layers.global_avg_pool import GlobalAvgPool
 from layers.inception import ConvBNReLU, Downsample, InceptionSmall
 from layers.linear import Linear

@@ -12,33 +12,24 @@ Typing rules: a bool is never an int or a float (YAML reads ``yes``/``no``/``on`
 booleans); an int is accepted where a float is expected (and converted); ``5e-4`` is a float
 (YAML 1.1, which PyYAML follows, would read it as a string); a null section is an empty one.
 
-Other parts extend the schema with ``register_section('log', {...})`` (or by adding a section
-below) and cross-key checks with ``CHECKS.append(fn)``.
+The choices of ``model``, ``optimizer.name``, ``lr_schedule.policy`` and ``sync_rule`` are the
+registries of ``core/registry.py``; each sync rule adds its own keys and their cross-key checks
+with ``register_section`` (``sync/``), so this module loads no layer and no rule, and a
+config that names a rule's keys is checked once the rules are imported (``import sync``).
 """
-import argparse
 import copy
 import difflib
 import math
 import os
 import re
-import sys
 
 import yaml
 
-from sync.exchange import METHODS, RING_MIN_BYTES, SHARED_MIN_BYTES
-
-
-class ConfigError(ValueError):
-    """One or more configuration problems; ``errors`` lists them, one line each."""
-
-    def __init__(self, errors):
-        self.errors = [errors] if isinstance(errors, str) else list(errors)
-        if len(self.errors) == 1:
-            message = self.errors[0]
-        else:
-            message = f"{len(self.errors)} problems in the configuration:\n  " + \
-                "\n  ".join(self.errors)
-        super().__init__(message)
+import core.models          # noqa: F401  (each fills its registry: the choices below)
+import core.optimizers      # noqa: F401
+from core.schedules import DEFAULTS as SCHEDULE
+from core.errors import ConfigError
+from core.registry import MODELS, OPTIMIZERS, POLICIES, RULES, Registry
 
 
 class Key:
@@ -55,7 +46,9 @@ class Key:
             raise ValueError(f"Key type {type!r} is not one of {self.TYPES}")
         self.type = type
         self.default = default
-        self.choices = tuple(choices) if choices is not None else None
+        # a Registry stays live: its entries are read when a value is checked
+        self.choices = choices if isinstance(choices, Registry) or choices is None \
+            else tuple(choices)
         self.low, self.high = low, high
         self.low_open, self.high_open = low_open, high_open
         self.nullable = nullable
@@ -99,6 +92,9 @@ class Key:
             value = float(value)
         if self.type in ("float", "number") and not math.isfinite(value):
             return None, f"expected a finite {self.describe()}, got {value}"
+        if self.choices is not None and not self.choices:
+            return None, (f"no {self.choices.kind} is registered: the modules that register "
+                          f"them were not imported (see core/registry.py)")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(str(c) for c in self.choices)
             return None, (f"{_show(value)} is not allowed; allowed values: {allowed}"
@@ -129,7 +125,7 @@ def _suggest_value(value, choices):
 # -- the schema -----------------------------------------------------------------------------
 SYNTHETIC_CLASSES = 10
 SCHEMA = {
-    "model": Key("str", "inception_small", choices=("mlp", "inception_small", "googlenet")),
+    "model": Key("str", "inception_small", choices=MODELS),
     "model_options": Key("mapping", {}),   # free-form; the model factory validates it
     "dtype": Key("str", "float32", choices=("float32", "float64")),
     "seed": Key("int", 0, low=0),
@@ -140,21 +136,21 @@ SCHEMA = {
     "epochs": Key("number", 10, low=0, low_open=True, high=1e6),
     "max_steps": Key("int", None, low=1, nullable=True),
     "optimizer": {
-        "name": Key("str", "sgd", choices=("sgd", "adagrad")),
+        "name": Key("str", "sgd", choices=OPTIMIZERS),
         "lr": Key("float", 0.05, low=0, low_open=True),
         "momentum": Key("float", 0.9, low=0, high=1, high_open=True),
         "nesterov": Key("bool", False),
         "weight_decay": Key("float", 5e-4, low=0),
         "eps": Key("float", 1e-10, low=0, low_open=True),        # for 'adagrad'
     },
-    "lr_schedule": {
-        "policy": Key("str", "constant", choices=("constant", "step", "poly", "cosine")),
-        "step_size": Key("number", 30, low=0, low_open=True, high=1e6),   # epochs, for 'step'
-        "gamma": Key("float", 0.1, low=0, low_open=True),       # for 'step'
-        "power": Key("float", 0.5, low=0, low_open=True),       # for 'poly'
-        "final_lr": Key("float", 0.0, low=0),                   # for 'cosine'
-        "warmup_epochs": Key("number", 0, low=0, high=1e6),
-        "warmup_start": Key("float", 0.1, low=0),               # fraction of optimizer.lr
+    "lr_schedule": {                        # defaults: core.schedules.Schedule's, the one owner
+        "policy": Key("str", "constant", choices=POLICIES),
+        "step_size": Key("number", SCHEDULE["step_size"], low=0, low_open=True, high=1e6),   # epochs, 'step'
+        "gamma": Key("float", SCHEDULE["gamma"], low=0, low_open=True),        # for 'step'
+        "power": Key("float", SCHEDULE["power"], low=0, low_open=True),        # for 'poly'
+        "final_lr": Key("float", SCHEDULE["final_lr"], low=0),                 # for 'cosine'
+        "warmup_epochs": Key("number", SCHEDULE["warmup_epochs"], low=0, high=1e6),
+        "warmup_start": Key("float", SCHEDULE["warmup_start"], low=0),   # fraction of optimizer.lr
     },
     "data": {
         "dataset": Key("str", None, choices=("synthetic", "prepared"),   # null: prepared when
@@ -192,34 +188,10 @@ SCHEMA = {
     "on_nonfinite": Key("str", "stop", choices=("stop", "skip")),
     "print_every": Key("int", 10, low=1),         # steps
     "eval_every": Key("int", 1, low=1),           # epochs
-    "sync_rule": Key("str", "BSP", choices=("BSP", "EASGD", "DOWNPOUR", "GOSSIP", "LOCAL")),
-    "avg_freq": Key("int", 1, low=1),
-    "easgd": {
-        "tau": Key("int", 10, low=1),                 # steps between a worker's exchanges
-        "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # moving rate
-    },
-    "downpour": {
-        "servers": Key("int", 1, low=1),              # parameter-server ranks
-        "n_fetch": Key("int", 1, low=1),              # steps between fetches
-        "n_push": Key("int", 1, low=1),               # steps between pushes
-    },
-    "gossip": {
-        "variant": Key("str", "gosgd", choices=("gosgd", "elastic")),
-        "p": Key("float", 0.1, low=0, high=1, low_open=True),       # exchange probability
-        "alpha": Key("float", 0.5, low=0, high=1, low_open=True),   # elastic moving rate
-    },
-    "worker_timeout": Key("float", 300, low=0, low_open=True, high=1e7),   # s; servers drop silent workers
+    "sync_rule": Key("str", "BSP", choices=RULES),   # each rule registers its own keys
     "watchdog": Key("float", 600, low=0, low_open=True, high=1e7, nullable=True),   # s in an exchange
     "stall_abort": Key("float", 3600, low=0, low_open=True, high=1e7,   # s in one exchange:
                        nullable=True),                                 # then end the job
-    "exchange": {                                 # how BSP averages its buffer
-        "method": Key("str", "auto", choices=METHODS),
-        "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
-        "ring_min_bytes": Key("int", RING_MIN_BYTES, low=0),   # auto: ring from this size up
-        "shared_min_bytes": Key("int", SHARED_MIN_BYTES, low=0),   # auto, one host: shared
-        "bucket_mb": Key("float", None, low=0, low_open=True, high=1e5, nullable=True),   # null: one
-        "overlap": Key("bool", False),            # average buckets while backward runs
-    },
     "cluster": {                                  # for the run/ launchers: mpiexec's options
         "hostfile": Key("str", None, nullable=True, path=True),   # null: this machine only
         "interface": Key("str", None, nullable=True),   # MPI's network: eth1 or 10.0.0.0/24
@@ -253,36 +225,6 @@ def _synthetic_data_has_no_path(cfg):
                             f"data.path")
 
 
-def _avg_freq_is_bsp_only(cfg):
-    rule, every = cfg["sync_rule"], cfg["avg_freq"]
-    if every != 1 and rule != "BSP":
-        instead = {"EASGD": f"; EASGD's period is easgd.tau (Theano-MPI's EASGD avg_freq {every} "
-                            f"is easgd.tau: {every} here)",
-                   "DOWNPOUR": "; Downpour's periods are downpour.n_push and downpour.n_fetch",
-                   "GOSSIP": "; gossip exchanges with probability gossip.p per step"}.get(rule, "")
-        yield "avg_freq", (f"{every} has no effect under sync_rule {rule}: avg_freq is BSP's "
-                           f"period of parameter averaging{instead}")
-
-
-def _overlap_needs_gradient_averaging(cfg):
-    if cfg["exchange"]["overlap"] and (cfg["sync_rule"] != "BSP" or cfg["avg_freq"] != 1):
-        yield "exchange.overlap", (f"true needs sync_rule BSP with avg_freq 1 (it overlaps the "
-                                   f"gradient exchange with backward), got {cfg['sync_rule']} "
-                                   f"with avg_freq {cfg['avg_freq']}")
-
-
-def _wire_needs_the_ring(cfg):
-    ex = cfg["exchange"]
-    if ex["wire"] is not None and ex["method"] not in ("auto", "ring"):
-        yield "exchange.wire", (f"{ex['wire']} travels on the ring only (method auto or ring), "
-                                f"got method {ex['method']!r}")
-
-
-def _nccl_needs_the_gpu(cfg):
-    if cfg["exchange"]["method"] == "nccl" and cfg["device"] != "gpu":
-        yield "exchange.method", "nccl averages GPU buffers: it needs device: gpu"
-
-
 def _auto_resume_needs_a_run_folder(cfg):
     if cfg["resume"] == "auto" and not cfg["log"]["dir"]:
         yield "resume", ("auto continues the run in log.dir, which is null (every run gets a "
@@ -308,16 +250,17 @@ def _nesterov_needs_sgd_momentum(cfg):
 
 # Cross-key checks: callables cfg -> iterable of (dotted key, problem), run on the resolved config.
 CHECKS = [_nesterov_needs_sgd_momentum, _prepared_data_needs_a_path, _synthetic_data_has_no_path,
-          _avg_freq_is_bsp_only,
-          _overlap_needs_gradient_averaging, _auto_resume_needs_a_run_folder,
-          _synthetic_data_fits_in_memory, _wire_needs_the_ring, _nccl_needs_the_gpu]
+          _auto_resume_needs_a_run_folder, _synthetic_data_fits_in_memory]
 
 
-def register_section(name, keys):
-    """Add a top-level section ``name`` (a dict of ``Key`` or nested sections) to ``SCHEMA``."""
+def register_section(name, keys, checks=()):
+    """Add a top-level key or section ``name`` (a ``Key``, or a dict of ``Key`` or nested
+    sections) to ``SCHEMA``, with its cross-key ``checks`` (callables as in ``CHECKS``): how a
+    sync rule brings its own settings."""
     if name in SCHEMA:
-        raise ValueError(f"config section {name!r} already exists")
+        raise ValueError(f"config key or section {name!r} already exists")
     SCHEMA[name] = keys
+    CHECKS.extend(checks)
 
 
 # -- YAML -----------------------------------------------------------------------------------
@@ -555,20 +498,3 @@ def add_arguments(parser, default="config.yaml"):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key by dotted path, e.g. --set optimizer.lr=0.1")
     return parser
-
-
-def main(argv=None):
-    """``python -m engine.config [config.yaml] [--set k=v ...]``: print the resolved config."""
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="python -m engine.config", description="Check a run config and print it resolved."))
-    args = parser.parse_args(argv)
-    try:
-        print(dump(load_config(args.config, args.set)), end="")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from engine.config import ConfigError
+from core.errors import ConfigError
 
 
 class DeviceError(ConfigError):

@@ -9,14 +9,21 @@ With base rate lr and total length T:
 - ``cosine``:   final + (lr - final) * (1 + cos(pi * t/T)) / 2, final for t >= T
                 (Loshchilov & Hutter 2017, without restarts)
 
-Linear warm-up (Goyal et al. 2017) composes with each: for t < W (``warmup``) the rate goes in a
+Linear warm-up (Goyal et al. 2017) composes with each: for t < W (``warmup_epochs``) the rate goes in a
 straight line from ``warmup_start * lr`` at t = 0 to the policy's own value at t = W, and from W
 on it is the policy's value. The policy is not shifted by the warm-up: T counts from t = 0.
+
+A ``Schedule`` owns the run's learning rate: the optimizers take its value at every step. Its
+keyword defaults are the config's (``core/config.py`` reads them from here).
 """
+import inspect
 import math
 import numbers
 
-POLICIES = ("constant", "step", "poly", "cosine")
+from core.registry import POLICIES
+
+for _policy in ("constant", "step", "poly", "cosine"):
+    POLICIES.register(_policy)(_policy)
 
 
 def _check(name, value, low=0.0, low_open=False):
@@ -31,8 +38,8 @@ def _check(name, value, low=0.0, low_open=False):
 class Schedule:
     """``lr_at(t)`` (also ``schedule(t)``): the learning rate at progress ``t``."""
 
-    def __init__(self, policy, lr, total=None, step_size=1.0, gamma=0.1, power=1.0,
-                 final_lr=0.0, warmup=0.0, warmup_start=0.0):
+    def __init__(self, policy, lr, total=None, *, step_size=30, gamma=0.1, power=0.5,
+                 final_lr=0.0, warmup_epochs=0, warmup_start=0.1):
         if policy not in POLICIES:
             raise ValueError(f"lr_schedule.policy: {policy!r} is not one of {', '.join(POLICIES)}")
         self.policy = policy
@@ -44,7 +51,7 @@ class Schedule:
         self.gamma = _check("gamma", gamma, low_open=True)
         self.power = _check("power", power, low_open=True)
         self.final_lr = _check("final_lr", final_lr)
-        self.warmup = _check("warmup_epochs", warmup)
+        self.warmup = _check("warmup_epochs", warmup_epochs)
         self.warmup_start = _check("warmup_start", warmup_start)
 
     def base(self, t):
@@ -74,19 +81,17 @@ class Schedule:
                 f"warmup={self.warmup})")
 
 
-def build_schedule(cfg, lr, total):
-    """A ``Schedule`` from a config section, e.g. ``{policy: cosine, warmup_epochs: 1,
-    final_lr: 0.0}``, the base ``lr`` (optimizer.lr) and the ``total`` length (epochs).
+DEFAULTS = {name: p.default for name, p in inspect.signature(Schedule).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}
 
-    Keys the policy does not use are ignored; missing keys take the ``Schedule`` defaults.
-    """
-    known = {"policy", "step_size", "gamma", "power", "final_lr", "warmup_epochs",
-             "warmup_start"}
-    unknown = set(cfg) - known
+
+def build_schedule(section, lr, total):
+    """A ``Schedule`` from a config section, e.g. ``{policy: cosine, warmup_epochs: 1,
+    final_lr: 0.0}``, the base ``lr`` (optimizer.lr) and the ``total`` length (epochs); keys the
+    policy does not use are ignored, missing ones take the defaults."""
+    section = dict(section)
+    unknown = set(section) - set(DEFAULTS) - {"policy"}
     if unknown:
-        raise ValueError(f"lr_schedule: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
-    kwargs = {key: cfg[key] for key in ("step_size", "gamma", "power", "final_lr",
-                                        "warmup_start") if key in cfg}
-    if "warmup_epochs" in cfg:
-        kwargs["warmup"] = cfg["warmup_epochs"]
-    return Schedule(cfg.get("policy", "constant"), lr, total=total, **kwargs)
+        raise ValueError(f"lr_schedule: unknown keys {sorted(unknown)}; allowed: "
+                         f"{sorted(DEFAULTS) + ['policy']}")
+    return Schedule(section.pop("policy", "constant"), lr, total=total, **section)

@@ -7,8 +7,9 @@ import types
 import numpy as np
 import pytest
 
-from engine import device
-from engine.config import ConfigError, load_config
+from core import device
+from core.config import load_config
+from core.errors import ConfigError
 from tests.mpi import ROOT
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.metrics import topk_correct
+from core.metrics import topk_correct
 
 
 def _reference(scores, labels, k):

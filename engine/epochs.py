@@ -1,0 +1,163 @@
+"""A worker's training loop over a ``Run`` (engine/train.py): epochs of steps, validation of
+the model users care about, checkpoints, and the non-finite guard.
+
+One step, with the rule's hooks (``sync/rule.py``)::
+
+    loss = rule.agree_loss(model.forward_loss(x, y))      # NaN on all workers if on any
+    model.backward(rule.backward_hook); rule.after_backward(model, step)
+    if rule.agree_finite(gradient is finite): optimizer.step(params, grads, schedule.lr_at(t))
+    rule.after_update(model, step)
+
+A non-finite loss or gradient stops the run naming the step (``on_nonfinite: stop``) or skips
+the step with the batch's BatchNorm statistics dropped (``skip``); non-finite parameters always
+stop it. The time of each phase goes to the run log; the display shows progress.
+"""
+import time
+
+import numpy as np
+
+from core.device import feed
+from core.metrics import topk_correct
+from engine.checkpoint import export_weights
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss, the gradient or the parameters became NaN or infinite (with
+    ``on_nonfinite: stop``; parameters always stop the run)."""
+
+
+class Progress:
+    """Where the run is: steps done, the last finite loss, steps skipped for a bad loss."""
+
+    def __init__(self, total_steps, steps_per_epoch):
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.step, self.last_finite, self.skipped = 0, None, 0
+
+
+def all_finite(buffer):
+    """No NaN or infinity in ``buffer`` (one float64 sum, no temporary array)."""
+    return bool(np.isfinite(np.sum(buffer, dtype=np.float64)))
+
+
+def evaluate(model, loader, rule):
+    """Mean loss, top-1 and top-5 accuracy of the main head over the validation images (each
+    worker takes its shard of the loader's split; the sums are added over the workers)."""
+    sums = np.zeros(4)                         # loss sum, top-1 and top-5 counts, images
+    for x, y in feed(model.xp, loader.epoch(0)):
+        logits = model.forward(x, train=False)
+        counts = topk_correct(logits, y, ks=(1, 5))
+        sums += (float(model.loss.forward(logits, y)) * len(x), counts[1], counts[5], len(x))
+    loss, correct1, correct5, n = rule.worker_sum(sums)
+    return {"loss": loss / n, "top1": correct1 / n, "top5": correct5 / n}
+
+
+def run_epochs(run):
+    """A worker's training from where ``run.progress`` is to the end: epochs, validations,
+    checkpoints, the rule's finish and the exported weights; returns the validation history."""
+    progress, rule, cfg = run.progress, run.rule, run.cfg
+    history, start = [], time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
+        epoch = max(1, -(-progress.step // progress.steps_per_epoch))   # a finished run's last
+        batches = feed(run.model.xp, run.data.train.stream(
+            progress.step // progress.steps_per_epoch,
+            start=progress.step % progress.steps_per_epoch))
+        try:
+            while progress.step < progress.total_steps:
+                epoch = progress.step // progress.steps_per_epoch + 1
+                train_epoch(run, batches, epoch)
+                end_of_epoch = progress.step % progress.steps_per_epoch == 0
+                last = progress.step == progress.total_steps
+                if end_of_epoch and epoch % cfg["eval_every"] == 0 and not last:
+                    validate(run, epoch, history, start)
+                if end_of_epoch or last:
+                    run.checkpoints.maybe_save(epoch, run.display.message, last=last)
+        finally:
+            batches.close()
+        rule.finish(run.model)
+        validate(run, epoch, history, start)   # the final model, after the last exchange
+    if cfg["log"]["export"]:
+        with rule.evaluated(run.model):          # the model users care about
+            if rule.reports:
+                export_weights(run.folder / "weights.hkl", run.model)
+    return history
+
+
+def validate(run, epoch, history, start):
+    """Evaluate the model users care about; record and show the result where it is known."""
+    progress = run.progress
+    with run.rule.evaluated(run.model):
+        metrics = evaluate(run.model, run.data.val, run.rule) if run.rule.evaluates else None
+    if metrics is None:
+        return
+    metrics.update(epoch=epoch, step=progress.step, train_loss=progress.last_finite,
+                   time=time.perf_counter() - start)
+    history.append(metrics)
+    run.log.metrics(metrics)
+    run.display.message(f"epoch {epoch} val loss {metrics['loss']:.4f} top1 "
+                        f"{metrics['top1']:.4f} top5 {metrics['top5']:.4f} "
+                        f"({metrics['time']:.1f} s)")
+
+
+def train_epoch(run, batches, epoch):
+    """What is left of epoch ``epoch`` (or of the run), from the loader's stream ``batches``;
+    every ``log.every`` steps a log line, and the display is updated."""
+    progress, log, display = run.progress, run.log, run.display
+    display.start_epoch(epoch, progress.steps_per_epoch)
+    end = min(epoch * progress.steps_per_epoch, progress.total_steps)
+    while progress.step < end:
+        with log.phase("data") as waited:
+            x, y = next(batches)
+        lr = run.schedule.lr_at(progress.step / progress.steps_per_epoch)
+        loss = step(run, x, y, lr, epoch)
+        if loss is None:                      # skipped: a non-finite loss or gradient
+            continue
+        display.step(epoch, progress.step, loss, lr, len(x), waited.seconds)
+        if progress.step % log.every == 0:
+            log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,
+                      "images": len(x) * log.every})
+    display.end_epoch()
+
+
+def step(run, x, y, lr, epoch):
+    """One training step on the batch ``(x, y)`` at learning rate ``lr``; its loss, or None
+    when the step was skipped (``on_nonfinite: skip``)."""
+    model, rule, log, progress = run.model, run.rule, run.log, run.progress
+    saved = {k: v.copy() for k, v in model.state().items()} \
+        if run.cfg["on_nonfinite"] == "skip" else None
+    with log.phase("compute"):
+        loss = float(model.forward_loss(x, y)[0])
+    with log.phase("exchange"):
+        loss = rule.agree_loss(loss)
+    progress.step += 1
+    if not np.isfinite(loss):
+        before = "no finite loss yet" if progress.last_finite is None else \
+            f"last finite loss: {progress.last_finite}"
+        return skip(run, saved, f"loss became {loss} at step {progress.step} (epoch {epoch}); "
+                                f"{before}")
+    progress.last_finite = loss
+    with log.phase("compute"):
+        model.backward(rule.backward_hook)
+    with log.phase("exchange"):
+        rule.after_backward(model, progress.step)
+        finite = rule.agree_finite(all_finite(model.grads))
+    if not finite:                           # caught before it reaches the parameters
+        return skip(run, saved, f"the gradient became non-finite at step {progress.step} "
+                                f"(epoch {epoch}, after the {rule.name} exchange); loss {loss}")
+    with log.phase("compute"):
+        run.optimizer.step(model.params, model.grads, lr)
+    with log.phase("exchange"):
+        rule.after_update(model, progress.step)
+    if not all_finite(model.params):
+        raise NonFiniteLoss(f"the parameters became non-finite at step {progress.step} "
+                            f"(epoch {epoch}) after the update and the {rule.name} exchange")
+    return loss
+
+
+def skip(run, saved, problem):
+    """Stop the run with ``problem`` (``on_nonfinite: stop``), or drop the step: the bad
+    batch's BatchNorm statistics are restored from ``saved``."""
+    if saved is None:
+        raise NonFiniteLoss(problem)
+    run.model.load_state(saved)
+    run.progress.skipped += 1
+    return None
