@@ -6,7 +6,8 @@ one contiguous ``params`` and one ``grads`` buffer for a list of layers and make
 layer tree, then parameter declaration order). ``backward`` overwrites ``grads`` in place.
 
 State that must not be averaged across workers (BatchNorm running statistics) lives in
-``layer.state``, outside the flat buffers.
+``layer.state``, outside the flat buffers. What a forward keeps for its backward goes through
+``Layer.save`` and ``Layer.saved`` (one object per layer: a route's named tuple, an array).
 """
 import numpy as np
 
@@ -16,8 +17,17 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Layer:
-    """Base class. Subclasses define ``forward(x, train=True) -> y`` (keeping what backward
-    needs) and ``backward(dy) -> dx`` (writing ``grads`` in place)."""
+    """Base class. Subclasses define ``forward(x, train=True) -> y`` and ``backward(dy) -> dx``.
+
+    ``forward`` keeps what backward needs with ``self.save(state)`` (one object: a route's
+    named tuple, an array, ...; None when there is nothing to keep, as after most
+    ``train=False`` passes). ``backward`` takes it back with ``self.saved()``, which raises a
+    RuntimeError naming the layer when no forward saved anything.
+
+    ``backward(dy)`` overwrites the layer's gradients (``grads``) in place, never accumulating,
+    and returns the input gradient dx. It may overwrite ``dy``'s memory (dx may even be ``dy``
+    itself): callers must not reuse ``dy`` after passing it in.
+    """
 
     def __init__(self):
         self.param_shapes = {}   # name -> shape, declared by the layer
@@ -27,6 +37,7 @@ class Layer:
         self.state = {}          # name -> array kept outside the flat buffers
         self.forward_flops = 0   # 2 x multiply-adds of the last forward (GEMM layers set it)
         self._work = {}
+        self._saved = None       # what the last forward kept for backward (``save``)
 
     @property
     def name(self):
@@ -37,6 +48,22 @@ class Layer:
         return []
 
     # -- helpers for subclasses -------------------------------------------------------------
+    def save(self, state):
+        """Keep ``state`` for the next ``backward`` (None: keep nothing)."""
+        self._saved = state
+
+    def saved(self, kind=None):
+        """What the last forward saved; a RuntimeError naming the layer if it saved nothing, or
+        (with ``kind``, a route's state class) something other than a ``kind``."""
+        state = getattr(self, "_saved", None)
+        if state is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward(x, train=True) first")
+        if kind is not None and not isinstance(state, kind):
+            raise RuntimeError(f"{self.name}: backward expected the state that "
+                               f"{kind.__module__} saves, got {type(state).__module__}."
+                               f"{type(state).__qualname__} (forward ran on another route)")
+        return state
+
     def workspace(self, key, shape, dtype, xp=np):
         """A buffer kept across calls: reused while ``shape`` and ``dtype`` stay the same."""
         buf = self._work.get(key)

@@ -24,13 +24,14 @@ class Concat(Layer):
     def forward(self, x, train=True):
         xp = array_module(x)
         outs = [branch.forward(x, train) for branch in self.branches]
-        self.splits = [out.shape[1] for out in outs]
-        y = layout.empty_as(outs[0].shape[:1] + (sum(self.splits),) + outs[0].shape[2:],
+        splits = [out.shape[1] for out in outs]
+        self.save(splits)                              # the branches' channel counts
+        y = layout.empty_as(outs[0].shape[:1] + (sum(splits),) + outs[0].shape[2:],
                             xp.result_type(*outs), all(map(layout.is_channel_major, outs)), xp)
 
         def run(start, stop, worker):
             c0 = 0
-            for out, width in zip(outs, self.splits):
+            for out, width in zip(outs, splits):
                 y[start:stop, c0:c0 + width] = out[start:stop]
                 c0 += width
         parallel.split_work(xp, y.shape[0], run, y.nbytes)
@@ -38,7 +39,7 @@ class Concat(Layer):
 
     def backward(self, dy):
         dx, start = None, 0
-        for branch, width in zip(self.branches, self.splits):
+        for branch, width in zip(self.branches, self.saved()):
             d = branch.backward(dy[:, start:start + width])
             start += width
             if dx is None:

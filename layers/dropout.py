@@ -6,11 +6,19 @@ y = x (the input itself is returned). Backward: dx = dy * m / (1 - ratio).
 The layer keeps its own ``numpy.random.Generator`` (``self.rng``); ``reseed(seed)`` restarts
 it, so a test can reproduce a mask.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from layers import backend, cuda
 from layers.backend import array_module
 from layers.base import Layer
+
+
+class Saved(NamedTuple):
+    """What a forward keeps for backward: the scaled mask m / (1 - ratio), None after an
+    evaluation forward (backward then passes dy through)."""
+    mask: object
 
 
 class Dropout(Layer):
@@ -27,15 +35,16 @@ class Dropout(Layer):
 
     def forward(self, x, train=True):
         self.check_input(x, max(getattr(x, "ndim", 0), 1))
-        self.train = train
         if not train:
+            self.save(Saved(None))
             return x
         xp = array_module(x)
         if backend.uses_kernels(xp) and x.flags.c_contiguous:      # the same draws as on the CPU
             u = xp.asarray(self.rng.random(x.shape, dtype=x.dtype))
-            y, self.mask = xp.empty_like(x), xp.empty_like(x)
+            y, mask = xp.empty_like(x), xp.empty_like(x)
             cuda.launch("elementwise", "dropout_forward", x.dtype, x.size,
-                        (x, u, y, self.mask, self.ratio, x.size))
+                        (x, u, y, mask, self.ratio, x.size))
+            self.save(Saved(mask))
             return y
         if xp is np:
             mask = self.workspace("mask", x.shape, x.dtype)
@@ -45,10 +54,11 @@ class Dropout(Layer):
         # mask = [u >= ratio] / (1 - ratio), u ~ U[0, 1)
         xp.greater_equal(mask, self.ratio, out=mask)
         mask *= 1.0 / (1.0 - self.ratio)
-        self.mask = mask
+        self.save(Saved(mask))
         return x * mask
 
     def backward(self, dy):
-        if self.train:
-            dy *= self.mask
+        mask = self.saved(Saved).mask
+        if mask is not None:
+            dy *= mask
         return dy

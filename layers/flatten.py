@@ -5,8 +5,8 @@ from layers.base import Layer
 class Flatten(Layer):
     def forward(self, x, train=True):
         self.check_input(x, max(getattr(x, "ndim", 0), 2))
-        self.in_shape = x.shape
+        self.save(x.shape)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return dy.reshape(self.in_shape)
+        return dy.reshape(self.saved())

@@ -20,7 +20,7 @@ class Linear(Layer):
     def forward(self, x, train=True):
         self.check_input(x, 2, self.in_f)
         xp = array_module(x)
-        self.x = x
+        self.save(x)
         y = xp.matmul(x, self.params["W"].T)
         if self.bias:
             y += self.params["b"]
@@ -28,8 +28,9 @@ class Linear(Layer):
         return y
 
     def backward(self, dy):
+        x = self.saved()
         xp = array_module(dy)
-        xp.matmul(dy.T, self.x, out=self.grads["W"])
+        xp.matmul(dy.T, x, out=self.grads["W"])
         if self.bias:
             xp.sum(dy, axis=0, out=self.grads["b"])
         return xp.matmul(dy, self.params["W"])

@@ -37,7 +37,7 @@ class ReLU(Layer):
         self.check_input(x, max(getattr(x, "ndim", 0), 1))
         xp = array_module(x)
         y = x if self.inplace else xp.empty_like(x)
-        self.y = y
+        self.save(y)                           # backward's mask is y > 0
         flat = flat_pair(x, y)
         if flat is None:
             return xp.maximum(x, 0, out=y)
@@ -49,13 +49,14 @@ class ReLU(Layer):
         return y
 
     def backward(self, dy):
+        y = self.saved()
         xp = array_module(dy)
-        if backend.uses_kernels(xp) and dy.flags.c_contiguous and self.y.flags.c_contiguous:
-            cuda.launch("elementwise", "relu_backward", dy.dtype, dy.size, (dy, self.y, dy.size))
+        if backend.uses_kernels(xp) and dy.flags.c_contiguous and y.flags.c_contiguous:
+            cuda.launch("elementwise", "relu_backward", dy.dtype, dy.size, (dy, y, dy.size))
             return dy
-        flat = flat_pair(dy, self.y)
+        flat = flat_pair(dy, y)
         if flat is None:
-            dy *= self.y > 0
+            dy *= y > 0
             return dy
         df, yf = flat
 

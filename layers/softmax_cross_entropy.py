@@ -10,6 +10,8 @@ loss = -1/N sum_n log softmax(z_n)[l_n], computed as log-sum-exp of the max-shif
 sum of losses (e.g. 0.3 for a GoogLeNet auxiliary head). After ``forward``, ``probs`` holds the
 softmax (N, K) and ``labels`` the labels; ``accuracy(k)`` is the top-k accuracy of that batch.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from layers import backend, cuda
@@ -17,7 +19,24 @@ from layers.backend import array_module
 from layers.base import Layer
 
 
+class Saved(NamedTuple):
+    """What a forward keeps for backward and ``accuracy``."""
+    probs: object     # softmax of the logits, (N, K)
+    labels: object    # (N,) integers
+    rows: object      # arange(N), to index probs[rows, labels]
+
+
 class SoftmaxCrossEntropy(Layer):
+    @property
+    def probs(self):
+        """softmax(logits) (N, K) of the last forward."""
+        return self.saved(Saved).probs
+
+    @property
+    def labels(self):
+        """The labels (N,) of the last forward."""
+        return self.saved(Saved).labels
+
     def forward(self, logits, labels, train=True):
         self.check_input(logits, 2)
         xp = array_module(logits)
@@ -39,36 +58,38 @@ class SoftmaxCrossEntropy(Layer):
             probs, losses = xp.empty((n, k), logits.dtype), xp.empty(n, np.float64)
             cuda.launch("elementwise", "softmax_forward", logits.dtype, n,
                         (xp.ascontiguousarray(logits), labels, probs, losses, n, k))
-            self.probs, self.labels, self.rows = probs, labels, rows
+            self.save(Saved(probs, labels, rows))
             return float(losses.sum()) / max(n, 1)
         z = logits - logits.max(axis=1, keepdims=True)
         probs = xp.exp(z)
         total = probs.sum(axis=1, keepdims=True)
         probs /= total
-        self.probs, self.labels, self.rows = probs, labels, rows
+        self.save(Saved(probs, labels, rows))
         # -log p[l] = log(sum exp z) - z[l], with z[l] <= 0 <= log(sum exp z)
         return float((xp.log(total[:, 0]) - z[rows, labels]).sum()) / max(n, 1)
 
     def backward(self, scale=1.0):
-        xp = array_module(self.probs)
+        probs, labels, rows = self.saved(Saved)
+        xp = array_module(probs)
         if backend.uses_kernels(xp):
-            n, k = self.probs.shape
-            dlogits = xp.empty_like(self.probs)
+            n, k = probs.shape
+            dlogits = xp.empty_like(probs)
             cuda.launch("elementwise", "softmax_backward", dlogits.dtype, dlogits.size,
-                        (self.probs, self.labels, dlogits, scale / max(n, 1), n, k))
+                        (probs, labels, dlogits, scale / max(n, 1), n, k))
             return dlogits
-        dlogits = self.probs.copy()
-        dlogits[self.rows, self.labels] -= 1.0
-        dlogits *= scale / max(len(self.labels), 1)
+        dlogits = probs.copy()
+        dlogits[rows, labels] -= 1.0
+        dlogits *= scale / max(len(labels), 1)
         return dlogits
 
     def accuracy(self, k=1):
         """Fraction of the last batch whose label is among the k largest probabilities (a tie
         with the label counts in its favour)."""
-        n, classes = self.probs.shape
+        probs, labels, rows = self.saved(Saved)
+        n, classes = probs.shape
         if k >= classes:
             return 1.0
-        mine = self.probs[self.rows, self.labels][:, None]
+        mine = probs[rows, labels][:, None]
         # rank = number of classes strictly more probable than the label
-        rank = (self.probs > mine).sum(axis=1)
+        rank = (probs > mine).sum(axis=1)
         return float((rank < k).sum()) / max(n, 1)

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from layers import parallel
-from layers.conv import Conv2D, col2im, conv_out_size, im2col
+from layers.conv import Conv2D
+from layers.conv_cpu import col2im, im2col
+from layers.window import conv_out_size
 from tests.gradient_check import check_backward
 
 # (N, C, H, W, O, k, stride, pad): stride 2, padding, odd sizes, 1x1, 5x5, pad >= k // 2,

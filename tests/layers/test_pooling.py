@@ -5,7 +5,8 @@ import pytest
 
 from layers.avg_pool import AvgPool2D
 from layers.global_avg_pool import GlobalAvgPool
-from layers.max_pool import MaxPool2D, pool_out_size
+from layers.max_pool import MaxPool2D
+from layers.window import pool_out_size
 from tests.gradient_check import check_backward
 
 # (N, C, H, W, k, stride, pad): GoogLeNet's 3x3/2 ceil and 3x3/1 pad 1, partial last windows

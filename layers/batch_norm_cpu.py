@@ -1,0 +1,116 @@
+"""BatchNorm2D on the CPU (NumPy), on x's channel-major rows (``layers/layout.py``; an input in
+another layout is copied once): each channel is one contiguous row of M elements, taken in
+blocks of whole channels of about ``block_elems`` elements (fewer, longer NumPy calls).
+Statistics come from float32 partial sums over segments of the rows (``segment_elems`` at
+most) merged in float64, with the layer's recentring (``BatchNorm2D._batch_stats``). A forward
+writes y = x * scale + offset; backward writes dx = a * dy + b * x + c into dy's memory.
+
+Channel ranges are split over ``parallel.workers()`` threads, each with its own scratch: the
+result does not depend on the number of workers (up to the recentring test, taken per block).
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from layers import layout, parallel
+
+
+class Saved(NamedTuple):
+    """What a CPU forward keeps for backward (training and evaluation)."""
+    stats: tuple          # the layer's ``Stats``: train, mean, var, 1 / std
+    x_rows: np.ndarray    # x's channel-major rows (C, M)
+    segment: int          # elements per float32 partial sum (whole samples)
+
+
+def _segment(n, per_sample, limit):
+    """Length of the segments a channel's row of n * per_sample elements is summed in: whole
+    samples, as many as divide n and fit ``limit`` (at least one sample)."""
+    k = max(1, min(n, limit // max(1, per_sample)))
+    while n % k:
+        k -= 1
+    return k * per_sample
+
+
+def forward(layer, x, train):
+    """y (channel-major) and the ``Saved`` state: statistics and y = x * scale + offset a
+    block of channel rows at a time."""
+    stats = layer._stats(train, np)
+    x = layout.to_channel_major(x)
+    y = layout.empty(x.shape, x.dtype)
+    xr, yr = layout.rows(x), layout.rows(y)
+    seg = _segment(x.shape[0], xr.shape[1] // x.shape[0], layer.segment_elems)
+
+    def run(c0, c1, worker):
+        for b0, b1 in _channel_blocks(layer, c0, c1, xr.shape[1]):
+            xb, yb, cs = xr[b0:b1], yr[b0:b1], slice(b0, b1)
+            if train:
+                stats.mean[cs], stats.var[cs] = layer._batch_stats(
+                    lambda center: _moments(layer, xb, center, worker, seg), x.dtype, np)
+            scale, offset = layer._affine(stats, cs)
+            np.multiply(xb, scale.astype(x.dtype)[:, None], out=yb)
+            yb += offset.astype(x.dtype)[:, None]
+    parallel.split_work(np, layer.ch, run, x.nbytes)
+    return y, Saved(stats, xr, seg)
+
+
+def backward(layer, saved, dy):
+    """dx (channel-major), written into ``dy``'s memory (or its channel-major copy); writes the
+    layer's grads."""
+    dy = layout.to_channel_major(dy)
+    dyr, xr = layout.rows(dy), saved.x_rows
+    m = xr.shape[1]
+
+    def run(c0, c1, worker):
+        for b0, b1 in _channel_blocks(layer, c0, c1, m):
+            dyb, xb = dyr[b0:b1], xr[b0:b1]
+            sums, dots = _segment_sums(layer, dyb, xb, worker, saved.segment)
+            a, b, c = (v.astype(dy.dtype)[:, None] for v in
+                       layer._coefficients(saved.stats, sums, dots, slice(b0, b1), m))
+            dyb *= a
+            if saved.stats.train:
+                t = np.multiply(xb, b, out=_scratch(layer, "term", xb, worker))
+                t += c
+                dyb += t
+    parallel.split_work(np, layer.ch, run, dy.nbytes)
+    return dy
+
+
+def _block_channels(layer, m):
+    """Channels per block: rows of m elements, about ``block_elems`` in all."""
+    return max(1, min(layer.ch, layer.block_elems // m))
+
+
+def _channel_blocks(layer, c0, c1, m):
+    """Ranges of whole channels covering [c0, c1), ``_block_channels`` each."""
+    cb = _block_channels(layer, m)
+    return [(b0, min(b0 + cb, c1)) for b0 in range(c0, c1, cb)]
+
+
+def _scratch(layer, key, block, worker):
+    """Worker's scratch ``key`` shaped like ``block`` (rows of one channel block)."""
+    cb, m = block.shape
+    return layer.workspace((key, worker), (_block_channels(layer, m), m), block.dtype)[:cb]
+
+
+def _segment_sums(layer, a, b, worker, seg):
+    """Per-channel float64 sums of a and of a * b over a block of rows (cb, M): float32
+    partial sums over segments of ``seg`` elements, the segments added in float64."""
+    cb, m = a.shape
+    a3 = a.reshape(cb, m // seg, seg)
+    part = layer.workspace(("parts", worker), (_block_channels(layer, m), m // seg),
+                           a.dtype)[:cb]
+    np.einsum("csl->cs", a3, out=part)
+    sums = part.sum(axis=1, dtype=np.float64)
+    np.vecdot(a3, b.reshape(a3.shape), out=part)
+    return sums, part.sum(axis=1, dtype=np.float64)
+
+
+def _moments(layer, xb, center, worker, seg):
+    """Per-channel means of v and v^2, v = xb - center (center per channel in x's dtype,
+    or None), in float64."""
+    v = xb
+    if center is not None:
+        scratch = _scratch(layer, "centred", xb, worker)
+        v = np.subtract(xb, center[:, None], out=scratch)
+    sums, squares = _segment_sums(layer, v, v, worker, seg)
+    return sums / xb.shape[1], squares / xb.shape[1]
