@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 def worker(args):
     import numpy as np
 
+    import sync  # noqa: F401  (every rule's settings)
     from core.config import load_config
     from core.models import build_model
     from core.optimizers import build_optimizer
@@ -36,8 +37,8 @@ def worker(args):
     options = {"in_channels": 3, "num_classes": 10}
     if args.model == "googlenet":
         options.update(image_size=args.size, aux_heads=False)
-    model = build_model(args.model, options, "float32", 0)
     rule, optimizer = BSP(w, cfg), build_optimizer(cfg["optimizer"])
+    model = build_model(args.model, options, "float32", 0, allocate=rule.allocate)
     rule.start(model)
     rng = np.random.default_rng(w.rank)
     x = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)

@@ -11,38 +11,15 @@ Routes: ``layers/avg_pool_cpu.py`` (NumPy: k*k strided slice adds over a zero-pa
 workspace) and ``layers/avg_pool_gpu.py`` (``layers/cuda/pool.cu``); ``backend.uses_kernels``
 picks one per call.
 """
-from layers import avg_pool_cpu, avg_pool_gpu, backend
-from layers.backend import array_module
-from layers.base import Layer
-from layers.window import check_pool_args, pool_geometry
+from layers import avg_pool_cpu, avg_pool_gpu
+from layers.pool import Pool2D
 
 
-class AvgPool2D(Layer):
+class AvgPool2D(Pool2D):
     """Average pooling, NCHW, Caffe geometry and divisor (see the module docstring)."""
 
+    cpu_route, gpu_route = avg_pool_cpu, avg_pool_gpu
+
     def __init__(self, ksize, stride, pad=0, ceil_mode=True):
-        super().__init__()
-        check_pool_args("AvgPool2D", ksize, stride, pad)
-        self.k, self.stride, self.pad, self.ceil_mode = ksize, stride, pad, ceil_mode
+        super().__init__(ksize, stride, pad, ceil_mode)
         self._zeroed = None   # CPU: (workspace, H, W) last zeroed: its border is 0
-
-    @staticmethod
-    def _route(xp):
-        """The route module for arrays of ``xp``: avg_pool_gpu (kernels) or avg_pool_cpu."""
-        return avg_pool_gpu if backend.uses_kernels(xp) else avg_pool_cpu
-
-    def geometry(self, x_shape):
-        """(OH, OW, Hp, Wp) for an input of ``x_shape``: the output size and a padded size that
-        holds every window; an input smaller than a window is an error naming the layer."""
-        return pool_geometry(self.name, x_shape, self.k, self.stride, self.pad, self.ceil_mode)
-
-    def forward(self, x, train=True):
-        self.check_input(x, 4)
-        self.save(None)
-        y, saved = self._route(array_module(x)).forward(self, x, train)
-        self.save(saved)
-        return y
-
-    def backward(self, dy):
-        route = self._route(array_module(dy))
-        return route.backward(self, self.saved(route.Saved), dy)

@@ -11,6 +11,7 @@ State that must not be averaged across workers (BatchNorm running statistics) li
 """
 import numpy as np
 
+from layers import backend
 from layers.backend import array_module
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -96,6 +97,34 @@ class Layer:
         bind_flat([self], dtype, np.random.default_rng(seed), xp)
         return self
 
+
+
+class RoutedLayer(Layer):
+    """A layer with two routes, one picked per call by ``backend.uses_kernels``: ``cpu_route``
+    (NumPy) and ``gpu_route`` (the CUDA kernels), modules with ``forward(layer, x, train) ->
+    (y, saved)``, ``backward(layer, saved, dy) -> dx`` and their ``Saved`` type. Subclasses set
+    the two and check their input in ``check``."""
+
+    cpu_route = gpu_route = None
+
+    def route(self, xp):
+        """The route module for arrays of ``xp``."""
+        return self.gpu_route if backend.uses_kernels(xp) else self.cpu_route
+
+    def check(self, x):
+        """Raise an error naming the layer for an input it cannot take (here: not 4-D)."""
+        self.check_input(x, 4)
+
+    def forward(self, x, train=True):
+        self.check(x)
+        self.save(None)
+        y, saved = self.route(array_module(x)).forward(self, x, train)
+        self.save(saved)
+        return y
+
+    def backward(self, dy):
+        route = self.route(array_module(dy))
+        return route.backward(self, self.saved(route.Saved), dy)
 
 def leaves(layers):
     """Depth-first leaf layers of ``layers`` (containers are expanded), in parameter order."""

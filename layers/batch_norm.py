@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from layers import backend, batch_norm_cpu, batch_norm_gpu
+from layers import batch_norm_cpu, batch_norm_gpu
 from layers.backend import array_module
-from layers.base import Layer
+from layers.base import RoutedLayer
 from layers.initializers import Constant
 
 
@@ -41,7 +41,8 @@ class Stats(NamedTuple):
     invstd: object        # (C,): 1 / sqrt(var + eps)
 
 
-class BatchNorm2D(Layer):
+class BatchNorm2D(RoutedLayer):
+    cpu_route, gpu_route = batch_norm_cpu, batch_norm_gpu
     block_elems = 1 << 20   # CPU: elements of one block of channels (at least one channel)
     segment_elems = 1 << 12  # CPU: longest float32 partial sum
     row_parts = 32          # GPU: partial sums per (n, c) row, one warp's worth
@@ -57,28 +58,20 @@ class BatchNorm2D(Layer):
         self.state["running_mean"] = np.zeros(self.ch)
         self.state["running_var"] = np.ones(self.ch)
 
-    @staticmethod
-    def _route(xp):
-        """The route module for arrays of ``xp``: batch_norm_gpu (kernels) or batch_norm_cpu."""
-        return batch_norm_gpu if backend.uses_kernels(xp) else batch_norm_cpu
+
+    def check(self, x):
+        self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
 
     def forward(self, x, train=True):
-        self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
-        m = x.size // self.ch
-        self.save(None)
-        y, saved = self._route(array_module(x)).forward(self, x, train)
-        self.save(saved)
+        y = super().forward(x, train)
         if train:
+            m, stats = x.size // self.ch, self.saved().stats
             rm, rv = self.state["running_mean"], self.state["running_var"]
             rm *= self.momentum
-            rm += (1.0 - self.momentum) * saved.stats.mean
+            rm += (1.0 - self.momentum) * stats.mean
             rv *= self.momentum
-            rv += (1.0 - self.momentum) * m / max(m - 1, 1) * saved.stats.var
+            rv += (1.0 - self.momentum) * m / max(m - 1, 1) * stats.var
         return y
-
-    def backward(self, dy):
-        route = self._route(array_module(dy))
-        return route.backward(self, self.saved(route.Saved), dy)
 
     # -- the equations both routes share ---------------------------------------------------
     def _stats(self, train, xp):

@@ -15,13 +15,12 @@ output-side route for stride-1 layers with few outputs, a pointwise route for 1x
 outputs, worker threads) and ``layers/conv_gpu.py`` (the kernel route: im2col, one GEMM,
 col2im by ``layers/cuda/conv.cu``); ``backend.uses_kernels`` picks one per call.
 """
-from layers import backend, conv_cpu, conv_gpu, initializers
-from layers.backend import array_module
-from layers.base import Layer
+from layers import conv_cpu, conv_gpu, initializers
+from layers.base import RoutedLayer
 from layers.window import conv_out_size
 
 
-class Conv2D(Layer):
+class Conv2D(RoutedLayer):
     """Convolution with square ``ksize`` kernels, weight (O, C, k, k), bias (O,).
 
     ``init`` is the weight initializer (layers.initializers.get: 'he', 'xavier',
@@ -36,6 +35,8 @@ class Conv2D(Layer):
     the input-side ones over OH*OW); backward's bound is higher because that route also saves
     the input side's col2im over k*k*C rows.
     """
+
+    cpu_route, gpu_route = conv_cpu, conv_gpu
 
     chunk_bytes = 8 << 20
     worker_chunk_bytes = 4 << 20
@@ -55,10 +56,6 @@ class Conv2D(Layer):
             self.param_shapes["b"] = (out_ch,)
             self.initializers["b"] = initializers.Constant(0.0)
 
-    @staticmethod
-    def _route(xp):
-        """The route module for arrays of ``xp``: conv_gpu (kernels) or conv_cpu."""
-        return conv_gpu if backend.uses_kernels(xp) else conv_cpu
 
     def out_shape(self, x_shape):
         """(N, O, OH, OW) for an input of shape (N, C, H, W)."""
@@ -81,9 +78,9 @@ class Conv2D(Layer):
         limit = self.chunk_bytes if workers == 1 else min(self.chunk_bytes, self.worker_chunk_bytes)
         return max(1, min(share, limit // max(1, rows * l * itemsize)))
 
-    def forward(self, x, train=True):
+    def check(self, x):
+        """The input's shape and dtype, and a kernel that fits; sets ``forward_flops``."""
         self.check_input(x, 4, self.in_ch)
-        xp = array_module(x)
         n, c, _, _ = x.shape
         _, o, oh, ow = self.out_shape(x.shape)
         k = self.k
@@ -91,11 +88,3 @@ class Conv2D(Layer):
             raise ValueError(f"{self.name}: input {x.shape} is smaller than the {k}x{k} kernel "
                              f"with pad {self.pad}")
         self.forward_flops = 2 * n * o * c * k * k * oh * ow
-        self.save(None)
-        y, saved = self._route(xp).forward(self, x, train)
-        self.save(saved)
-        return y
-
-    def backward(self, dy):
-        route = self._route(array_module(dy))
-        return route.backward(self, self.saved(route.Saved), dy)

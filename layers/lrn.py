@@ -16,14 +16,15 @@ blocks of samples, worker threads) and ``layers/lrn_gpu.py`` (``layers/cuda/lrn.
 """
 import numpy as np
 
-from layers import backend, lrn_cpu, lrn_gpu
-from layers.backend import array_module
-from layers.base import Layer
+from layers import lrn_cpu, lrn_gpu
+from layers.base import RoutedLayer
 
 
-class LRN(Layer):
+class LRN(RoutedLayer):
     """LRN(size=5, alpha=1e-4, beta=0.75, k=1.0) across channels, Caffe convention: alpha is
     divided by size, y = x * (k + alpha / size * sum of x^2 over ``size`` channels)^-beta."""
+
+    cpu_route, gpu_route = lrn_cpu, lrn_gpu
 
     chunk_elems = 1 << 15   # CPU: elements of one channel slice (n samples x H*W) per step
     resync = 16             # CPU: channels between exact re-summations of the running sum
@@ -36,10 +37,6 @@ class LRN(Layer):
         self.lo = (self.size - 1) // 2
         self.hi = self.size - 1 - self.lo
 
-    @staticmethod
-    def _route(xp):
-        """The route module for arrays of ``xp``: lrn_gpu (kernels) or lrn_cpu."""
-        return lrn_gpu if backend.uses_kernels(xp) else lrn_cpu
 
     def _chunks(self, x3, xp):
         """Sample ranges whose channel slices (n, H*W) hold about ``chunk_elems`` elements (all
@@ -49,13 +46,3 @@ class LRN(Layer):
         nb = -(-n // parts)
         return [slice(n0, n0 + nb) for n0 in range(0, n, nb)], (nb, l)
 
-    def forward(self, x, train=True):
-        self.check_input(x, 4)
-        self.save(None)
-        y, saved = self._route(array_module(x)).forward(self, x, train)
-        self.save(saved)
-        return y
-
-    def backward(self, dy):
-        route = self._route(array_module(dy))
-        return route.backward(self, self.saved(route.Saved), dy)

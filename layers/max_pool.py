@@ -15,13 +15,11 @@ worker threads over planes) and ``layers/max_pool_gpu.py`` (``layers/cuda/pool.c
 """
 import numpy as np
 
-from layers import backend, max_pool_cpu, max_pool_gpu
-from layers.backend import array_module
-from layers.base import Layer
-from layers.window import check_pool_args, pool_geometry
+from layers import max_pool_cpu, max_pool_gpu
+from layers.pool import Pool2D
 
 
-class MaxPool2D(Layer):
+class MaxPool2D(Pool2D):
     """Max pooling, NCHW, Caffe geometry (``ceil_mode=True`` is Caffe's; False is floor).
 
     ``chunk_elems`` (class attribute, CPU) bounds the elements of one chunk of planes in
@@ -30,32 +28,10 @@ class MaxPool2D(Layer):
     in backward.
     """
 
+    cpu_route, gpu_route = max_pool_cpu, max_pool_gpu
     chunk_elems = 5 << 16
 
     def __init__(self, ksize, stride, pad=0, ceil_mode=True):
-        super().__init__()
-        check_pool_args("MaxPool2D", ksize, stride, pad)
-        self.k, self.stride, self.pad, self.ceil_mode = ksize, stride, pad, ceil_mode
+        super().__init__(ksize, stride, pad, ceil_mode)
         self.idx_dtype = np.int8 if ksize * ksize < 128 else np.int32
         self._filled = {}     # CPU: worker -> (its phase workspace, H, W) last filled with -inf
-
-    @staticmethod
-    def _route(xp):
-        """The route module for arrays of ``xp``: max_pool_gpu (kernels) or max_pool_cpu."""
-        return max_pool_gpu if backend.uses_kernels(xp) else max_pool_cpu
-
-    def geometry(self, x_shape):
-        """(OH, OW, Hp, Wp) for an input of ``x_shape``: the output size and a padded size that
-        holds every window; an input smaller than a window is an error naming the layer."""
-        return pool_geometry(self.name, x_shape, self.k, self.stride, self.pad, self.ceil_mode)
-
-    def forward(self, x, train=True):
-        self.check_input(x, 4)
-        self.save(None)
-        y, saved = self._route(array_module(x)).forward(self, x, train)
-        self.save(saved)
-        return y
-
-    def backward(self, dy):
-        route = self._route(array_module(dy))
-        return route.backward(self, self.saved(route.Saved), dy)

@@ -9,7 +9,8 @@ from layers import backend, cuda
 from core.optimizers import SGD, Adagrad
 from layers.avg_pool import AvgPool2D
 from layers.batch_norm import BatchNorm2D
-from layers.conv import Conv2D, conv_out_size
+from layers.conv import Conv2D
+from layers.window import conv_out_size
 from layers.dropout import Dropout
 from layers.lrn import LRN
 from layers.max_pool import MaxPool2D
