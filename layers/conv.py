@@ -10,12 +10,19 @@ with xpad the input zero-padded by p on each side and OH = floor((H + 2p - k) / 
     dx[n, c, h, w] = sum over the (o, i, j, oh, ow) with oh*s + i - p = h, ow*s + j - p = w
                      of W[o, c, i, j] * dy[n, o, oh, ow]
 
+With ``groups`` g (AlexNet's conv2, conv4 and conv5 use 2), W is (O, C/g, k, k) and output
+channels [i O/g, (i+1) O/g) see only input channels [i C/g, (i+1) C/g): the layer runs one
+convolution per group on those channel blocks, each a view of its rows of W and b, and
+concatenates the outputs along channels; backward hands each its block of dy and assembles dx
+from the blocks.
+
 Routes: ``layers/conv_cpu.py`` (NumPy: im2col + GEMM in cache-sized chunks of samples, an
 output-side route for stride-1 layers with few outputs, a pointwise route for 1x1, channel-major
 outputs, worker threads) and ``layers/conv_gpu.py`` (the kernel route: im2col, one GEMM,
 col2im by ``layers/cuda/conv.cu``); ``backend.uses_kernels`` picks one per call.
 """
-from layers import conv_cpu, conv_gpu, initializers
+from layers import conv_cpu, conv_gpu, initializers, layout
+from layers.backend import array_module
 from layers.base import RoutedLayer
 from layers.window import conv_out_size
 
@@ -43,18 +50,25 @@ class Conv2D(RoutedLayer):
     output_side_forward = 1.0
     output_side_backward = 1.5
 
-    def __init__(self, in_ch, out_ch, ksize, stride=1, pad=0, bias=True, init="he"):
+    def __init__(self, in_ch, out_ch, ksize, stride=1, pad=0, bias=True, init="he", groups=1):
         super().__init__()
         if not isinstance(ksize, int) or ksize < 1 or stride < 1 or pad < 0:
             raise ValueError(f"Conv2D: need an int ksize >= 1, stride >= 1, pad >= 0; "
                              f"got ksize={ksize!r}, stride={stride}, pad={pad}")
+        if not isinstance(groups, int) or groups < 1 or in_ch % groups or out_ch % groups:
+            raise ValueError(f"Conv2D: groups must be an int >= 1 dividing the {in_ch} input and "
+                             f"{out_ch} output channels, got {groups!r}")
         self.in_ch, self.out_ch, self.k, self.stride, self.pad = in_ch, out_ch, ksize, stride, pad
+        self.groups = groups
         self.pointwise = ksize == 1 and stride == 1 and pad == 0
-        self.param_shapes["W"] = (out_ch, in_ch, ksize, ksize)
+        self.param_shapes["W"] = (out_ch, in_ch // groups, ksize, ksize)
         self.initializers["W"] = initializers.get(init)
         if bias:
             self.param_shapes["b"] = (out_ch,)
             self.initializers["b"] = initializers.Constant(0.0)
+        # one convolution per group, bound to its rows of W and b at every forward
+        self.group_convs = [Conv2D(in_ch // groups, out_ch // groups, ksize, stride, pad, bias,
+                                   init) for _ in range(groups)] if groups > 1 else []
 
 
     def out_shape(self, x_shape):
@@ -87,4 +101,43 @@ class Conv2D(RoutedLayer):
         if oh < 1 or ow < 1:
             raise ValueError(f"{self.name}: input {x.shape} is smaller than the {k}x{k} kernel "
                              f"with pad {self.pad}")
-        self.forward_flops = 2 * n * o * c * k * k * oh * ow
+        self.forward_flops = 2 * n * o * (c // self.groups) * k * k * oh * ow
+
+    def forward(self, x, train=True):
+        if self.groups == 1:
+            return super().forward(x, train)
+        self.check(x)
+        cg, og = self.in_ch // self.groups, self.out_ch // self.groups
+        self.save(None)
+        parts = [conv.forward(x[:, g * cg:(g + 1) * cg], train)
+                 for g, conv in enumerate(self._bound_groups())]
+        self.save(x.shape if train else None)
+        y = layout.empty_as(parts[0].shape[:1] + (self.out_ch,) + parts[0].shape[2:],
+                            parts[0].dtype, all(map(layout.is_channel_major, parts)),
+                            array_module(x))
+        for g, part in enumerate(parts):
+            y[:, g * og:(g + 1) * og] = part
+        return y
+
+    def backward(self, dy):
+        if self.groups == 1:
+            return super().backward(dy)
+        shape = self.saved(tuple)
+        cg, og = self.in_ch // self.groups, self.out_ch // self.groups
+        parts = [conv.backward(dy[:, g * og:(g + 1) * og])
+                 for g, conv in enumerate(self._bound_groups())]
+        dx = layout.empty_as(shape, parts[0].dtype, all(map(layout.is_channel_major, parts)),
+                             array_module(dy))
+        for g, part in enumerate(parts):
+            dx[:, g * cg:(g + 1) * cg] = part
+        return dx
+
+    def _bound_groups(self):
+        """The groups' convolutions, each with its rows of this layer's W, b and gradients."""
+        og = self.out_ch // self.groups
+        for g, conv in enumerate(self.group_convs):
+            rows = slice(g * og, (g + 1) * og)
+            for name in self.params:
+                conv.params[name], conv.grads[name] = self.params[name][rows], \
+                    self.grads[name][rows]
+        return self.group_convs

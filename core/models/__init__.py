@@ -13,6 +13,12 @@ from core.registry import MODELS
 MODELS.register("mlp")("core.models.mlp:mlp")
 MODELS.register("inception_small")("core.models.inception_small:inception_small")
 MODELS.register("googlenet")("core.models.googlenet:googlenet")
+MODELS.register("alexnet")("core.models.alexnet:alexnet")
+MODELS.register("vgg16")("core.models.vgg:vgg16")
+MODELS.register("resnet50")("core.models.resnet:resnet50")
+MODELS.register("cifar_resnet")("core.models.cifar_resnet:cifar_resnet")
+MODELS.register("resnet20")("core.models.cifar_resnet:resnet20")
+MODELS.register("resnet56")("core.models.cifar_resnet:resnet56")
 
 
 def builder(name):

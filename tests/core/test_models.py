@@ -12,7 +12,18 @@ TINY = {
     "mlp": ({"in_channels": 2, "image_size": 5, "num_classes": 4, "hidden": [7, 6]}, (3, 2, 5, 5)),
     "inception_small": ({"in_channels": 2, "num_classes": 5, "width": 0.1}, (4, 2, 28, 28)),
     "googlenet": ({"in_channels": 3, "num_classes": 6, "image_size": 80}, (2, 3, 80, 80)),
+    "alexnet": ({"in_channels": 3, "num_classes": 5, "image_size": 67, "width": 1 / 16},
+                (2, 3, 67, 67)),
+    "vgg16": ({"in_channels": 2, "num_classes": 5, "image_size": 32, "width": 1 / 32},
+              (2, 2, 32, 32)),
+    "resnet50": ({"in_channels": 2, "num_classes": 5, "width": 1 / 16}, (3, 2, 64, 64)),
+    "resnet20": ({"in_channels": 2, "num_classes": 4, "width": 0.25}, (3, 2, 12, 12)),
+    "resnet56": ({"in_channels": 2, "num_classes": 4, "width": 0.125}, (2, 2, 8, 8)),
 }
+# the published sizes: AlexNet (BVLC reference), torchvision's VGG-16 and ResNet-50 at 1000
+# classes, the CIFAR ResNets of He et al. 2016 (0.27M, 0.85M) at 10
+PARAMETERS = {"alexnet": 60_965_224, "vgg16": 138_357_544, "resnet50": 25_557_032,
+              "resnet20": 269_722, "resnet56": 853_018}
 
 
 def reseed_dropout(model):
@@ -156,3 +167,36 @@ def test_googlenet_names_the_smallest_image_its_auxiliary_heads_take():
     assert size_at_4a(79) == 5 and size_at_4a(78) == 4
     with pytest.raises(ValueError, match="image_size >= 79 .got 78.*aux_heads: false"):
         build_model("googlenet", {"image_size": 78})
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETERS))
+def test_parameter_counts_are_the_published_ones(name):
+    classes = 10 if name.startswith("resnet") and name != "resnet50" else 1000
+    model = build_model(name, {"num_classes": classes}, dtype="float32")
+    assert model.num_params == PARAMETERS[name]
+    if classes == 10:                                    # 0.27M and 0.85M in the paper
+        assert round(model.num_params / 1e6, 2) == {"resnet20": 0.27, "resnet56": 0.85}[name]
+
+
+def test_resnet50_zero_init_residual_starts_every_block_as_its_shortcut():
+    from layers.batch_norm import BatchNorm2D
+    from layers.residual import Residual
+    model = build_model("resnet50", {"num_classes": 10, "width": 1 / 16,
+                                     "zero_init_residual": True}, dtype="float64")
+    blocks = [layer for layer in _walk(model.layers()) if isinstance(layer, Residual)]
+    assert len(blocks) == 16
+    for block in blocks:
+        last_bn = [leaf for leaf in leaves([block.body]) if isinstance(leaf, BatchNorm2D)][-1]
+        assert not last_bn.params["gamma"].any() and last_bn.params["beta"].size
+
+
+def _walk(layers):
+    for layer in layers:
+        yield layer
+        yield from _walk(layer.children())
+
+
+@pytest.mark.parametrize("depth", [7, 21, 2, "20"])
+def test_a_cifar_resnet_depth_is_6n_plus_2(depth):
+    with pytest.raises(ValueError, match="depth must be 6n \\+ 2"):
+        build_model("cifar_resnet", {"depth": depth})

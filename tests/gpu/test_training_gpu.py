@@ -8,7 +8,11 @@ from core.optimizers import SGD
 from tests.sync.helpers import reference_setup, run_rule, sgd_step
 
 MODELS = [("inception_small", {"width": 0.25}, (8, 3, 28, 28)),
-          ("googlenet", {"image_size": 96, "num_classes": 10}, (4, 3, 96, 96))]
+          ("googlenet", {"image_size": 96, "num_classes": 10}, (4, 3, 96, 96)),
+          ("alexnet", {"image_size": 99, "width": 0.25, "num_classes": 10}, (4, 3, 99, 99)),
+          ("vgg16", {"image_size": 32, "width": 0.125, "num_classes": 10}, (4, 3, 32, 32)),
+          ("resnet50", {"width": 0.25, "num_classes": 10}, (4, 3, 64, 64)),
+          ("resnet20", {}, (8, 3, 32, 32))]
 
 
 def step(model, x, labels):

@@ -397,3 +397,57 @@ def test_two_workers_reuse_col_only_for_the_same_split(two_workers):
     parallel.set_workers(1)
     np.testing.assert_allclose(layer.backward(dy.copy()), ref[1], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.grads["W"], ref[2]["W"], rtol=1e-12, atol=1e-12)
+
+
+# -- grouped convolution ---------------------------------------------------------------------
+# (N, C, H, W, O, k, stride, pad, groups): AlexNet's conv2 (5x5) and conv4/5 (3x3) shapes in
+# small, more groups, a 1x1 and a strided grouped layer.
+GROUPED = [(2, 4, 7, 7, 6, 5, 1, 2, 2), (2, 4, 6, 6, 4, 3, 1, 1, 2), (1, 6, 5, 5, 9, 3, 1, 1, 3),
+           (2, 4, 5, 5, 4, 1, 1, 0, 4), (2, 4, 8, 8, 2, 3, 2, 1, 2)]
+
+
+@pytest.mark.parametrize("n, c, h, w, o, k, s, p, g", GROUPED)
+def test_grouped_convolution_is_one_convolution_per_channel_block(n, c, h, w, o, k, s, p, g):
+    rng = np.random.default_rng(7)
+    layer = Conv2D(c, o, k, stride=s, pad=p, groups=g).build(np.float64, seed=1)
+    assert layer.params["W"].shape == (o, c // g, k, k)
+    x = rng.standard_normal((n, c, h, w))
+    y = layer.forward(x)
+    og, cg = o // g, c // g
+    for i in range(g):
+        rows = slice(i * og, (i + 1) * og)
+        expected = conv_loops(x[:, i * cg:(i + 1) * cg], layer.params["W"][rows],
+                              layer.params["b"][rows], s, p)
+        np.testing.assert_allclose(y[:, rows], expected, rtol=1e-12, atol=1e-12)
+    assert layer.forward_flops == 2 * n * o * cg * k * k * y.shape[2] * y.shape[3]
+
+
+@pytest.mark.parametrize("n, c, h, w, o, k, s, p, g", GROUPED)
+def test_grouped_convolution_gradients(n, c, h, w, o, k, s, p, g):
+    layer = Conv2D(c, o, k, stride=s, pad=p, groups=g).build(np.float64, seed=2)
+    check_backward(layer, np.random.default_rng(3).standard_normal((n, c, h, w)))
+
+
+def test_grouped_convolution_equals_pytorch():
+    import torch                              # the test extra's: declared, never skipped
+    rng = np.random.default_rng(4)
+    layer = Conv2D(8, 12, 3, stride=1, pad=1, groups=2).build(np.float64, seed=5)
+    x, dy = rng.standard_normal((3, 8, 9, 9)), rng.standard_normal((3, 12, 9, 9))
+    twin = torch.nn.Conv2d(8, 12, 3, 1, 1, groups=2).double()
+    with torch.no_grad():
+        twin.weight.copy_(torch.from_numpy(layer.params["W"]))
+        twin.bias.copy_(torch.from_numpy(layer.params["b"]))
+    tx = torch.from_numpy(x.copy()).requires_grad_()
+    ty = twin(tx)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(layer.forward(x), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    dx = layer.backward(dy.copy())
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], twin.weight.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(layer.grads["b"], twin.bias.grad.numpy(), rtol=1e-10)
+
+
+def test_groups_must_divide_the_channels():
+    with pytest.raises(ValueError, match="groups must be an int >= 1 dividing the 6 input and "
+                                         "4 output channels, got 4"):
+        Conv2D(6, 4, 3, groups=4)

@@ -135,6 +135,10 @@ def test_max_pool_kernel_records_the_first_maximum_on_ties(kernels):
 @pytest.mark.parametrize("model, options, shape", [
     ("inception_small", {"width": 0.125, "in_channels": 1}, (2, 1, 28, 28)),
     ("googlenet", {"image_size": 80, "num_classes": 7}, (2, 3, 80, 80)),
+    ("alexnet", {"image_size": 67, "width": 0.0625, "num_classes": 5}, (2, 3, 67, 67)),
+    ("resnet50", {"width": 0.0625, "num_classes": 5}, (2, 3, 48, 48)),
+    ("resnet20", {"width": 0.25}, (2, 3, 12, 12)),
+    ("vgg16", {"image_size": 32, "width": 0.03125, "num_classes": 5}, (2, 3, 32, 32)),
 ])
 def test_whole_models_through_the_kernels_equal_the_cpu_path(model, options, shape,
                                                               monkeypatch):

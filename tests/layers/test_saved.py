@@ -22,8 +22,10 @@ from layers.global_avg_pool import GlobalAvgPool
 from layers.linear import Linear
 from layers.lrn import LRN
 from layers.max_pool import MaxPool2D
+from layers.pad_shortcut import PadShortcut
 from layers.pool import Pool2D
 from layers.relu import ReLU
+from layers.residual import Residual
 from layers.sequential import Sequential
 from layers.softmax_cross_entropy import SoftmaxCrossEntropy
 from tests.layers import cuda_on_cpu
@@ -52,12 +54,17 @@ CASES = [
      "Concat"),
     ("sequential", lambda: Sequential(Conv2D(3, 4, 3, pad=1), ReLU()), (2, 3, 6, 6),
      (2, 4, 6, 6), "ReLU"),
+    ("conv grouped", lambda: Conv2D(4, 6, 3, pad=1, groups=2), (2, 4, 6, 6), (2, 6, 6, 6),
+     "Conv2D"),
+    ("residual", lambda: Residual(Conv2D(3, 3, 3, pad=1)), (2, 3, 6, 6), (2, 3, 6, 6),
+     "Residual"),
+    ("pad shortcut", lambda: PadShortcut(3, 5, 2), (2, 3, 6, 6), (2, 5, 3, 3), "PadShortcut"),
 ]
 IDS = [case[0] for case in CASES]
 # Layers that keep nothing after an evaluation forward (the others keep what an evaluation
 # backward needs: BatchNorm's running statistics, dropout's pass-through, ...).
 TRAIN_ONLY = ["conv", "conv output side", "conv strided", "conv 1x1", "max pool", "avg pool",
-              "global avg pool", "lrn"]
+              "global avg pool", "lrn", "conv grouped", "residual", "pad shortcut"]
 
 
 @pytest.fixture(params=["cpu", "kernels"])
