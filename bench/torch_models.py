@@ -285,3 +285,52 @@ def images_per_second(name, batch, image_size, num_classes, steps, tf32, device=
         step()
     sync()
     return batch * steps / (time.perf_counter() - start), num_params(model)
+
+
+def serve(name, batch, image_size, num_classes, threads, options):
+    """``python bench/torch_models.py --serve MODEL BATCH SIZE CLASSES THREADS OPTIONS``, for
+    ``bench/step.py --torch`` on the CPU: builds the twin, takes two warm-up steps, prints
+    ``ready <parameters>``, then for each line N on stdin times N training steps and prints the
+    median step in seconds; N = 0 prints the peak RSS in GB and ends."""
+    import resource
+    import statistics
+    import sys
+    torch.set_num_threads(threads)
+    options = {k: v for k, v in options.items() if k != "image_size"}
+    model = build(name, num_classes, image_size, 3, **options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, image_size, image_size)
+    labels = torch.randint(0, num_classes, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=False)
+        logits, aux = model(x)
+        loss = loss_fn(logits, labels) + sum(0.3 * loss_fn(a, labels) for a in aux)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    print("ready", num_params(model), flush=True)
+    for line in sys.stdin:
+        steps = int(line)
+        if steps == 0:
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, flush=True)
+            return
+        seconds = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - start)
+        print(statistics.median(seconds), flush=True)
+
+
+if __name__ == "__main__":
+    import ast
+    import sys
+    if sys.argv[1:2] != ["--serve"] or len(sys.argv) != 8:
+        raise SystemExit("usage: torch_models.py --serve MODEL BATCH SIZE CLASSES THREADS "
+                         "OPTIONS (bench/step.py --torch starts it)")
+    _, _, model_name, *numbers, options_text = sys.argv
+    serve(model_name, *map(int, numbers), ast.literal_eval(options_text))

@@ -133,6 +133,7 @@ SCHEMA = {
     "tf32": Key("bool", False),        # gpu: float32 matrix products in TF32
     "threads": Key("int", None, low=1, high=1024, nullable=True),   # null: all cores
     "batch_size": Key("int", 128, low=1, high=65536),                     # per worker
+    "accumulate": Key("int", 1, low=1, high=4096),   # micro-batches of batch_size per step
     "epochs": Key("number", 10, low=0, low_open=True, high=1e6),
     "max_steps": Key("int", None, low=1, nullable=True),
     "optimizer": {
@@ -142,6 +143,7 @@ SCHEMA = {
         "nesterov": Key("bool", False),
         "weight_decay": Key("float", 5e-4, low=0),
         "eps": Key("float", 1e-10, low=0, low_open=True),        # for 'adagrad'
+        "scale_lr": Key("str", None, choices=("linear",), nullable=True),   # with the total batch
     },
     "lr_schedule": {                        # defaults: core.schedules.Schedule's, the one owner
         "policy": Key("str", "constant", choices=POLICIES),

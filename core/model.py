@@ -55,6 +55,14 @@ class Model:
         """2 x multiply-adds of the last forward pass (GEMM layers)."""
         return sum(layer.forward_flops for layer in self.leaves())
 
+    @property
+    def step_flops(self):
+        """The FLOPs of a training step after the last forward: forward, weight gradient and
+        input gradient of every GEMM layer (3x the forward), less the first layer's input
+        gradient when the last backward skipped it."""
+        first = self._leaves[0]
+        return 3 * self.forward_flops - (0 if first.needs_input_grad else first.forward_flops)
+
     def state(self):
         """Non-averaged buffers (BatchNorm running statistics), keyed by leaf index and name."""
         return {f"{i}.{name}": value for i, layer in enumerate(self.leaves())
@@ -84,11 +92,14 @@ class Model:
             total += head.weight * head.loss.forward(head_logits, labels)
         return total, logits
 
-    def backward(self, on_ready=None):
-        """Gradients of the last ``forward_loss`` into ``self.grads``; returns d loss / d x.
+    def backward(self, on_ready=None, input_grad=True):
+        """Gradients of the last ``forward_loss`` into ``self.grads``; returns d loss / d x, or
+        None with ``input_grad=False``: then the first layer skips that gradient, which nothing
+        in training reads (GoogLeNet's 7x7 and AlexNet's 11x11 convolution save a third).
 
         ``on_ready(offset)``, if given, is called whenever ``grads[offset:]`` is final: the
         heads (at the end of the buffer) finish first, then the stages from the last one."""
+        self._leaves[0].needs_input_grad = input_grad
         extra = {}
         for head in self.heads:
             d = head.layer.backward(head.loss.backward(head.weight))

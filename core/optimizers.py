@@ -232,7 +232,8 @@ def build_optimizer(section):
     can switch optimizers by name: ``momentum`` is ignored by adagrad, ``eps`` by sgd; ``lr``
     belongs to the schedule)."""
     kind = OPTIMIZERS.get_or_raise(section.get("name"))
-    known = {"name", "lr"}.union(*(inspect.signature(k).parameters for k in OPTIMIZERS.values()))
+    known = {"name", "lr", "scale_lr"}.union(             # lr and its scaling: the schedule's
+        *(inspect.signature(k).parameters for k in OPTIMIZERS.values()))
     unknown = set(section) - known
     if unknown:
         raise ValueError(f"optimizer: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")

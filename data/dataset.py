@@ -73,8 +73,9 @@ def build_data(cfg, rank=0, size=1, val_shard=None):
     scale = data["scale"] if data["scale"] is not None else 1.0 / max(pixel_std, 1e-3)
     common = dict(crop=(crop, crop), scale=scale, dtype=np.dtype(cfg["dtype"]),
                   seed=cfg["seed"], prefetch=data["prefetch"])
-    train = Loader(train_split, mean, cfg["batch_size"], train=True, pad=data["pad"],
-                   mirror=data["mirror"], rank=rank, size=size, **common)
+    # a step's images: ``accumulate`` micro-batches of batch_size, read as one batch
+    train = Loader(train_split, mean, cfg["batch_size"] * cfg["accumulate"], train=True,
+                   pad=data["pad"], mirror=data["mirror"], rank=rank, size=size, **common)
     val_rank, val_size = val_shard or (rank, size)
     val = Loader(val_split, mean, cfg["batch_size"], train=False, rank=val_rank, size=val_size,
                  **common)

@@ -1,6 +1,10 @@
 """A worker's training loop over a ``Run`` (engine/train.py): epochs of steps, validation of
 the model users care about, checkpoints, and the non-finite guard.
 
+With ``accumulate: k`` a step's batch is k micro-batches of ``batch_size``: each goes forward
+and backward, the gradients are averaged, and the step goes on from the exchange as one batch
+(one exchange a step; BSP's overlap then has nothing to overlap with).
+
 One step, with the rule's hooks (``sync/rule.py``)::
 
     loss = rule.agree_loss(model.forward_loss(x, y))      # NaN on all workers if on any
@@ -124,8 +128,9 @@ def step(run, x, y, lr, epoch):
     model, rule, log, progress = run.model, run.rule, run.log, run.progress
     saved = {k: v.copy() for k, v in model.state().items()} \
         if run.cfg["on_nonfinite"] == "skip" else None
+    k = run.cfg["accumulate"]
     with log.phase("compute"):
-        loss = float(model.forward_loss(x, y)[0])
+        loss = float(model.forward_loss(x, y)[0]) if k == 1 else accumulate(run, x, y, k)
     with log.phase("exchange"):
         loss = rule.agree_loss(loss)
     progress.step += 1
@@ -135,8 +140,9 @@ def step(run, x, y, lr, epoch):
         return skip(run, saved, f"loss became {loss} at step {progress.step} (epoch {epoch}); "
                                 f"{before}")
     progress.last_finite = loss
-    with log.phase("compute"):
-        model.backward(rule.backward_hook)
+    if k == 1:
+        with log.phase("compute"):
+            model.backward(rule.backward_hook, input_grad=False)
     with log.phase("exchange"):
         rule.after_backward(model, progress.step)
         finite = rule.agree_finite(all_finite(model.grads))
@@ -151,6 +157,23 @@ def step(run, x, y, lr, epoch):
         raise NonFiniteLoss(f"the parameters became non-finite at step {progress.step} "
                             f"(epoch {epoch}) after the update and the {rule.name} exchange")
     return loss
+
+
+def accumulate(run, x, y, k):
+    """Forward and backward of the k micro-batches of ``(x, y)``; the model's gradient is left
+    as their mean (the gradient of the whole batch's mean loss); returns the mean loss. Each
+    micro-batch's BatchNorm uses its own statistics (its running statistics move k times)."""
+    model, b = run.model, len(x) // k
+    total, losses = run.accumulated, []
+    for i in range(k):
+        losses.append(float(model.forward_loss(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])[0]))
+        model.backward(input_grad=False)
+        if i == 0:
+            total[...] = model.grads
+        else:
+            total += model.grads
+    model.xp.multiply(total, 1.0 / k, out=model.grads)
+    return sum(losses) / k
 
 
 def skip(run, saved, problem):

@@ -102,6 +102,9 @@ class Run:
         built, problem = attempt(self._model_and_training)
         agree(world, problem)
         self.model, self.optimizer, self.schedule, self.progress = built
+        # the gradient summed over micro-batches (accumulate > 1)
+        self.accumulated = self.model.xp.empty_like(self.model.grads) \
+            if cfg["accumulate"] > 1 else None
         agree(world, differences(world, self.model, cfg))
         self.folder = run_folder(cfg, world)
         self.log = self.rule.log = RunLog(cfg, world, self.rule, self.folder)
@@ -134,13 +137,23 @@ class Run:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model_options: model '{cfg['model']}' cannot be built with "
                               f"{cfg['model_options']}: {err}") from None
-        schedule = build_schedule(cfg["lr_schedule"], cfg["optimizer"]["lr"], cfg["epochs"])
+        schedule = build_schedule(cfg["lr_schedule"], self.learning_rate(), cfg["epochs"])
         return model, build_optimizer(cfg["optimizer"]), schedule, self._progress()
+
+    def learning_rate(self):
+        """``optimizer.lr``, times the total batch over ``batch_size`` (workers x accumulate)
+        with ``optimizer.scale_lr: linear`` (Goyal et al. 2017)."""
+        return self.cfg["optimizer"]["lr"] * self.lr_factor()
+
+    def lr_factor(self):
+        linear = self.cfg["optimizer"]["scale_lr"] == "linear"
+        return self.rule.num_workers * self.cfg["accumulate"] if linear else 1
 
     def _progress(self):
         cfg, steps_per_epoch = self.cfg, self.data.train.steps_per_epoch
         if steps_per_epoch == 0:
-            raise ConfigError(f"batch_size: {cfg['batch_size']} per worker x "
+            times = f" x {cfg['accumulate']} (accumulate)" if cfg["accumulate"] > 1 else ""
+            raise ConfigError(f"batch_size: {cfg['batch_size']} per worker{times} x "
                               f"{self.rule.num_workers} workers is more than the "
                               f"{len(self.data.train.split)} training images")
         total_steps = int(round(cfg["epochs"] * steps_per_epoch))
@@ -165,10 +178,24 @@ class Run:
             f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; {rule.name} "
             f"over {rule.num_workers} worker(s) of {self.world.size} rank(s) on "
             f"{len(set(hosts))} host(s), {self.threads} thread(s) per rank here; "
-            f"{self.data.description}; batch {cfg['batch_size']} per worker, "
-            f"{self.progress.total_steps} steps; run folder {self.folder}")
+            f"{self.data.description}; batch {cfg['batch_size']} per worker"
+            f"{self._accumulation()}, {self.progress.total_steps} steps{self._lr_line()}; "
+            f"run folder {self.folder}")
         for note in self.data.notes:
             self.display.message(f"note: {note}")
+
+    def _accumulation(self):
+        k = self.cfg["accumulate"]
+        return f" x {k} micro-batches a step" if k > 1 else ""
+
+    def _lr_line(self):
+        factor = self.lr_factor()
+        if factor == 1:
+            return ""
+        cfg = self.cfg
+        total = cfg["batch_size"] * cfg["accumulate"] * self.rule.num_workers
+        return (f"; learning rate {cfg['optimizer']['lr']:g} x {factor} = "
+                f"{self.learning_rate():g} (scale_lr linear, total batch {total})")
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self):

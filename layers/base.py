@@ -27,8 +27,12 @@ class Layer:
 
     ``backward(dy)`` overwrites the layer's gradients (``grads``) in place, never accumulating,
     and returns the input gradient dx. It may overwrite ``dy``'s memory (dx may even be ``dy``
-    itself): callers must not reuse ``dy`` after passing it in.
+    itself): callers must not reuse ``dy`` after passing it in. A layer whose input is the
+    network's own (nothing reads its dx) may be told ``needs_input_grad = False``; the
+    convolution and the fully connected layer then return None without computing dx.
     """
+
+    needs_input_grad = True
 
     def __init__(self):
         self.param_shapes = {}   # name -> shape, declared by the layer

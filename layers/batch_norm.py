@@ -22,6 +22,13 @@ much to cancellation (mean^2 > ``recentre`` * var in some channel) the moments a
 from x - mean. Routes: ``layers/batch_norm_cpu.py`` (NumPy, channel-major rows, worker threads
 over channel ranges) and ``layers/batch_norm_gpu.py`` (``layers/cuda/batch_norm.cu``);
 ``backend.uses_kernels`` picks one per call.
+
+Synchronized (``sync``, set by a sync rule: ``sync_bn: true`` under BSP): the batch is every
+worker's batch together. The per-channel means of x and x^2 are averaged over the workers (one
+all-reduce of 2C values; a second where the recentring runs), and so, in backward, are the sums
+of dy and dy * x, from which a, b and c come (M is then every worker's elements); the gradients
+of gamma and beta stay the worker's own, which the rule averages with the others. With equal
+batches on every worker this is one process's BatchNorm over the union of the batches.
 """
 from typing import NamedTuple
 
@@ -51,6 +58,9 @@ class BatchNorm2D(RoutedLayer):
     def __init__(self, ch, eps=1e-5, momentum=0.9):
         super().__init__()
         self.ch, self.eps, self.momentum = int(ch), float(eps), float(momentum)
+        # synchronized BatchNorm: a callable averaging float64 arrays over the workers in place
+        # (its ``size`` is their number), or None for this worker's batch alone
+        self.sync = None
         self.param_shapes["gamma"] = (self.ch,)
         self.initializers["gamma"] = Constant(1.0)
         self.param_shapes["beta"] = (self.ch,)
@@ -84,6 +94,26 @@ class BatchNorm2D(RoutedLayer):
             var = self.state["running_var"].astype(np.float64)
         return Stats(train, mean, var, xp.empty(self.ch, np.float64))
 
+    def _synced(self, moments):
+        """``moments`` (center -> this worker's per-channel means of v and v^2) averaged over
+        the workers: the means over every worker's batch (equal batches)."""
+        def averaged(center):
+            mean, sq = moments(center)
+            both = array_module(mean).concatenate([mean, sq])
+            self.sync(both)
+            return both[:self.ch], both[self.ch:]
+        return averaged
+
+    def _synced_coefficients(self, stats, sum_dy, sum_dy_x, m):
+        """For every channel: the worker's own gradients of gamma and beta from its sums, and
+        (a, b, c) from the sums over every worker (M elements each)."""
+        self._coefficients(stats, sum_dy, sum_dy_x, slice(None), m)
+        both = array_module(sum_dy).concatenate([sum_dy, sum_dy_x])
+        self.sync(both)
+        size = self.sync.size
+        return self._coefficients(stats, both[:self.ch] * size, both[self.ch:] * size,
+                                  slice(None), m * size, write_grads=False)
+
     def _batch_stats(self, moments, dtype, xp):
         """Per-channel mean and biased variance, in float64, from ``moments(center)``: the
         per-channel means of v and v^2, v = x - center (center: per-channel values in x's
@@ -105,13 +135,15 @@ class BatchNorm2D(RoutedLayer):
         scale = self.params["gamma"][channels] * invstd[channels]
         return scale, self.params["beta"][channels] - stats.mean[channels] * scale
 
-    def _coefficients(self, stats, sum_dy, sum_dy_x, channels, m):
+    def _coefficients(self, stats, sum_dy, sum_dy_x, channels, m, write_grads=True):
         """Write the gradients of gamma and beta for ``channels`` (a slice) from the sums of dy
-        and dy * x over (N, L); return (a, b, c) of dx = a * dy + b * x + c per channel."""
+        and dy * x over (N, L) (unless not ``write_grads``); return (a, b, c) of
+        dx = a * dy + b * x + c per channel."""
         mean, invstd = stats.mean[channels], stats.invstd[channels]
         sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
-        self.grads["beta"][channels] = sum_dy
-        self.grads["gamma"][channels] = sum_dy_xhat
+        if write_grads:
+            self.grads["beta"][channels] = sum_dy
+            self.grads["gamma"][channels] = sum_dy_xhat
         a = self.params["gamma"][channels] * invstd
         if not stats.train:
             return a, 0 * a, 0 * a

@@ -33,17 +33,22 @@ def _segment(n, per_sample, limit):
 
 def forward(layer, x, train):
     """y (channel-major) and the ``Saved`` state: statistics and y = x * scale + offset a
-    block of channel rows at a time."""
+    block of channel rows at a time (synchronized: every channel's statistics first, averaged
+    over the workers)."""
     stats = layer._stats(train, np)
     x = layout.to_channel_major(x)
     y = layout.empty(x.shape, x.dtype)
     xr, yr = layout.rows(x), layout.rows(y)
     seg = _segment(x.shape[0], xr.shape[1] // x.shape[0], layer.segment_elems)
+    per_block = train and layer.sync is None
+    if train and not per_block:
+        stats.mean[...], stats.var[...] = layer._batch_stats(
+            layer._synced(lambda center: _all_moments(layer, xr, center, seg)), x.dtype, np)
 
     def run(c0, c1, worker):
         for b0, b1 in _channel_blocks(layer, c0, c1, xr.shape[1]):
             xb, yb, cs = xr[b0:b1], yr[b0:b1], slice(b0, b1)
-            if train:
+            if per_block:
                 stats.mean[cs], stats.var[cs] = layer._batch_stats(
                     lambda center: _moments(layer, xb, center, worker, seg), x.dtype, np)
             scale, offset = layer._affine(stats, cs)
@@ -55,17 +60,24 @@ def forward(layer, x, train):
 
 def backward(layer, saved, dy):
     """dx (channel-major), written into ``dy``'s memory (or its channel-major copy); writes the
-    layer's grads."""
+    layer's grads (synchronized: every channel's sums first, averaged over the workers)."""
     dy = layout.to_channel_major(dy)
     dyr, xr = layout.rows(dy), saved.x_rows
     m = xr.shape[1]
+    synced = None
+    if layer.sync is not None and saved.stats.train:
+        sums, dots = _all_sums(layer, dyr, xr, saved.segment)
+        synced = layer._synced_coefficients(saved.stats, sums, dots, m)
 
     def run(c0, c1, worker):
         for b0, b1 in _channel_blocks(layer, c0, c1, m):
             dyb, xb = dyr[b0:b1], xr[b0:b1]
-            sums, dots = _segment_sums(layer, dyb, xb, worker, saved.segment)
-            a, b, c = (v.astype(dy.dtype)[:, None] for v in
-                       layer._coefficients(saved.stats, sums, dots, slice(b0, b1), m))
+            if synced is None:
+                sums, dots = _segment_sums(layer, dyb, xb, worker, saved.segment)
+                coefficients = layer._coefficients(saved.stats, sums, dots, slice(b0, b1), m)
+            else:
+                coefficients = (v[b0:b1] for v in synced)
+            a, b, c = (v.astype(dy.dtype)[:, None] for v in coefficients)
             dyb *= a
             if saved.stats.train:
                 t = np.multiply(xb, b, out=_scratch(layer, "term", xb, worker))
@@ -103,6 +115,30 @@ def _segment_sums(layer, a, b, worker, seg):
     sums = part.sum(axis=1, dtype=np.float64)
     np.vecdot(a3, b.reshape(a3.shape), out=part)
     return sums, part.sum(axis=1, dtype=np.float64)
+
+
+def _all_moments(layer, xr, center, seg):
+    """``_moments`` of every channel (rows ``xr``), the blocks split over the workers."""
+    mean, sq = np.empty(layer.ch), np.empty(layer.ch)
+
+    def run(c0, c1, worker):
+        for b0, b1 in _channel_blocks(layer, c0, c1, xr.shape[1]):
+            part = None if center is None else center[b0:b1]
+            mean[b0:b1], sq[b0:b1] = _moments(layer, xr[b0:b1], part, worker, seg)
+    parallel.split_work(np, layer.ch, run, xr.nbytes)
+    return mean, sq
+
+
+def _all_sums(layer, dyr, xr, seg):
+    """``_segment_sums`` of dy and dy * x for every channel, the blocks split over the
+    workers."""
+    sums, dots = np.empty(layer.ch), np.empty(layer.ch)
+
+    def run(c0, c1, worker):
+        for b0, b1 in _channel_blocks(layer, c0, c1, xr.shape[1]):
+            sums[b0:b1], dots[b0:b1] = _segment_sums(layer, dyr[b0:b1], xr[b0:b1], worker, seg)
+    parallel.split_work(np, layer.ch, run, xr.nbytes)
+    return sums, dots
 
 
 def _moments(layer, xb, center, worker, seg):

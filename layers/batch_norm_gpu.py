@@ -22,8 +22,9 @@ def forward(layer, x, train):
     stats = layer._stats(train, xp)
     x3 = xp.ascontiguousarray(x.reshape(x.shape[0], layer.ch, -1))
     if train:
+        moments = lambda center: _moments(layer, x3, center, xp)  # noqa: E731
         stats.mean[...], stats.var[...] = layer._batch_stats(
-            lambda center: _moments(layer, x3, center, xp), x.dtype, xp)
+            moments if layer.sync is None else layer._synced(moments), x.dtype, xp)
     scale, offset = layer._affine(stats, slice(None))
     y = xp.empty(x3.shape, dtype=x.dtype)
     cuda.launch("batch_norm", "affine", x.dtype, y.size,
@@ -38,7 +39,10 @@ def backward(layer, saved, dy):
     dy3 = xp.ascontiguousarray(dy.reshape(x3.shape))
     n, c, l = dy3.shape
     sums, dots = _row_sums(layer, "row_grads", dy3, x3, xp)
-    a, b, d = layer._coefficients(saved.stats, sums, dots, slice(None), n * l)
+    if layer.sync is not None and saved.stats.train:
+        a, b, d = layer._synced_coefficients(saved.stats, sums, dots, n * l)
+    else:
+        a, b, d = layer._coefficients(saved.stats, sums, dots, slice(None), n * l)
     cuda.launch("batch_norm", "backward", dy3.dtype, dy3.size,
                 (dy3, x3, a.astype(dy3.dtype), b.astype(dy3.dtype), d.astype(dy3.dtype),
                  n, c, l))

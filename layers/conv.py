@@ -126,6 +126,8 @@ class Conv2D(RoutedLayer):
         cg, og = self.in_ch // self.groups, self.out_ch // self.groups
         parts = [conv.backward(dy[:, g * og:(g + 1) * og])
                  for g, conv in enumerate(self._bound_groups())]
+        if not self.needs_input_grad:
+            return None
         dx = layout.empty_as(shape, parts[0].dtype, all(map(layout.is_channel_major, parts)),
                              array_module(dy))
         for g, part in enumerate(parts):
@@ -140,4 +142,5 @@ class Conv2D(RoutedLayer):
             for name in self.params:
                 conv.params[name], conv.grads[name] = self.params[name][rows], \
                     self.grads[name][rows]
+            conv.needs_input_grad = self.needs_input_grad
         return self.group_convs

@@ -84,10 +84,10 @@ def forward(layer, x, train):
 
 
 def backward(layer, saved, dy):
-    """dx (channel-major); writes the layer's grads."""
+    """dx (channel-major; None unless ``layer.needs_input_grad``); writes the layer's grads."""
     x = saved.x
     dy = layout.to_channel_major(dy)
-    dx = layout.empty(x.shape, x.dtype)
+    dx = layout.empty(x.shape, x.dtype) if layer.needs_input_grad else None
     if layer.pointwise:
         _backward_pointwise(layer, x, dy, dx)
     elif layer._output_side(layer.output_side_backward, x.shape):
@@ -180,7 +180,8 @@ def _backward_input_side(layer, x, dy, dx, cols):
     rows, workers = wt.shape[1], parallel.workers()
     g = layer._chunk(n, rows, l, x.dtype.itemsize, workers)
     reuse = cols is not None and cols == (g, workers)
-    dyr, dxcm = layout.rows(dy), dx.transpose(1, 0, 2, 3)
+    dyr = layout.rows(dy)
+    dxcm = dx.transpose(1, 0, 2, 3) if dx is not None else None
 
     def work(start, stop, worker):
         buf = _ws(layer, "col", worker, (rows * g * l,), x.dtype)
@@ -199,8 +200,9 @@ def _backward_input_side(layer, x, dy, dx, cols):
             np.matmul(dym, col.T, out=dwt if n0 == last else part)    # [dWt | db]
             if n0 != last:
                 dwt += part
-            np.matmul(wt[:, :kk].T, dym, out=col[:kk])                # col now holds dcol
-            col2im(col[:kk], k, s, p, dxcm[:, n0:n0 + m], phases)
+            if dxcm is not None:
+                np.matmul(wt[:, :kk].T, dym, out=col[:kk])            # col now holds dcol
+                col2im(col[:kk], k, s, p, dxcm[:, n0:n0 + m], phases)
         return dwt
 
     dwt = _sum_parts(parallel.split_work(np, n, work))
@@ -242,7 +244,8 @@ def _backward_output_side(layer, x, dy, dx):
     wf = _flipped_stack(layer, x.dtype)
     g = layer._chunk(n, kd, l, x.dtype.itemsize, parallel.workers())
     bias = "b" in layer.grads
-    xr, dxr, dyr = layout.rows(x), layout.rows(dx), layout.rows(dy)
+    xr, dyr = layout.rows(x), layout.rows(dy)
+    dxr = layout.rows(dx) if dx is not None else None
     dycm, dyl = dy.transpose(1, 0, 2, 3), dy.shape[2] * dy.shape[3]
 
     def work(start, stop, worker):
@@ -261,7 +264,8 @@ def _backward_output_side(layer, x, dy, dx):
             np.matmul(d, xr[:, cols].T, out=dwf if n0 == starts[-1] else part)
             if n0 != starts[-1]:
                 dwf += part
-            np.matmul(wf.T, d, out=dxr[:, cols])
+            if dxr is not None:
+                np.matmul(wf.T, d, out=dxr[:, cols])
         return dwf, db
 
     parts = parallel.split_work(np, n, work)
@@ -296,7 +300,8 @@ def _backward_pointwise(layer, x, dy, dx):
     o, l = layer.out_ch, h * w
     w2d = layer.params["W"].reshape(o, c)
     bias = "b" in layer.grads
-    xr, dyr, dxr = layout.rows(x), layout.rows(dy), layout.rows(dx)
+    xr, dyr = layout.rows(x), layout.rows(dy)
+    dxr = layout.rows(dx) if dx is not None else None
 
     def work(start, stop, worker):
         if worker == 0:
@@ -306,7 +311,8 @@ def _backward_pointwise(layer, x, dy, dx):
             dw = _ws(layer, "dW", worker, (o, c), x.dtype)
             db = _ws(layer, "db", worker, (o,), x.dtype) if bias else None
         cols = slice(start * l, stop * l)
-        np.matmul(w2d.T, dyr[:, cols], out=dxr[:, cols])
+        if dxr is not None:
+            np.matmul(w2d.T, dyr[:, cols], out=dxr[:, cols])
         np.matmul(dyr[:, cols], xr[:, cols].T, out=dw)
         if bias:
             dyr[:, cols].sum(axis=1, out=db)

@@ -74,6 +74,8 @@ def _backward_general(layer, x, col, dy, xp):
     xp.matmul(dyt, col.T, out=layer.grads["W"].reshape(o, kk))
     if "b" in layer.grads:
         layer.grads["b"][...] = dyt.sum(axis=1)
+    if not layer.needs_input_grad:
+        return None
     xp.matmul(layer.params["W"].reshape(o, kk).T, dyt, out=col)
     dx = xp.empty(x.shape, x.dtype)
     cuda.launch("conv", "col2im", x.dtype, dx.size,
@@ -96,7 +98,7 @@ def _backward_pointwise(layer, x, dy3, xp):
     n, c, h, w = x.shape
     o, l = layer.out_ch, h * w
     w2d = layer.params["W"].reshape(o, c)
-    dx = xp.matmul(w2d.T, dy3).reshape(x.shape)
+    dx = xp.matmul(w2d.T, dy3).reshape(x.shape) if layer.needs_input_grad else None
     dyt = layer.workspace("yt_kernel", (o, n * l), x.dtype, xp)
     dyt.reshape(o, n, l)[...] = dy3.transpose(1, 0, 2)
     xt = layer.workspace("xt_kernel", (c, n * l), x.dtype, xp)

@@ -33,4 +33,4 @@ class Linear(Layer):
         xp.matmul(dy.T, x, out=self.grads["W"])
         if self.bias:
             xp.sum(dy, axis=0, out=self.grads["b"])
-        return xp.matmul(dy, self.params["W"])
+        return xp.matmul(dy, self.params["W"]) if self.needs_input_grad else None

@@ -8,8 +8,12 @@ then average their parameters, ``x <- (1/n) sum_i x_i`` (model averaging).
 With ``exchange.bucket_mb`` the gradient goes in buckets, and with ``exchange.overlap`` they
 are averaged while backward runs (``sync/overlap.py``).
 
-BatchNorm's running statistics stay per worker (each normalizes its own batch, as in PyTorch's
-DDP without SyncBatchNorm); validation uses their average.
+BatchNorm normalizes each worker's own batch (as PyTorch's DDP without SyncBatchNorm), so with
+BatchNorm in the model the workers equal one process with N times the batch only with
+``sync_bn: true``: every BatchNorm layer then averages its batch statistics, and in backward
+its sums, over the workers (two small all-reduces per layer per step; ``layers/batch_norm.py``),
+as Horovod's SyncBatchNorm and ChainerMN's MultiNodeBatchNormalization do. Without it the
+running statistics stay per worker and validation uses their average.
 """
 import contextlib
 
@@ -17,6 +21,7 @@ import numpy as np
 
 from core.config import Key, register_section
 from core.registry import RULES
+from layers.batch_norm import BatchNorm2D
 from sync.exchange import METHODS, RING_MIN_BYTES, SHARED_MIN_BYTES, Exchange
 from sync.overlap import BucketedExchange
 from sync.rule import SyncRule
@@ -45,12 +50,29 @@ def _wire_needs_the_ring(cfg):
                                 f"got method {ex['method']!r}")
 
 
+def _sync_bn_needs_gradient_averaging(cfg):
+    if cfg["sync_bn"] and (cfg["sync_rule"] != "BSP" or cfg["avg_freq"] != 1):
+        yield "sync_bn", (f"true needs sync_rule BSP with avg_freq 1 (the workers' batches "
+                          f"are one batch), got {cfg['sync_rule']} with avg_freq "
+                          f"{cfg['avg_freq']}")
+
+
+def _scale_lr_needs_one_batch(cfg):
+    if cfg["optimizer"]["scale_lr"] and (cfg["sync_rule"] != "BSP" or cfg["avg_freq"] != 1):
+        yield "optimizer.scale_lr", (f"linear scales the rate with the total batch of BSP's "
+                                     f"workers (avg_freq 1); under {cfg['sync_rule']} with "
+                                     f"avg_freq {cfg['avg_freq']} each worker steps on its own "
+                                     f"batch")
+
+
 def _nccl_needs_the_gpu(cfg):
     if cfg["exchange"]["method"] == "nccl" and cfg["device"] != "gpu":
         yield "exchange.method", "nccl averages GPU buffers: it needs device: gpu"
 
 
 register_section("avg_freq", Key("int", 1, low=1), checks=[_avg_freq_is_bsp_only])
+register_section("sync_bn", Key("bool", False),       # BatchNorm over every worker's batch
+                 checks=[_sync_bn_needs_gradient_averaging, _scale_lr_needs_one_batch])
 register_section("exchange", {                    # how BSP averages its buffer
     "method": Key("str", "auto", choices=METHODS),
     "wire": Key("str", None, choices=("float16",), nullable=True),   # null: buffer dtype
@@ -86,6 +108,10 @@ class BSP(SyncRule):
 
     def start(self, model):
         super().start(model)
+        if self.cfg["sync_bn"] and self.num_workers > 1:
+            for layer in model.leaves():
+                if isinstance(layer, BatchNorm2D):
+                    layer.sync = WorkerMean(self)
         if self.avg_freq == 1 and (self.bucket_bytes or self.overlap):
             self.buckets = BucketedExchange(self.exchange, model.grads,
                                             self.bucket_bytes or model.grads.nbytes,
@@ -133,6 +159,18 @@ class BSP(SyncRule):
             self.exchange.mean(model.params)
         for value in model.state().values():
             self.average_over_workers(value)
+
+
+class WorkerMean:
+    """Averages a small array over the workers in place (for synchronized BatchNorm); ``size``
+    is their number."""
+
+    def __init__(self, rule):
+        self.rule, self.size = rule, rule.num_workers
+
+    def __call__(self, values):
+        self.rule.average_over_workers(values)
+        return values
 
 
 @RULES.register("LOCAL")

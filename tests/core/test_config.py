@@ -20,7 +20,7 @@ def test_defaults_filled_for_every_schema_key(tmp_path):
     cfg = load_config(_write(tmp_path, "model: mlp\noptimizer:\n  lr: 0.1\n"))
     assert cfg["model"] == "mlp"
     assert cfg["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
-                                "weight_decay": 5e-4, "eps": 1e-10}
+                                "weight_decay": 5e-4, "eps": 1e-10, "scale_lr": None}
     assert cfg["sync_rule"] == "BSP" and cfg["avg_freq"] == 1
     assert cfg["threads"] is None and cfg["max_steps"] is None
     assert cfg["model_options"] == {}

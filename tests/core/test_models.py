@@ -200,3 +200,23 @@ def _walk(layers):
 def test_a_cifar_resnet_depth_is_6n_plus_2(depth):
     with pytest.raises(ValueError, match="depth must be 6n \\+ 2"):
         build_model("cifar_resnet", {"depth": depth})
+
+
+@pytest.mark.parametrize("name", ["googlenet", "alexnet", "resnet20", "vgg16"])
+def test_the_first_layer_may_skip_the_input_gradient(name):
+    options, shape = TINY[name]
+    model = build_model(name, options, dtype="float64", seed=3)
+    rng = np.random.default_rng(1)
+    x, labels = rng.standard_normal(shape), rng.integers(0, options["num_classes"], shape[0])
+    reseed = reseed_dropout(model)
+    reseed()
+    model.forward_loss(x, labels)
+    full, grads = model.backward(), model.grads.copy()
+    assert full.shape == shape and model.step_flops == 3 * model.forward_flops
+    reseed()
+    model.forward_loss(x, labels)
+    assert model.backward(input_grad=False) is None
+    np.testing.assert_array_equal(model.grads, grads)
+    first = model.leaves()[0]
+    assert first.forward_flops > 0
+    assert model.step_flops == 3 * model.forward_flops - first.forward_flops

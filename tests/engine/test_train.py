@@ -4,10 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-import yaml
 
 from core.config import load_config
-
 from core.errors import ConfigError
 from engine.train import NonFiniteLoss, main, train
 
@@ -163,8 +161,8 @@ def test_a_non_finite_gradient_never_reaches_the_parameters(monkeypatch, policy)
     from core.model import Model
     backward, calls = Model.backward, []
 
-    def nan_on_third_call(self, *args):
-        dx = backward(self, *args)
+    def nan_on_third_call(self, *args, **kwargs):
+        dx = backward(self, *args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
             self.grads[5] = np.inf
@@ -188,3 +186,29 @@ def test_check_prints_the_resolved_configuration_or_its_problems(tmp_path, capsy
     assert main([str(path), "--check", "--set", "seed=x"]) == 2
     assert "seed: expected int >= 0, got str 'x'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+ACCUMULATE = ["model=mlp", "model_options={hidden: [16]}", "dtype=float64", "data.num_train=256",
+              "data.num_val=64", "data.image_size=6", "data.channels=2", "epochs=2",
+              "optimizer.momentum=0.9", "print_every=1000", "threads=1", "log.export=false",
+              "checkpoint.every_epochs=0"]
+
+
+def test_accumulating_four_micro_batches_is_one_batch_four_times_larger(tmp_path, capsys):
+    one = train(load_config(None, ACCUMULATE + ["batch_size=32", "optimizer.lr=0.2",
+                                                f"log.dir={tmp_path / 'one'}"]))
+    four = train(load_config(None, ACCUMULATE + ["batch_size=8", "accumulate=4",
+                                                 "optimizer.lr=0.05", "optimizer.scale_lr=linear",
+                                                 f"log.dir={tmp_path / 'four'}"]))
+    out = capsys.readouterr().out
+    assert "batch 8 per worker x 4 micro-batches a step, 16 steps; learning rate 0.05 x 4 = " \
+           "0.2 (scale_lr linear, total batch 32)" in out
+    np.testing.assert_allclose(four["model"].params, one["model"].params, rtol=1e-10,
+                               atol=1e-12)
+    assert np.abs(one["model"].params).max() > 0 and one["history"][-1]["step"] == 16
+
+
+def test_scaling_the_learning_rate_needs_one_batch_over_the_workers():
+    with pytest.raises(ConfigError, match="optimizer.scale_lr: linear scales the rate with the "
+                                          "total batch of BSP's workers"):
+        load_config(None, ["optimizer.scale_lr=linear", "sync_rule=EASGD"])

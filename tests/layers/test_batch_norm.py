@@ -151,3 +151,67 @@ def test_bad_input():
         layer.forward(np.zeros((2, 4), np.float32))
     with pytest.raises(TypeError, match=r"BatchNorm2D.*float64.*float32.*\(2, 3, 5, 5\)"):
         layer.forward(np.zeros((2, 3, 5, 5), np.float64))
+
+
+class OtherWorker:
+    """A synchronized BatchNorm's all-reduce with one other worker whose arrays were recorded
+    in order: averages this worker's array with the other's next one, in place."""
+
+    size = 2
+
+    def __init__(self, recorded):
+        self.recorded = list(recorded)
+
+    def __call__(self, values):
+        values += self.recorded.pop(0)
+        values *= 0.5
+        return values
+
+
+class Recorder:
+    """The other worker's side: keeps a copy of each array, leaves it as it is."""
+
+    size = 2
+
+    def __init__(self):
+        self.arrays = []
+
+    def __call__(self, values):
+        self.arrays.append(np.array(values, copy=True))
+        return values
+
+
+@pytest.mark.parametrize("route", ["cpu", "kernels"])
+@pytest.mark.parametrize("shape", [(3, 4, 5, 5), (2, 3, 4, 4)])
+def test_synchronized_batchnorm_is_batchnorm_over_both_workers_batches(shape, route,
+                                                                       monkeypatch):
+    if route == "kernels":
+        from layers import backend, cuda
+        from tests.layers import cuda_on_cpu
+        cuda_on_cpu.compiler()
+        monkeypatch.setattr(backend, "uses_kernels", lambda xp: True)
+        monkeypatch.setattr(cuda, "launch", cuda_on_cpu.launch)
+    rng = np.random.default_rng(8)
+    xa, xb = rng.standard_normal(shape) + 3.0, rng.standard_normal(shape) * 2.0
+    dya, dyb = rng.standard_normal(shape), rng.standard_normal(shape)
+    ch = shape[1]
+    other, mine, whole = make(ch), make(ch), make(ch)
+    record = Recorder()
+    other.sync = record
+    other.forward(xb)
+    other.backward(dyb.copy())
+    # forward moments (one or two all-reduces), then backward sums: in the order recorded
+    mine.sync = OtherWorker(record.arrays)
+    y = mine.forward(xa)
+    dx = mine.backward(dya.copy())
+    y_whole = whole.forward(np.concatenate([xa, xb]))
+    dx_whole = whole.backward(np.concatenate([dya, dyb]) / 2)   # the mean of both losses
+    np.testing.assert_allclose(y, y_whole[:shape[0]], rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dx, 2 * dx_whole[:shape[0]], rtol=1e-10, atol=1e-11)
+    # gamma and beta: this worker's own sums, over xhat of the whole batch's statistics
+    axes, shape_c = (0, 2, 3), (1, ch, 1, 1)
+    xhat = (y_whole[:shape[0]] - mine.params["beta"].reshape(shape_c)) / \
+        mine.params["gamma"].reshape(shape_c)
+    np.testing.assert_allclose(mine.grads["beta"], dya.sum(axis=axes), rtol=1e-11)
+    np.testing.assert_allclose(mine.grads["gamma"], (dya * xhat).sum(axis=axes), rtol=1e-10,
+                               atol=1e-11)

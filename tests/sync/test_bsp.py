@@ -36,6 +36,7 @@ def reference(n, settings, steps, avg_freq=1):
     (3, ["exchange.bucket_mb=0.001"], "shared"),
     (2, ["exchange.bucket_mb=0.0005", "exchange.overlap=true", "model_options={hidden: [16, 8]}"],
      "shared"),
+    (2, ["accumulate=2", "exchange.bucket_mb=0.0005", "exchange.overlap=true"], "shared"),
 ])
 def test_bsp_workers_equal_one_process_with_n_times_the_batch(tmp_path, n, exchange, method):
     settings = ["batch_size=8", "max_steps=6", "exchange.ring_min_bytes=0",
@@ -104,3 +105,23 @@ def test_more_servers_than_ranks_is_a_config_error_on_every_rank(tmp_path):
                        "sync_rule=DOWNPOUR", "--set", "downpour.servers=2"], timeout=60)
     assert done.returncode == 2
     assert done.stderr.count("needs more than 2 ranks") == 2
+
+
+SYNC_BN = ["model=inception_small", "model_options={width: 0.1}", "dtype=float64",
+           "data.image_size=8", "data.channels=2", "batch_size=4", "max_steps=4",
+           "optimizer.lr=0.1"]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_synchronized_batchnorm_makes_bsp_one_process_with_n_times_the_batch(tmp_path, n):
+    workers, _ = run_rule(tmp_path, n, SYNC_BN + ["sync_bn=true"])
+    expected = reference(n, SYNC_BN, steps=4)
+    for params in workers:
+        np.testing.assert_array_equal(params, workers[0])
+    np.testing.assert_allclose(workers[0], expected, rtol=1e-10, atol=1e-12)
+    assert np.abs(expected - reference(n, SYNC_BN, steps=0)).max() > 1e-2   # it did train
+
+
+def test_without_synchronized_batchnorm_the_statistics_are_each_worker_s(tmp_path):
+    workers, _ = run_rule(tmp_path, 2, SYNC_BN)
+    assert np.abs(workers[0] - reference(2, SYNC_BN, steps=4)).max() > 1e-6
