@@ -298,7 +298,7 @@ def serve(name, batch, image_size, num_classes, threads, options):
     torch.set_num_threads(threads)
     options = {k: v for k, v in options.items() if k != "image_size"}
     model = build(name, num_classes, image_size, 3, **options)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, image_size, image_size)
     labels = torch.randint(0, num_classes, (batch,))
     loss_fn = nn.CrossEntropyLoss()

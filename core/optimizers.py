@@ -26,8 +26,10 @@ import math
 import numpy as np
 
 from core.registry import OPTIMIZERS
-from layers import backend, cuda
+from layers import backend, cuda, parallel
 from layers.backend import array_module
+
+BLOCK = 1 << 16      # CPU: elements updated at a time, so that a block's operands stay in cache
 
 
 def _number(name, value, low, low_open=False, high=None):
@@ -47,7 +49,11 @@ class Optimizer:
     """Base class: flat-buffer checks, state buffers and checkpoints.
 
     Subclasses set ``name`` and ``buffer_names`` (the persistent per-element state) and
-    implement ``_update(params, grads, lr)``.
+    implement ``_update(params, grads, lr, state, scratch)`` on a block of the buffers
+    (``state``: the state buffers' blocks by name; ``scratch(key)``: a buffer like the block)
+    and, for the GPU, ``_kernel(params, grads, lr, state)`` (True when it did the update). On
+    the CPU the buffer is taken in blocks of ``BLOCK`` elements, split over the layers'
+    worker threads: every equation of a block runs while its operands are in cache.
     """
 
     name = None
@@ -73,8 +79,27 @@ class Optimizer:
                 f"shape and dtype, got params {getattr(params, 'shape', type(params).__name__)} "
                 f"{getattr(params, 'dtype', '')} and grads "
                 f"{getattr(grads, 'shape', type(grads).__name__)} {getattr(grads, 'dtype', '')}")
-        self._update(params, grads, lr)
+        xp = array_module(params)
+        state = {key: self._state_buffer(key, params) for key in self.state_names()}
+        if not (backend.uses_kernels(xp) and self._kernel(params, grads, lr, state)):
+            size = BLOCK if xp is np else params.size
+
+            def run(start, stop, worker):
+                for a in range(start, stop, size):
+                    b = min(a + size, stop)
+                    self._update(params[a:b], grads[a:b], lr,
+                                 {key: buf[a:b] for key, buf in state.items()},
+                                 lambda key, n=b - a: self._scratch_block(key, worker, n,
+                                                                          params, size))
+            parallel.split_work(xp, params.size, run, params.nbytes)
         self.steps += 1
+
+    def state_names(self):
+        """The state buffers this optimizer's update uses (all of ``buffer_names``)."""
+        return self.buffer_names
+
+    def _kernel(self, params, grads, lr, state):
+        return False
 
     # -- buffers ----------------------------------------------------------------------------
     def _state_buffer(self, key, params):
@@ -92,21 +117,22 @@ class Optimizer:
         self._state[key] = buf
         return buf
 
-    def _scratch_buffer(self, key, params):
-        buf = self._scratch.get(key)
+    def _scratch_block(self, key, worker, n, params, size):
+        """Worker ``worker``'s scratch ``key``: the first ``n`` of ``size`` elements kept
+        across steps, of ``params``' dtype and array module."""
+        buf = self._scratch.get((key, worker))
         xp = array_module(params)
-        if buf is None or buf.shape != params.shape or buf.dtype != params.dtype or \
+        if buf is None or buf.size != size or buf.dtype != params.dtype or \
                 array_module(buf) is not xp:
-            buf = xp.empty_like(params)
-            self._scratch[key] = buf
-        return buf
+            buf = self._scratch[(key, worker)] = xp.empty(size, params.dtype)
+        return buf[:n]
 
-    def _decayed_grad(self, params, grads):
+    def _decayed_grad(self, params, grads, scratch):
         """g = grads + weight_decay * params, in the scratch buffer 'g' (``grads`` if wd = 0)."""
         if not self.weight_decay:
             return grads
         xp = array_module(params)
-        g = self._scratch_buffer("g", params)
+        g = scratch("g")
         xp.multiply(params, self.weight_decay, out=g)
         xp.add(g, grads, out=g)
         return g
@@ -162,21 +188,27 @@ class SGD(Optimizer):
     def hyperparameters(self):
         return dict(super().hyperparameters(), momentum=self.momentum, nesterov=self.nesterov)
 
-    def _update(self, params, grads, lr):
+    def state_names(self):
+        return self.buffer_names if self.momentum > 0.0 else ()
+
+    def _kernel(self, params, grads, lr, state):
+        if self.momentum == 0.0:
+            return False                          # the element-wise route below
+        cuda.launch("elementwise", "sgd_update", params.dtype, params.size,
+                    (params, grads, state["velocity"], lr, self.momentum, self.weight_decay,
+                     int(self.nesterov), params.size))
+        return True
+
+    def _update(self, params, grads, lr, state, scratch):
         xp = array_module(params)
         mu = self.momentum
-        if backend.uses_kernels(xp) and mu > 0.0:      # one kernel over the flat buffer
-            cuda.launch("elementwise", "sgd_update", params.dtype, params.size,
-                        (params, grads, self._state_buffer("velocity", params), lr, mu,
-                         self.weight_decay, int(self.nesterov), params.size))
-            return
-        g = self._decayed_grad(params, grads)
-        tmp = g if g is not grads else self._scratch_buffer("g", params)
+        g = self._decayed_grad(params, grads, scratch)
+        tmp = g if g is not grads else scratch("g")
         if mu == 0.0:
             xp.multiply(g, lr, out=tmp)
             xp.subtract(params, tmp, out=params)
             return
-        v = self._state_buffer("velocity", params)
+        v = state["velocity"]
         xp.multiply(v, mu, out=v)
         xp.add(v, g, out=v)
         if self.nesterov:
@@ -207,16 +239,17 @@ class Adagrad(Optimizer):
     def hyperparameters(self):
         return dict(super().hyperparameters(), eps=self.eps)
 
-    def _update(self, params, grads, lr):
+    def _kernel(self, params, grads, lr, state):
+        cuda.launch("elementwise", "adagrad_update", params.dtype, params.size,
+                    (params, grads, state["sum_sq"], lr, self.eps, self.weight_decay,
+                     params.size))
+        return True
+
+    def _update(self, params, grads, lr, state, scratch):
         xp = array_module(params)
-        if backend.uses_kernels(xp):                   # one kernel over the flat buffer
-            cuda.launch("elementwise", "adagrad_update", params.dtype, params.size,
-                        (params, grads, self._state_buffer("sum_sq", params), lr, self.eps,
-                         self.weight_decay, params.size))
-            return
-        g = self._decayed_grad(params, grads)
-        s = self._state_buffer("sum_sq", params)
-        tmp = self._scratch_buffer("tmp", params)
+        g = self._decayed_grad(params, grads, scratch)
+        s = state["sum_sq"]
+        tmp = scratch("tmp")
         xp.multiply(g, g, out=tmp)
         xp.add(s, tmp, out=s)
         xp.sqrt(s, out=tmp)

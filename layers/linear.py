@@ -1,10 +1,14 @@
 """Fully connected layer: y = x W^T + b, with W of shape (out_f, in_f) and x of shape (N, in_f).
 
 Backward: dW = dy^T x, db = sum_n dy, dx = dy W.
+
+On the CPU the products are split over ``parallel.workers()`` threads (BLAS runs one thread
+per call there): forward and dx by samples, dW and db by output features.
 """
-from layers.initializers import Constant, get
+from layers import parallel
 from layers.backend import array_module
 from layers.base import Layer
+from layers.initializers import Constant, get
 
 
 class Linear(Layer):
@@ -21,16 +25,32 @@ class Linear(Layer):
         self.check_input(x, 2, self.in_f)
         xp = array_module(x)
         self.save(x)
-        y = xp.matmul(x, self.params["W"].T)
-        if self.bias:
-            y += self.params["b"]
+        y = xp.empty((x.shape[0], self.out_f), x.dtype)
+        w = self.params["W"]
+
+        def rows(n0, n1, worker):
+            xp.matmul(x[n0:n1], w.T, out=y[n0:n1])
+            if self.bias:
+                y[n0:n1] += self.params["b"]
+        parallel.split_work(xp, x.shape[0], rows, w.nbytes)
         self.forward_flops = 2 * x.shape[0] * self.in_f * self.out_f
         return y
 
     def backward(self, dy):
         x = self.saved()
         xp = array_module(dy)
-        xp.matmul(dy.T, x, out=self.grads["W"])
-        if self.bias:
-            xp.sum(dy, axis=0, out=self.grads["b"])
-        return xp.matmul(dy, self.params["W"]) if self.needs_input_grad else None
+        w, dw = self.params["W"], self.grads["W"]
+
+        def features(o0, o1, worker):
+            xp.matmul(dy[:, o0:o1].T, x, out=dw[o0:o1])
+            if self.bias:
+                xp.sum(dy[:, o0:o1], axis=0, out=self.grads["b"][o0:o1])
+        parallel.split_work(xp, self.out_f, features, w.nbytes)
+        if not self.needs_input_grad:
+            return None
+        dx = xp.empty_like(x)
+
+        def samples(n0, n1, worker):
+            xp.matmul(dy[n0:n1], w, out=dx[n0:n1])
+        parallel.split_work(xp, x.shape[0], samples, w.nbytes)
+        return dx

@@ -218,3 +218,34 @@ def test_build_optimizer():
         build_optimizer({"name": "adam", "lr": 0.1})
     with pytest.raises(ValueError, match="betas"):
         build_optimizer({"name": "sgd", "lr": 0.1, "betas": 0.9})
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_buffer_of_many_blocks_is_updated_as_one(workers):
+    from core.optimizers import BLOCK
+    from layers import parallel
+    rng = np.random.default_rng(9)
+    n = 3 * BLOCK + 123                               # blocks over two workers, a short last one
+    p0, grads = rng.standard_normal(n), [rng.standard_normal(n) for _ in range(3)]
+    previous = parallel.workers()
+    parallel.set_workers(workers)
+    try:
+        sgd = _run(SGD(momentum=0.9, nesterov=True, weight_decay=1e-3), p0, grads, 0.05)
+        ada = _run(Adagrad(eps=1e-6, weight_decay=1e-2), p0, grads, 0.1)
+    finally:
+        parallel.set_workers(previous)
+    v, p = np.zeros(n), p0.copy()
+    for g in grads:                                   # the equations on the whole buffer
+        g = g + 1e-3 * p
+        v = 0.9 * v + g
+        p = p - 0.05 * (g + 0.9 * v)
+    np.testing.assert_allclose(sgd[-1], p, rtol=1e-12, atol=1e-15)
+    s, p = np.zeros(n), p0.copy()
+    for g in grads:
+        g = g + 1e-2 * p
+        s = s + g * g
+        p = p - 0.1 * g / (np.sqrt(s) + 1e-6)
+    np.testing.assert_allclose(ada[-1], p, rtol=1e-12, atol=1e-15)
+    blocks = _run(SGD(momentum=0.9, nesterov=True, weight_decay=1e-3), p0[:7], [g[:7] for g in
+                                                                               grads], 0.05)
+    np.testing.assert_array_equal(sgd[-1][:7], blocks[-1])  # blocks, workers: the same bits
