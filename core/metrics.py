@@ -1,7 +1,7 @@
 """Classification metrics over NumPy (or CuPy) score arrays."""
 import numpy as np
 
-from layers.backend import array_module
+from layers.backend import array_module, on_device
 
 
 def topk_correct(scores, labels, ks=(1, 5)):
@@ -29,7 +29,7 @@ def topk_correct(scores, labels, ks=(1, 5)):
                          f"{labels.dtype} of shape {labels.shape}")
     if n == 0:
         return {k: 0 for k in ks}
-    if int(labels.min()) < 0 or int(labels.max()) >= c:
+    if not on_device(labels) and (int(labels.min()) < 0 or int(labels.max()) >= c):
         raise ValueError(f"topk_correct: labels must lie in [0, {c}), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     target = scores[xp.arange(n), labels][:, None]

@@ -5,6 +5,9 @@ With ``accumulate: k`` a step's batch is k micro-batches of ``batch_size``: each
 and backward, the gradients are averaged, and the step goes on from the exchange as one batch
 (one exchange a step; BSP's overlap then has nothing to overlap with).
 
+On the GPU (``device_step``) the loss stays on the device and is read only when it is shown
+or logged; the one check a step is the gradient's, after the exchange.
+
 One step, with the rule's hooks (``sync/rule.py``)::
 
     loss = rule.agree_loss(model.forward_loss(x, y))      # NaN on all workers if on any
@@ -112,14 +115,41 @@ def train_epoch(run, batches, epoch):
         with log.phase("data") as waited:
             x, y = next(batches)
         lr = run.schedule.lr_at(progress.step / progress.steps_per_epoch)
-        loss = step(run, x, y, lr, epoch)
+        lazy = reads_lazily(run)
+        loss = device_step(run, x, y, lr, epoch) if lazy else step(run, x, y, lr, epoch)
         if loss is None:                      # skipped: a non-finite loss or gradient
             continue
+        if lazy and read_now(run, end):
+            loss = read_loss(run, loss, epoch)
         display.step(epoch, progress.step, loss, lr, len(x), waited.seconds)
         if progress.step % log.every == 0:
             log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,
                       "images": len(x) * log.every})
     display.end_epoch()
+
+
+def reads_lazily(run):
+    """Whether steps leave the loss where it was computed: on the GPU (reading it there makes
+    the host wait for the device)."""
+    return run.model.xp is not np
+
+
+def read_now(run, end):
+    """Whether this step's loss is shown or logged (on the GPU it is read only then)."""
+    at = run.progress.step
+    return at % run.cfg["print_every"] == 0 or at % run.log.every == 0 or at == end
+
+
+def read_loss(run, loss, epoch):
+    """A device step's loss, read on the host (the host waits for the GPU here), and the
+    parameters' check that a device step leaves for this moment."""
+    loss, progress = float(loss), run.progress
+    if not (np.isfinite(loss) and all_finite(run.model.params)):
+        raise NonFiniteLoss(f"the loss ({loss}) or the parameters became non-finite by step "
+                            f"{progress.step} (epoch {epoch}); last finite loss read: "
+                            f"{progress.last_finite}")
+    progress.last_finite = loss
+    return loss
 
 
 def step(run, x, y, lr, epoch):
@@ -159,21 +189,53 @@ def step(run, x, y, lr, epoch):
     return loss
 
 
+def device_step(run, x, y, lr, epoch):
+    """``step`` on the GPU, where each value read on the host makes it wait for the device:
+    the loss stays there (read when shown, ``read_loss``), and one check a step, the
+    gradient's after the exchange, stands for the loss's too (a non-finite loss makes a
+    non-finite gradient, and the exchange hands it to every worker); the parameters are
+    checked when the loss is read. Returns the loss as a device scalar, or None (skipped)."""
+    model, rule, log, progress = run.model, run.rule, run.log, run.progress
+    saved = {k: v.copy() for k, v in model.state().items()} \
+        if run.cfg["on_nonfinite"] == "skip" else None
+    k = run.cfg["accumulate"]
+    with log.phase("compute"):
+        if k == 1:
+            loss = model.forward_loss(x, y)[0]
+            model.backward(rule.backward_hook, input_grad=False)
+        else:
+            loss = accumulate(run, x, y, k)
+    progress.step += 1
+    with log.phase("exchange"):
+        rule.after_backward(model, progress.step)
+        finite = rule.agree_finite(all_finite(model.grads))
+    if not finite:
+        return skip(run, saved, f"the loss or the gradient became non-finite at step "
+                                f"{progress.step} (epoch {epoch}, after the {rule.name} "
+                                f"exchange)")
+    with log.phase("compute"):
+        run.optimizer.step(model.params, model.grads, lr)
+    with log.phase("exchange"):
+        rule.after_update(model, progress.step)
+    return loss
+
+
 def accumulate(run, x, y, k):
     """Forward and backward of the k micro-batches of ``(x, y)``; the model's gradient is left
     as their mean (the gradient of the whole batch's mean loss); returns the mean loss. Each
     micro-batch's BatchNorm uses its own statistics (its running statistics move k times)."""
     model, b = run.model, len(x) // k
     total, losses = run.accumulated, []
-    for i in range(k):
-        losses.append(float(model.forward_loss(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])[0]))
+    for i in range(k):               # the losses as they come: device scalars on the GPU
+        losses.append(model.forward_loss(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])[0])
         model.backward(input_grad=False)
         if i == 0:
             total[...] = model.grads
         else:
             total += model.grads
     model.xp.multiply(total, 1.0 / k, out=model.grads)
-    return sum(losses) / k
+    loss = sum(losses) / k
+    return float(loss) if model.xp is np else loss
 
 
 def skip(run, saved, problem):

@@ -114,13 +114,14 @@ class BatchNorm2D(RoutedLayer):
         return self._coefficients(stats, both[:self.ch] * size, both[self.ch:] * size,
                                   slice(None), m * size, write_grads=False)
 
-    def _batch_stats(self, moments, dtype, xp):
+    def _batch_stats(self, moments, dtype, xp, centred=False):
         """Per-channel mean and biased variance, in float64, from ``moments(center)``: the
         per-channel means of v and v^2, v = x - center (center: per-channel values in x's
-        ``dtype``, or None for none)."""
+        ``dtype``, or None for none). ``centred`` (the GPU) always takes the moments again about
+        the mean, rather than asking the device whether cancellation calls for it."""
         mean, sq = moments(None)
         var = sq - mean * mean
-        if bool(xp.any(mean * mean > self.recentre * var)):
+        if centred or bool(xp.any(mean * mean > self.recentre * var)):
             center = mean.astype(dtype)
             shift, sq = moments(center)
             mean = center.astype(np.float64) + shift

@@ -1,42 +1,46 @@
-"""BatchNorm2D on the kernel route (``layers/cuda/batch_norm.cu``, C order): the per-channel
-sums as ``row_parts`` float64 partial sums per (n, c) row (added here), then one affine pass
+"""BatchNorm2D on the kernel route (``layers/cuda/batch_norm.cu``): the per-channel sums as
+``row_parts`` float64 partial sums per (n, c) row (added here), then one affine pass
 y = x * scale + offset; backward takes the sums of dy and dy * x the same way and writes
-dx = a * dy + b * x + c into dy's memory."""
+dx = a * dy + b * x + c into dy's memory. A channel-major input (``layers/layout.py``) is one
+(1, C, N*L) block of channel rows, a C-order one (N, C, L); y and dx keep its layout."""
 from typing import NamedTuple
 
 import numpy as np
 
-from layers import cuda
+from layers import cuda, layout
 from layers.backend import array_module
 
 
 class Saved(NamedTuple):
     """What a kernel-route forward keeps for backward (training and evaluation)."""
-    stats: tuple     # the layer's ``Stats``: train, mean, var, 1 / std
-    x3: object       # the input as a C-contiguous (N, C, H*W) array
+    stats: tuple          # the layer's ``Stats``: train, mean, var, 1 / std
+    x3: object            # the input as a C-contiguous (N', C, L') block
+    channel_major: bool   # x3's form (``layout.channel_blocks``)
 
 
 def forward(layer, x, train):
     """y (C order) and the ``Saved`` state."""
     xp = array_module(x)
     stats = layer._stats(train, xp)
-    x3 = xp.ascontiguousarray(x.reshape(x.shape[0], layer.ch, -1))
+    x3, channel_major = layout.channel_blocks(x)
     if train:
         moments = lambda center: _moments(layer, x3, center, xp)  # noqa: E731
         stats.mean[...], stats.var[...] = layer._batch_stats(
-            moments if layer.sync is None else layer._synced(moments), x.dtype, xp)
+            moments if layer.sync is None else layer._synced(moments), x.dtype, xp,
+            centred=True)
     scale, offset = layer._affine(stats, slice(None))
     y = xp.empty(x3.shape, dtype=x.dtype)
     cuda.launch("batch_norm", "affine", x.dtype, y.size,
                 (x3, y, scale.astype(x.dtype), offset.astype(x.dtype), *x3.shape))
-    return y.reshape(x.shape), Saved(stats, x3)
+    return layout.from_channel_blocks(y, x.shape, channel_major), \
+        Saved(stats, x3, channel_major)
 
 
 def backward(layer, saved, dy):
     """dx, written into (a C-contiguous copy of) ``dy``; writes the layer's grads."""
     xp = array_module(dy)
     x3 = saved.x3
-    dy3 = xp.ascontiguousarray(dy.reshape(x3.shape))
+    dy3 = layout.in_form(dy, saved.channel_major)
     n, c, l = dy3.shape
     sums, dots = _row_sums(layer, "row_grads", dy3, x3, xp)
     if layer.sync is not None and saved.stats.train:
@@ -46,7 +50,7 @@ def backward(layer, saved, dy):
     cuda.launch("batch_norm", "backward", dy3.dtype, dy3.size,
                 (dy3, x3, a.astype(dy3.dtype), b.astype(dy3.dtype), d.astype(dy3.dtype),
                  n, c, l))
-    return dy3.reshape(dy.shape)
+    return layout.from_channel_blocks(dy3, dy.shape, saved.channel_major)
 
 
 def _row_sums(layer, kernel, a, b, xp):

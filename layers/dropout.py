@@ -4,13 +4,16 @@ Training: y = x * m / (1 - ratio) with m ~ Bernoulli(1 - ratio) drawn per elemen
 y = x (the input itself is returned). Backward: dx = dy * m / (1 - ratio).
 
 The layer keeps its own ``numpy.random.Generator`` (``self.rng``); ``reseed(seed)`` restarts
-it, so a test can reproduce a mask.
+it, so a test can reproduce a mask. On the CPU the mask's uniforms come from it; on the kernel
+route one number drawn from it keys the draw, and the GPU makes the uniforms itself
+(``dropout_forward``: a hash of the key and the element's index), so no mask crosses from the
+host and the generator's state alone is what a checkpoint keeps, on either route.
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from layers import backend, cuda
+from layers import backend, cuda, layout
 from layers.backend import array_module
 from layers.base import Layer
 
@@ -39,11 +42,12 @@ class Dropout(Layer):
             self.save(Saved(None))
             return x
         xp = array_module(x)
-        if backend.uses_kernels(xp) and x.flags.c_contiguous:      # the same draws as on the CPU
-            u = xp.asarray(self.rng.random(x.shape, dtype=x.dtype))
-            y, mask = xp.empty_like(x), xp.empty_like(x)
+        if backend.uses_kernels(xp) and layout.dense(x) is not None:
+            y, mask = layout.like(x), layout.like(x)
+            key = int(self.rng.integers(0, 1 << 63))
             cuda.launch("elementwise", "dropout_forward", x.dtype, x.size,
-                        (x, u, y, mask, self.ratio, x.size))
+                        (layout.dense(x), layout.dense(y), layout.dense(mask), self.ratio, key,
+                         x.size))
             self.save(Saved(mask))
             return y
         if xp is np:

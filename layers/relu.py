@@ -51,10 +51,10 @@ class ReLU(Layer):
     def backward(self, dy):
         y = self.saved()
         xp = array_module(dy)
-        if backend.uses_kernels(xp) and dy.flags.c_contiguous and y.flags.c_contiguous:
-            cuda.launch("elementwise", "relu_backward", dy.dtype, dy.size, (dy, y, dy.size))
-            return dy
         flat = flat_pair(dy, y)
+        if backend.uses_kernels(xp) and flat is not None:     # any dense layout, alike
+            cuda.launch("elementwise", "relu_backward", dy.dtype, dy.size, (*flat, dy.size))
+            return dy
         if flat is None:
             dy *= y > 0
             return dy

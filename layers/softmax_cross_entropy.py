@@ -1,6 +1,7 @@
 """Softmax followed by the cross-entropy loss, averaged over the batch.
 
-Unlike the other layers this one takes the labels and returns a scalar:
+Unlike the other layers this one takes the labels and returns a scalar (a float; on the kernel
+route a 0-d array left on the device, so that the step does not wait to read it):
 
     loss = layer.forward(logits, labels)   # logits (N, K) float, labels (N,) int in [0, K)
     dlogits = layer.backward(scale=1.0)    # (softmax(logits) - onehot(labels)) / N * scale
@@ -48,7 +49,10 @@ class SoftmaxCrossEntropy(Layer):
         if labels.dtype.kind not in "iu":
             raise TypeError(f"{self.name}: expected integer labels of shape ({n},), "
                             f"got dtype {labels.dtype}")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        # on a GPU the labels were checked on the host as the batch was made (reading them
+        # here would make the host wait for the GPU)
+        if n and not backend.on_device(labels) and (int(labels.min()) < 0 or
+                                                     int(labels.max()) >= k):
             raise ValueError(f"{self.name}: labels must lie in [0, {k}) for logits of shape "
                              f"{logits.shape}, got values in [{int(labels.min())}, "
                              f"{int(labels.max())}]")
@@ -59,7 +63,7 @@ class SoftmaxCrossEntropy(Layer):
             cuda.launch("elementwise", "softmax_forward", logits.dtype, n,
                         (xp.ascontiguousarray(logits), labels, probs, losses, n, k))
             self.save(Saved(probs, labels, rows))
-            return float(losses.sum()) / max(n, 1)
+            return losses.sum() / max(n, 1)        # on the device: read it when it is needed
         z = logits - logits.max(axis=1, keepdims=True)
         probs = xp.exp(z)
         total = probs.sum(axis=1, keepdims=True)

@@ -1,4 +1,6 @@
-// im2col and col2im for Conv2D on the GPU (layers/conv.py), x in NCHW, real = float or double.
+// im2col and col2im for Conv2D on the GPU (layers/conv_gpu.py), real = float or double. x and
+// dx are indexed (N, C, H, W) with dense H x W planes and the strides ss (between samples) and
+// cs (between channels) in elements: C*H*W and H*W in C order, H*W and N*H*W channel-major.
 //
 // col is (C*k*k, N*OH*OW): row (c, i, j), column (n, oh, ow), so that with W as (O, C*k*k)
 // the forward is one GEMM, W @ col, and the backward dcol = W^T @ dy. Every kernel is a
@@ -15,12 +17,12 @@
 extern "C" __global__ void im2col(const real* __restrict__ x, real* __restrict__ col,
                                   long long n, long long c, long long h, long long w,
                                   long long k, long long stride, long long pad,
-                                  long long oh, long long ow) {
+                                  long long oh, long long ow, long long ss, long long cs) {
     const long long positions = n * oh * ow;
     GRID_STRIDE(e, c * positions) {
         const long long column = e % positions, ch = e / positions;
         const long long ox = column % ow, oy = (column / ow) % oh, s = column / (ow * oh);
-        const real* plane = x + (s * c + ch) * h * w;
+        const real* plane = x + s * ss + ch * cs;
         real* out = col + ch * k * k * positions + column;
         for (long long i = 0; i < k; ++i) {
             const long long y = oy * stride - pad + i;
@@ -37,7 +39,7 @@ extern "C" __global__ void im2col(const real* __restrict__ x, real* __restrict__
 extern "C" __global__ void col2im(const real* __restrict__ col, real* __restrict__ dx,
                                   long long n, long long c, long long h, long long w,
                                   long long k, long long stride, long long pad,
-                                  long long oh, long long ow) {
+                                  long long oh, long long ow, long long ss, long long cs) {
     const long long positions = n * oh * ow;
     GRID_STRIDE(e, n * c * h * w) {
         const long long xx = e % w, y = (e / w) % h, ch = (e / (w * h)) % c, s = e / (w * h * c);
@@ -56,6 +58,6 @@ extern "C" __global__ void col2im(const real* __restrict__ col, real* __restrict
                 sum += rows[(i * k + j) * positions + oy * ow + ox];
             }
         }
-        dx[e] = sum;
+        dx[s * ss + ch * cs + y * w + xx] = sum;
     }
 }

@@ -13,13 +13,23 @@ extern "C" __global__ void relu_backward(real* __restrict__ dy, const real* __re
     GRID_STRIDE(i, n) if (!(y[i] > 0)) dy[i] = 0;
 }
 
-// mask = (u >= ratio) / (1 - ratio), y = x * mask
-extern "C" __global__ void dropout_forward(const real* __restrict__ x, const real* __restrict__ u,
-                                           real* __restrict__ y, real* __restrict__ mask,
-                                           real ratio, long long n) {
+// A uniform number in [0, 1) for element i of the draw ``key``: splitmix64 of key + i (Steele
+// et al. 2014), its top 53 bits; the same whatever the grid, with no state on the device.
+__device__ double uniform(unsigned long long key, long long i) {
+    unsigned long long z = key + (unsigned long long)i * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// mask = (u >= ratio) / (1 - ratio) with u drawn on the device, y = x * mask
+extern "C" __global__ void dropout_forward(const real* __restrict__ x, real* __restrict__ y,
+                                           real* __restrict__ mask, real ratio, long long key,
+                                           long long n) {
     const real keep = 1 / (1 - ratio);
     GRID_STRIDE(i, n) {
-        mask[i] = u[i] >= ratio ? keep : (real)0;
+        mask[i] = uniform((unsigned long long)key, i) >= (double)ratio ? keep : (real)0;
         y[i] = x[i] * mask[i];
     }
 }

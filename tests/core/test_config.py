@@ -272,7 +272,7 @@ def test_the_configuration_loads_no_layer_and_no_rule():
     assert done.returncode == 0, done.stderr
     loaded = eval(done.stdout)
     assert not [m for m in loaded if m.split(".")[0] in ("sync", "engine", "data")], loaded
-    assert set(loaded) <= {"layers", "layers.backend", "layers.cuda"}, loaded
+    assert set(loaded) <= {"layers", "layers.backend", "layers.cuda", "layers.parallel"}, loaded
 
 
 def test_the_schedule_defaults_are_the_schedule_s_own():

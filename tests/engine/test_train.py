@@ -212,3 +212,20 @@ def test_scaling_the_learning_rate_needs_one_batch_over_the_workers():
     with pytest.raises(ConfigError, match="optimizer.scale_lr: linear scales the rate with the "
                                           "total batch of BSP's workers"):
         load_config(None, ["optimizer.scale_lr=linear", "sync_rule=EASGD"])
+
+
+def test_the_gpu_s_lazy_steps_train_as_the_cpu_s_and_still_stop_on_a_nan(monkeypatch, tmp_path):
+    """The step the GPU takes (the loss read only when shown, one finiteness check a step),
+    run here on NumPy: the same parameters as the CPU's step, and a NaN still stops it."""
+    from engine import epochs
+    settings = TINY + ["epochs=1", "print_every=5", "log.export=false",
+                       "checkpoint.every_epochs=0"]
+    plain = train(load_config(None, settings + [f"log.dir={tmp_path / 'plain'}"]))
+    monkeypatch.setattr(epochs, "reads_lazily", lambda run: True)
+    lazy = train(load_config(None, settings + [f"log.dir={tmp_path / 'lazy'}"]))
+    np.testing.assert_array_equal(lazy["model"].params, plain["model"].params)
+    assert lazy["history"][-1]["train_loss"] == plain["history"][-1]["train_loss"]
+    with pytest.raises(NonFiniteLoss, match=r"the loss or the gradient became non-finite at "
+                                            r"step \d+"):
+        train(load_config(None, settings + ["optimizer.lr=1e12", "optimizer.momentum=0",
+                                            f"log.dir={tmp_path / 'nan'}"]))

@@ -30,7 +30,6 @@ LAYERS = [  # (id, factory, input shape)
     ("global avgpool", GlobalAvgPool, (3, 5, 7, 7)),
     ("relu", ReLU, (2, 3, 5, 5)),
     ("lrn", LRN, (2, 7, 6, 6)),
-    ("dropout", lambda: Dropout(0.4, seed=1), (4, 3, 5, 5)),
     ("linear", lambda: Linear(12, 7), (5, 12)),
     ("batchnorm", lambda: BatchNorm2D(4), (6, 4, 5, 5)),
     ("flatten", Flatten, (2, 3, 4, 4)),
@@ -74,6 +73,19 @@ def test_softmax_cross_entropy_on_cupy_equals_numpy(cupy, dtype):
     loss = host.forward(logits, labels)
     loss_gpu = device.forward(cupy.asarray(logits), cupy.asarray(labels))
     rtol, atol = TOLERANCE[dtype]
-    assert loss_gpu == pytest.approx(loss, rel=rtol)
+    assert float(loss_gpu) == pytest.approx(loss, rel=rtol)
     np.testing.assert_allclose(cupy.asnumpy(device.backward(0.5)), host.backward(0.5),
                                rtol=rtol, atol=atol)
+
+
+def test_dropout_draws_its_mask_on_the_gpu(cupy):
+    """The mask comes from the device (one key from the layer's generator): {0, 1/(1-r)},
+    about 1 - r kept, y = x * mask, and backward applies it."""
+    layer = Dropout(0.4, seed=1).build(np.float32, xp=cupy)
+    x = cupy.asarray(np.random.default_rng(2).standard_normal((64, 32, 8, 8)), np.float32)
+    y = layer.forward(x)
+    mask = cupy.asnumpy(layer.saved().mask)
+    assert set(np.unique(mask)) <= {0.0, np.float32(1 / 0.6)}
+    assert abs(np.count_nonzero(mask) / mask.size - 0.6) < 0.01
+    np.testing.assert_allclose(cupy.asnumpy(y), cupy.asnumpy(x) * mask, rtol=1e-6)
+    np.testing.assert_allclose(cupy.asnumpy(layer.backward(cupy.ones_like(x))), mask)

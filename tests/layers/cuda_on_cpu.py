@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layers import cuda
+from layers import cuda, layout
 
 SHIM = """
 #include <cmath>
@@ -63,8 +63,10 @@ def launch(name, kernel, dtype, items, args):
     real = ctypes.c_float if dtype == np.float32 else ctypes.c_double
     converted = []
     for a in args:
-        if isinstance(a, np.ndarray):
-            assert a.flags.c_contiguous, f"{kernel}: arrays must be C-contiguous"
+        if isinstance(a, np.ndarray):          # dense from its first element (C order, or a
+            assert a.flags.c_contiguous or layout.dense(a) is not None and \
+                layout.dense(a).ctypes.data == a.ctypes.data, \
+                f"{kernel}: arrays must be dense (C order or channel-major)"   # transpose)
             converted.append(ctypes.c_void_p(a.ctypes.data))
         elif isinstance(a, (int, np.integer)) and not isinstance(a, bool):
             converted.append(ctypes.c_longlong(int(a)))

@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 
@@ -153,32 +155,24 @@ def test_bad_input():
         layer.forward(np.zeros((2, 3, 5, 5), np.float64))
 
 
-class OtherWorker:
-    """A synchronized BatchNorm's all-reduce with one other worker whose arrays were recorded
-    in order: averages this worker's array with the other's next one, in place."""
-
-    size = 2
-
-    def __init__(self, recorded):
-        self.recorded = list(recorded)
-
-    def __call__(self, values):
-        values += self.recorded.pop(0)
-        values *= 0.5
-        return values
-
-
-class Recorder:
-    """The other worker's side: keeps a copy of each array, leaves it as it is."""
+class PairedSync:
+    """Two workers' all-reduce in one process: each worker (a thread) hands in its array,
+    waits for the other's, and both leave with the mean."""
 
     size = 2
 
     def __init__(self):
-        self.arrays = []
+        self.barrier, self.arrays = threading.Barrier(2), [None, None]
 
-    def __call__(self, values):
-        self.arrays.append(np.array(values, copy=True))
-        return values
+    def side(self, me):
+        def average(values):
+            self.arrays[me] = np.array(values, copy=True)
+            self.barrier.wait()
+            values[...] = (self.arrays[0] + self.arrays[1]) / 2
+            self.barrier.wait()                    # both have read before the next round
+            return values
+        average.size = 2
+        return average
 
 
 @pytest.mark.parametrize("route", ["cpu", "kernels"])
@@ -195,15 +189,18 @@ def test_synchronized_batchnorm_is_batchnorm_over_both_workers_batches(shape, ro
     xa, xb = rng.standard_normal(shape) + 3.0, rng.standard_normal(shape) * 2.0
     dya, dyb = rng.standard_normal(shape), rng.standard_normal(shape)
     ch = shape[1]
-    other, mine, whole = make(ch), make(ch), make(ch)
-    record = Recorder()
-    other.sync = record
-    other.forward(xb)
-    other.backward(dyb.copy())
-    # forward moments (one or two all-reduces), then backward sums: in the order recorded
-    mine.sync = OtherWorker(record.arrays)
-    y = mine.forward(xa)
-    dx = mine.backward(dya.copy())
+    mine, other, whole = make(ch), make(ch), make(ch)
+    pair = PairedSync()
+    mine.sync, other.sync = pair.side(0), pair.side(1)
+    results = {}
+
+    def worker(layer, x, dy, name):
+        results[name] = layer.forward(x), layer.backward(dy.copy())
+    thread = threading.Thread(target=worker, args=(other, xb, dyb, "other"))
+    thread.start()
+    worker(mine, xa, dya, "mine")
+    thread.join()
+    y, dx = results["mine"]
     y_whole = whole.forward(np.concatenate([xa, xb]))
     dx_whole = whole.backward(np.concatenate([dya, dyb]) / 2)   # the mean of both losses
     np.testing.assert_allclose(y, y_whole[:shape[0]], rtol=1e-11, atol=1e-11)
@@ -215,3 +212,6 @@ def test_synchronized_batchnorm_is_batchnorm_over_both_workers_batches(shape, ro
     np.testing.assert_allclose(mine.grads["beta"], dya.sum(axis=axes), rtol=1e-11)
     np.testing.assert_allclose(mine.grads["gamma"], (dya * xhat).sum(axis=axes), rtol=1e-10,
                                atol=1e-11)
+    for name in ("gamma", "beta"):     # the workers' own, averaged (as BSP does): the whole's
+        np.testing.assert_allclose((mine.grads[name] + other.grads[name]) / 2,
+                                   whole.grads[name], rtol=1e-10, atol=1e-12)

@@ -5,7 +5,7 @@ speed, and CuPy itself, need a GPU (tests/gpu)."""
 import numpy as np
 import pytest
 
-from layers import backend, cuda
+from layers import backend, cuda, layout
 from core.optimizers import SGD, Adagrad
 from layers.avg_pool import AvgPool2D
 from layers.batch_norm import BatchNorm2D
@@ -51,19 +51,29 @@ GEOMETRIES = [  # (n, c, h, w, k, stride, pad)
     (1, 4, 5, 7, 2, 1, 0), (2, 2, 6, 6, 3, 3, 0), (1, 1, 4, 4, 4, 1, 0), (3, 5, 4, 6, 1, 1, 0)]
 
 
+def strides(a):
+    return a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
+
+
+@pytest.mark.parametrize("channel_major", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, c, h, w, k, s, p", GEOMETRIES)
-def test_im2col_and_col2im_kernels(n, c, h, w, k, s, p, dtype):
+def test_im2col_and_col2im_kernels(n, c, h, w, k, s, p, dtype, channel_major):
     cuda_on_cpu.compiler()
     x = RNG.standard_normal((n, c, h, w)).astype(dtype)
+    if channel_major:
+        x = layout.to_channel_major(x)
     oh, ow = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     col = np.full((c * k * k, n * oh * ow), np.nan, dtype)
-    cuda_on_cpu.launch("conv", "im2col", dtype, col.size, (x, col, n, c, h, w, k, s, p, oh, ow))
+    cuda_on_cpu.launch("conv", "im2col", dtype, c * n * oh * ow,
+                       (x, col, n, c, h, w, k, s, p, oh, ow, *strides(x)))
     np.testing.assert_array_equal(col, reference_im2col(x, k, s, p))
     # col2im is the adjoint: <im2col(x), d> == <x, col2im(d)> for every x and d
     d = RNG.standard_normal(col.shape).astype(dtype)
-    dx = np.full(x.shape, np.nan, dtype)
-    cuda_on_cpu.launch("conv", "col2im", dtype, dx.size, (d, dx, n, c, h, w, k, s, p, oh, ow))
+    dx = layout.empty_as(x.shape, dtype, channel_major)
+    dx[...] = np.nan
+    cuda_on_cpu.launch("conv", "col2im", dtype, dx.size,
+                       (d, dx, n, c, h, w, k, s, p, oh, ow, *strides(dx)))
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(np.vdot(col.astype(np.float64), d), np.vdot(x, dx.astype(
         np.float64)), rtol=rtol)
@@ -151,8 +161,8 @@ def test_whole_models_through_the_kernels_equal_the_cpu_path(model, options, sha
             switch_on(monkeypatch)
         net = build_model(model, options, dtype="float64", seed=3)
         for layer in net.leaves():
-            if hasattr(layer, "reseed"):
-                layer.reseed(0)
+            if isinstance(layer, Dropout):      # its masks differ by route: off
+                layer.ratio = 0.0
         loss, logits = net.forward_loss(x, labels)
         net.backward()
         results.append((loss, logits, net.grads.copy()))
@@ -169,9 +179,7 @@ def test_whole_models_through_the_kernels_equal_the_cpu_path(model, options, sha
     (lambda: BatchNorm2D(3), (6, 3, 4, 4), 300.0),     # mean^2 >> var: the recentred pass
     (lambda: BatchNorm2D(6), (5, 6), 0.0),             # (N, C): rows of one element
     (lambda: ReLU(), (3, 4, 5, 5), 0.0),
-    (lambda: Dropout(0.3, seed=4), (5, 6), 0.0),
-], ids=["lrn", "lrn other", "batchnorm", "batchnorm recentred", "batchnorm 2-d", "relu",
-        "dropout"])
+], ids=["lrn", "lrn other", "batchnorm", "batchnorm recentred", "batchnorm 2-d", "relu"])
 def test_elementwise_kernel_paths_equal_the_cpu_layers(make, shape, offset, dtype, monkeypatch):
     x = RNG.standard_normal(shape) + offset
     check_layer(make, shape, monkeypatch, dtype=dtype, x=x.astype(dtype),
@@ -225,3 +233,49 @@ def test_optimizer_update_kernels(make, monkeypatch):
         results.append(p)
     np.testing.assert_allclose(results[1], results[0], rtol=1e-13, atol=1e-15)
     assert not np.allclose(results[0], params)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MaxPool2D(3, 2), lambda: AvgPool2D(3, 2, pad=1), lambda: LRN(5, 1e-2, 0.75),
+    lambda: BatchNorm2D(4), lambda: ReLU(), lambda: Conv2D(4, 3, 3, pad=1),
+    lambda: Conv2D(4, 5, 1)], ids=["max pool", "avg pool", "lrn", "batch norm", "relu",
+                                  "conv", "conv 1x1"])
+def test_the_kernel_route_keeps_channel_major_activations(make, monkeypatch):
+    """What a convolution hands on (channel-major, ``layers/layout.py``) goes through every
+    kernel without a layout pass: the output is channel-major too, the values the CPU's."""
+    x = layout.to_channel_major(RNG.standard_normal((3, 4, 9, 9)))
+    cpu = make().build(np.float64, seed=4)
+    y_cpu = cpu.forward(x.copy(order="K"))
+    dx_cpu = cpu.backward(layout.to_channel_major(np.ones_like(y_cpu) * 0.5))
+    switch_on(monkeypatch)
+    gpu = make().build(np.float64, seed=4)
+    y = gpu.forward(x.copy(order="K"))
+    assert layout.is_channel_major(y)
+    np.testing.assert_allclose(y, y_cpu, rtol=1e-10, atol=1e-12)
+    dx = gpu.backward(layout.to_channel_major(np.ones_like(y) * 0.5))
+    assert layout.is_channel_major(dx)
+    np.testing.assert_allclose(dx, dx_cpu, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_the_dropout_kernel_draws_its_mask_on_the_device(monkeypatch, channel_major):
+    """One number from the layer's generator keys the kernel's draw: the mask is {0, 1/(1-r)}
+    with about 1 - r kept, y = x * mask and backward applies it; the same seed gives the same
+    mask, the next forward another."""
+    switch_on(monkeypatch)
+    x = RNG.standard_normal((40, 50, 6, 6))
+    if channel_major:
+        x = layout.to_channel_major(x)
+    layer = Dropout(0.3, seed=7).build(np.float64)
+    y = layer.forward(x)
+    mask = layer.saved().mask
+    assert set(np.unique(mask)) == {0.0, 1 / 0.7}
+    assert abs(np.count_nonzero(mask) / mask.size - 0.7) < 0.01       # 72,000 draws
+    np.testing.assert_array_equal(y, x * mask)
+    assert layout.is_channel_major(y) == channel_major
+    np.testing.assert_array_equal(layer.backward(np.ones(x.shape)), mask)
+    again = Dropout(0.3, seed=7).build(np.float64)
+    again.forward(x)
+    np.testing.assert_array_equal(again.saved().mask, mask)
+    layer.forward(x)
+    assert (layer.saved().mask != mask).any()

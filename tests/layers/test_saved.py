@@ -147,16 +147,22 @@ def test_a_state_from_the_other_route_is_refused(make, shape, monkeypatch):
         layer.backward(np.ones(y.shape, np.float32))
 
 
-def test_the_kernel_route_conv_columns_serve_one_backward(monkeypatch):
-    """On the kernel route backward overwrites the columns with their gradient: a second
-    backward without a new forward is refused, naming the layer."""
+def test_the_kernel_route_conv_columns_are_made_again_in_backward(monkeypatch):
+    """On the kernel route every convolution shares one column buffer, which the next layer's
+    forward overwrites: backward makes its columns again, so gradients are right whatever ran
+    in between, and a second backward gives the first one's gradients."""
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 4, 5, 5))
+    cpu = Conv2D(3, 4, 3, pad=1).build(np.float64, seed=2)
+    cpu.forward(x)
+    expected = cpu.backward(dy.copy()), cpu.grads["W"].copy()
     cuda_on_cpu.compiler()
     monkeypatch.setattr(backend, "uses_kernels", lambda xp: True)
     monkeypatch.setattr(cuda, "launch", cuda_on_cpu.launch)
-    layer = Conv2D(3, 4, 3, pad=1).build(np.float64)
-    y = layer.forward(np.ones((2, 3, 5, 5)))
-    layer.backward(np.ones(y.shape))
-    with pytest.raises(RuntimeError, match="Conv2D: backward needs the columns"):
-        layer.backward(np.ones(y.shape))
-    layer.forward(np.ones((2, 3, 5, 5)))
-    layer.backward(np.ones(y.shape))
+    first, other = (Conv2D(3, 4, 3, pad=1).build(np.float64, seed=2) for _ in range(2))
+    first.forward(x)
+    other.forward(rng.standard_normal((2, 3, 7, 7)))   # overwrites the shared columns
+    for _ in range(2):
+        dx = first.backward(dy.copy())
+        np.testing.assert_allclose(dx, expected[0], rtol=1e-12)
+        np.testing.assert_allclose(first.grads["W"], expected[1], rtol=1e-12)
