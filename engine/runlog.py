@@ -87,8 +87,9 @@ class RunLog:
         self.origin = time.perf_counter()
         self.current = ("starting", time.time())     # the phase now and since when (watchdog)
 
-    def write_metadata(self, model, description, ranks, steps_per_epoch):
-        """``ranks``: {"roles", "hosts", "threads"}, each a sequence with one entry per rank."""
+    def write_metadata(self, model, description, ranks, steps_per_epoch, extra=None):
+        """``ranks``: {"roles", "hosts", "threads"}, each a sequence with one entry per rank;
+        ``extra``: more entries (the MPI library's CUDA-awareness on a GPU)."""
         meta = {"config": json.loads(json.dumps(self.cfg, default=str)),
                 "config_yaml": dump(self.cfg), "versions": versions(),
                 "mpi": self._mpi_library(), "ranks": self.world.size,
@@ -98,7 +99,7 @@ class RunLog:
                 "parameters": model.num_params, "data": description,
                 "steps_per_epoch": steps_per_epoch,
                 "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "git": git_revision(Path(__file__).resolve().parents[1])}
+                "git": git_revision(Path(__file__).resolve().parents[1]), **(extra or {})}
         path = self.folder / "metadata.json"
         path.write_text(json.dumps(meta, indent=1))
 

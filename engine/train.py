@@ -35,7 +35,7 @@ from engine.version import source_fingerprint
 from engine.watchdog import Watchdog
 from layers import backend, parallel
 from sync import build_rule
-from sync.comm import install_abort_hook, leave, world as mpi_world
+from sync.comm import cuda_aware, install_abort_hook, leave, world as mpi_world
 
 STALLED = 6     # exit status when stall_abort ends a job stuck in an exchange
 
@@ -99,6 +99,7 @@ class Run:
         built, problem = attempt(self._rule_and_data)
         agree(world, problem)
         self.rule, self.threads, self.xp, self.data = built
+        agree(world, attempt(lambda: self.rule.prepare(self.xp))[1])
         built, problem = attempt(self._model_and_training)
         agree(world, problem)
         self.model, self.optimizer, self.schedule, self.progress = built
@@ -169,10 +170,12 @@ class Run:
         placement = ("server" if self.rule.is_server else "worker", platform.node(),
                      self.threads)
         roles, hosts, counts = zip(*self.world.allgather(placement))
+        aware = self._cuda_aware()
         if self.world.rank == 0:
             self.log.write_metadata(self.model, self.data.description,
                                     {"roles": roles, "hosts": hosts, "threads": counts},
-                                    self.progress.steps_per_epoch)
+                                    self.progress.steps_per_epoch,
+                                    {"cuda_aware_mpi": aware} if aware else None)
         cfg, model, rule = self.cfg, self.model, self.rule
         self.display.message(
             f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; {rule.name} "
@@ -181,8 +184,19 @@ class Run:
             f"{self.data.description}; batch {cfg['batch_size']} per worker"
             f"{self._accumulation()}, {self.progress.total_steps} steps{self._lr_line()}; "
             f"run folder {self.folder}")
+        if aware:
+            how = "as they are" if aware["answer"] else "through pinned host copies"
+            self.display.message(f"CUDA-aware MPI: {'yes' if aware['answer'] else 'no'} "
+                                 f"({aware['how']}): GPU buffers go to MPI {how}")
         for note in self.data.notes:
             self.display.message(f"note: {note}")
+
+    def _cuda_aware(self):
+        """On GPUs with several ranks: {"answer", "how"} of ``sync.comm.cuda_aware``."""
+        if self.cfg["device"] != "gpu" or self.world.size == 1:
+            return None
+        answer, how = cuda_aware()
+        return {"answer": answer, "how": how}
 
     def _accumulation(self):
         k = self.cfg["accumulate"]

@@ -16,10 +16,12 @@ as Horovod's SyncBatchNorm and ChainerMN's MultiNodeBatchNormalization do. Witho
 running statistics stay per worker and validation uses their average.
 """
 import contextlib
+import platform
 
 import numpy as np
 
 from core.config import Key, register_section
+from core.errors import ConfigError
 from core.registry import RULES
 from layers.batch_norm import BatchNorm2D
 from sync.exchange import METHODS, RING_MIN_BYTES, SHARED_MIN_BYTES, Exchange
@@ -98,6 +100,18 @@ class BSP(SyncRule):
         self.overlap = ex["overlap"]
         self.buckets = None
 
+    def prepare(self, xp):
+        """NCCL wants one GPU per rank: refused, naming the ranks, where two share one."""
+        if (self.exchange.method != "nccl" or xp is np or self.workers is None
+                or self.num_workers == 1):
+            return                      # (NCCL on NumPy buffers is refused by allocate)
+        mine = (platform.node(), xp.cuda.Device().pci_bus_id)
+        shared = shared_gpus(self.workers.allgather(mine))
+        if shared:
+            raise ConfigError(f"exchange.method: nccl needs one GPU per rank, but {shared}; "
+                              f"give each rank its own GPU (run/bind_gpu.sh) or use another "
+                              f"method")
+
     def allocate(self, name, count, dtype, xp):
         """The buffer BSP averages (the gradient, or with ``avg_freq > 1`` the parameters)
         where its exchange averages fastest (for NumPy: shared memory when the workers share
@@ -159,6 +173,15 @@ class BSP(SyncRule):
             self.exchange.mean(model.params)
         for value in model.state().values():
             self.average_over_workers(value)
+
+
+def shared_gpus(placements):
+    """How the workers' (host, GPU bus id) ``placements`` share GPUs, in words ('' if none)."""
+    ranks = {}
+    for rank, placement in enumerate(placements):
+        ranks.setdefault(placement, []).append(rank)
+    return "; ".join(f"workers {', '.join(map(str, found))} share GPU {bus} on {host}"
+                     for (host, bus), found in ranks.items() if len(found) > 1)
 
 
 class WorkerMean:

@@ -65,24 +65,46 @@ def ranks_on_this_host(comm):
         local.Free()
 
 
+MPI_LIBRARIES = ("libmpi.so", "libmpi_cray.so")     # Open MPI's and MPICH's; Cray's
+
+
+def mpi_libraries(maps):
+    """The MPI libraries among the lines of ``/proc/self/maps``: paths (the sixth field, which
+    may hold spaces) whose file name starts with one of ``MPI_LIBRARIES``; a mapping of a file
+    since deleted (marked ``(deleted)``) cannot be opened again and is left out."""
+    found = []
+    for line in maps:
+        fields = line.rstrip("\n").split(maxsplit=5)
+        if len(fields) < 6 or fields[5].endswith("(deleted)"):
+            continue
+        path = fields[5]
+        if path.rsplit("/", 1)[-1].startswith(MPI_LIBRARIES) and path not in found:
+            found.append(path)
+    return found
+
+
 def cuda_aware():
-    """Whether the MPI library reads and writes GPU memory itself (Open MPI's
-    ``MPIX_Query_cuda_support``, found in the loaded libmpi); ``PT_CUDA_AWARE=0/1`` overrides
-    the answer, for libraries that do not say. Call after MPI is initialised."""
+    """(whether the MPI library reads and writes GPU memory itself, how that was found):
+    ``PT_CUDA_AWARE=0/1`` in the environment, else the library's own answer
+    (``MPIX_Query_cuda_support``, looked up in the loaded MPI libraries), else no. Call after
+    MPI is initialised."""
     forced = os.environ.get("PT_CUDA_AWARE")
     if forced in ("0", "1"):
-        return forced == "1"
+        return forced == "1", "PT_CUDA_AWARE"
     import ctypes
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "/libmpi.so" in line}
+            paths = mpi_libraries(maps)
     except OSError:
-        return False
+        return False, "no /proc/self/maps to find the MPI library in"
     for path in paths:
-        query = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
+        try:
+            query = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
+        except OSError:
+            continue
         if query is not None:
-            return bool(query())
-    return False
+            return bool(query()), f"MPIX_Query_cuda_support of {path}"
+    return False, f"no MPIX_Query_cuda_support in {', '.join(paths) or 'any MPI library'}"
 
 
 def fault_tolerant():

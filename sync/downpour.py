@@ -19,11 +19,12 @@ import numpy as np
 
 from core.config import Key, register_section
 from core.registry import RULES
-from layers.backend import copy_into, host_like, on_device, to_host
+from layers.backend import copy_into, host_like, on_device
 from layers.parallel import ranges
 from sync.rule import through_host
 from sync.server import ServerRule
 from sync.tags import DONE, DONE_FETCH, DOWNPOUR_PUSH as PUSH, FETCH, VALUES
+from sync.wire import Wire
 
 register_section("downpour", {
     "servers": Key("int", 1, low=1),              # parameter-server ranks
@@ -60,16 +61,19 @@ class Downpour(ServerRule):
         self.bounds = shard_bounds(model.params.size, self.servers)
         self.accrued = np.zeros_like(model.params)
         if not self.is_server:
+            self.wire = Wire(model.params)
             self.listen_for_drop()
 
     def fetch(self, params, tag=FETCH):
         """Overwrite ``params`` with the servers' shards."""
         for server in range(self.servers):
             self.notify(server, tag)
-        host = host_like(params) if on_device(params) else params
+        into = self.wire.buffer("fetched", params) \
+            if on_device(params) and not self.wire.direct else params
         for server, (lo, hi) in enumerate(self.bounds):
-            self.world.comm.Recv(host[lo:hi], source=server, tag=VALUES)
-        copy_into(params, host)
+            self.world.comm.Recv(into[lo:hi], source=server, tag=VALUES)
+        if into is not params:
+            copy_into(params, into)
 
     def state_dict(self):
         """A worker's accrued gradient; a server's counts of pushes per worker (its
@@ -90,7 +94,7 @@ class Downpour(ServerRule):
 
     def push(self):
         """Send every server its shard of the accrued gradient, then zero it."""
-        accrued = to_host(self.accrued)          # a host copy of a GPU buffer
+        accrued = self.wire.outgoing("accrued", self.accrued)
         requests = [self.world.comm.Isend(accrued[lo:hi], dest=server, tag=PUSH)
                     for server, (lo, hi) in enumerate(self.bounds)]
         self.world.MPI.Request.Waitall(requests)

@@ -11,8 +11,9 @@ first; no worker waits for another. Workers end by sending DONE; the server stop
 have, then hands the final center to the first worker, which evaluates it (the model users
 care about). Defaults tau = 10, alpha = 0.5 as in Theano-MPI; the paper's beta = n * alpha.
 BatchNorm's running statistics are not exchanged: the evaluation uses the first worker's.
-With ``device: gpu`` the workers' parameters live on their GPUs and the messages go through
-host copies; the server keeps the center in host memory.
+With ``device: gpu`` the workers' parameters live on their GPUs and their messages go from and
+to device memory through a CUDA-aware MPI, else through pinned host copies (``sync/wire.py``);
+the server keeps the center in host memory.
 """
 import contextlib
 
@@ -20,10 +21,11 @@ import numpy as np
 
 from core.config import Key, register_section
 from core.registry import RULES
-from layers.backend import copy_into, host_like, in_memory_of, to_host
+from layers.backend import copy_into, host_like
 from sync.rule import through_host
 from sync.server import ServerRule
 from sync.tags import DONE, DONE_FETCH, EASGD_EXCHANGE as EXCHANGE, FETCH, VALUES
+from sync.wire import Wire
 
 register_section("easgd", {
     "tau": Key("int", 10, low=1),                 # steps between a worker's exchanges
@@ -50,14 +52,17 @@ class EASGD(ServerRule):
         through_host(model.params, lambda params: self.world.comm.Bcast(params, root=0))
         self.center = host_like(model.params)
         if not self.is_server:
+            self.wire = Wire(model.params)
             self.listen_for_drop()
 
     def after_update(self, model, step):
         if step % self.tau:
             return
-        self.world.comm.Sendrecv(to_host(model.params), dest=0, sendtag=EXCHANGE,
-                                 recvbuf=self.center, source=0, recvtag=VALUES)
-        model.params -= self.alpha * (model.params - in_memory_of(model.params, self.center))
+        center = self.wire.buffer("center", model.params)
+        self.world.comm.Sendrecv(self.wire.outgoing("params", model.params), dest=0,
+                                 sendtag=EXCHANGE, recvbuf=center, source=0, recvtag=VALUES)
+        center = self.wire.where(center, model.params, "center here")
+        model.params -= self.alpha * (model.params - center)
         self.exchanges += 1
 
     def _fetch_center(self, tag):

@@ -157,7 +157,7 @@ class Exchange:
             return buffer
         backend.synchronize(backend.array_module(buffer))
         if self._cuda_aware is None:
-            self._cuda_aware = cuda_aware()
+            self._cuda_aware = cuda_aware()[0]
         if self._cuda_aware:
             if self.method == "ring" or self.wire is not None:
                 self._ring(buffer)

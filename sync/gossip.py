@@ -11,8 +11,8 @@ After each update, with probability ``p`` a worker picks a peer uniformly among 
   ``x_j <- x_j + alpha (x_i - x_j)`` (the pair's sum is kept).
 
 A worker that waits (for its own send, a reply, or the end) keeps answering the others, so no
-cycle of waiting workers can form. Messages travel through host buffers, also when the
-parameters live on a GPU. Validation evaluates the average of the workers' models
+cycle of waiting workers can form. With the parameters on a GPU, messages go from and to device
+memory through a CUDA-aware MPI, else through pinned host buffers (``sync/wire.py``). Validation evaluates the average of the workers' models
 after all have reached the end of the epoch.
 """
 import contextlib
@@ -21,10 +21,11 @@ import numpy as np
 
 from core.config import Key, register_section
 from core.registry import RULES
-from layers.backend import copy_into, host_like, in_memory_of, to_host
+from layers.backend import copy_into
 from sync.rule import SyncRule
 from sync.tags import (GOSSIP_PARAMS as PARAMS, GOSSIP_REPLY as REPLY,
                        GOSSIP_REQUEST as REQUEST, GOSSIP_WEIGHT as WEIGHT)
+from sync.wire import Wire
 
 register_section("gossip", {
     "variant": Key("str", "gosgd", choices=("gosgd", "elastic")),
@@ -51,10 +52,10 @@ class Gossip(SyncRule):
     # -- messages ---------------------------------------------------------------------------
     def start(self, model):
         super().start(model)
-        self.model = model
-        self.outgoing = host_like(model.params)
-        self.incoming = host_like(model.params)   # what others send us
-        self.reply = host_like(model.params)      # a peer's answer to our request
+        self.model, self.wire = model, Wire(model.params)
+        self.outgoing = self.wire.buffer("outgoing", model.params)
+        self.incoming = self.wire.buffer("incoming", model.params)   # what others send us
+        self.reply = self.wire.buffer("reply", model.params)   # a peer's answer to a request
 
     def _answer(self, blocking=False):
         """Receive (gosgd) or answer (elastic) what other workers sent; True if anything."""
@@ -72,14 +73,15 @@ class Gossip(SyncRule):
                 comm.Recv(weight, source=source, tag=WEIGHT)
                 comm.Recv(self.incoming, source=source, tag=PARAMS)
                 params *= self.weight / (self.weight + weight[0])
-                params += (weight[0] / (self.weight + weight[0])) * in_memory_of(params,
-                                                                                 self.incoming)
+                params += (weight[0] / (self.weight + weight[0])) * self.wire.where(
+                    self.incoming, params, "incoming here")
                 self.weight += float(weight[0])
                 self.received += 1
             else:
                 comm.Recv(self.incoming, source=source, tag=REQUEST)
-                comm.Send(to_host(params), dest=source, tag=REPLY)
-                params -= self.alpha * (params - in_memory_of(params, self.incoming))
+                comm.Send(self.wire.outgoing("answer", params), dest=source, tag=REPLY)
+                params -= self.alpha * (params - self.wire.where(self.incoming, params,
+                                                                 "incoming here"))
         return any_
 
     def _wait(self, request):
@@ -99,6 +101,7 @@ class Gossip(SyncRule):
         if self.pending is not None:
             self._wait(self.pending)
         copy_into(self.outgoing, model.params)
+        self.wire.ready(self.outgoing)
         if self.variant == "gosgd":
             self.weight /= 2
             comm.Send(np.array([self.weight]), dest=peer, tag=WEIGHT)
@@ -109,7 +112,8 @@ class Gossip(SyncRule):
             reply = comm.Irecv(self.reply, source=peer, tag=REPLY)
             self._wait(reply)
             self._wait(request)
-            model.params -= self.alpha * (model.params - in_memory_of(model.params, self.reply))
+            model.params -= self.alpha * (model.params - self.wire.where(self.reply, model.params,
+                                                                         "reply here"))
         self.exchanges += 1
 
     def quiesce(self):

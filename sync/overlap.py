@@ -45,9 +45,11 @@ class BucketedExchange:
         if backend.on_device(self.buffer):      # CuPy: this thread uses its GPU too
             self.buffer.device.use()
         while True:
-            lo, hi = self._tasks.get()
+            lo, hi, event = self._tasks.get()
             try:
                 if self._error is None:
+                    if event is not None:        # the backward's kernels for this bucket
+                        event.synchronize()
                     tick = time.perf_counter()
                     self.exchange.mean(self.buffer, lo, hi)
                     self.exchange_time += time.perf_counter() - tick
@@ -57,11 +59,16 @@ class BucketedExchange:
                 self._tasks.task_done()
 
     def ready(self, offset):
-        """Gradients from ``offset`` on are final: issue the buckets that lie there."""
+        """Gradients from ``offset`` on are final: issue the buckets that lie there. On a GPU
+        they are final once the kernels queued so far on this (the backward's) stream have
+        run: an event recorded here, which the communication thread waits for."""
         if not self.overlap:
             return
+        event = None
         while self.next < len(self.bounds) and self.bounds[self.next][0] >= offset:
-            self._tasks.put(self.bounds[self.next])
+            if event is None and backend.on_device(self.buffer):
+                event = backend.array_module(self.buffer).cuda.get_current_stream().record()
+            self._tasks.put(self.bounds[self.next] + (event,))
             self.next += 1
 
     def finish(self):

@@ -62,6 +62,11 @@ class SyncRule:
         """How many server ranks the rule runs with ``cfg`` (none: every rank a worker)."""
         return 0
 
+    def prepare(self, xp):
+        """Check, once every rank has its device (arrays of ``xp``), what the rule needs of
+        the ranks' devices (collective on the workers); raise ConfigError naming what is
+        wrong."""
+
     def allocate(self, name, count, dtype, xp):
         """The model's flat buffer ``name`` ('params' or 'grads') of ``count`` elements:
         plain memory here; BSP places the one it averages in memory its exchange shares."""

@@ -1,6 +1,6 @@
-"""engine/device.py on the CPU: NumPy for ``cpu``, a clear error for ``gpu`` without CuPy or
+"""core/device.py on the CPU: NumPy for ``cpu``, a clear error for ``gpu`` without CuPy or
 without a GPU (checked with stand-in CuPy modules), the GPU picked by local rank, TF32, the
-host/device helpers; and sync.comm.cuda_aware."""
+host/device helpers."""
 import sys
 import types
 
@@ -92,17 +92,6 @@ def test_training_on_gpu_without_cupy_stops_before_any_work(monkeypatch, capsys)
     monkeypatch.setattr(train, "build_data", lambda *a: pytest.fail("data was loaded"))
     assert train.main([str(ROOT / "config.yaml"), "--set", "device=gpu"]) == 2
     assert "device: gpu needs CuPy" in capsys.readouterr().err
-
-
-def test_cuda_aware_answer_and_its_override(monkeypatch):
-    from mpi4py import MPI  # noqa: F401  (loads libmpi, as a run does)
-    from sync.comm import cuda_aware
-    monkeypatch.delenv("PT_CUDA_AWARE", raising=False)
-    assert cuda_aware() in (True, False)
-    monkeypatch.setenv("PT_CUDA_AWARE", "1")
-    assert cuda_aware() is True
-    monkeypatch.setenv("PT_CUDA_AWARE", "0")
-    assert cuda_aware() is False
 
 
 class FakeGpu:

@@ -125,3 +125,10 @@ def test_synchronized_batchnorm_makes_bsp_one_process_with_n_times_the_batch(tmp
 def test_without_synchronized_batchnorm_the_statistics_are_each_worker_s(tmp_path):
     workers, _ = run_rule(tmp_path, 2, SYNC_BN)
     assert np.abs(workers[0] - reference(2, SYNC_BN, steps=4)).max() > 1e-6
+
+
+def test_nccl_refuses_two_workers_on_one_gpu_naming_them():
+    from sync.bsp import shared_gpus
+    assert shared_gpus([("a", "0000:01"), ("a", "0000:02"), ("b", "0000:01")]) == ""
+    assert shared_gpus([("a", "0000:01"), ("a", "0000:02"), ("a", "0000:01")]) == \
+        "workers 0, 2 share GPU 0000:01 on a"
