@@ -49,6 +49,8 @@ class Conv2D(RoutedLayer):
     worker_chunk_bytes = 4 << 20
     output_side_forward = 1.0
     output_side_backward = 1.5
+    fuse_relu = False       # an in-place ReLU follows (set by Sequential; the kernel route
+                            # rectifies in its bias pass, layers/conv_gpu.py)
 
     def __init__(self, in_ch, out_ch, ksize, stride=1, pad=0, bias=True, init="he", groups=1):
         super().__init__()
@@ -142,5 +144,5 @@ class Conv2D(RoutedLayer):
             for name in self.params:
                 conv.params[name], conv.grads[name] = self.params[name][rows], \
                     self.grads[name][rows]
-            conv.needs_input_grad = self.needs_input_grad
+            conv.needs_input_grad, conv.fuse_relu = self.needs_input_grad, self.fuse_relu
         return self.group_convs

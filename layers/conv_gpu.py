@@ -1,12 +1,14 @@
 """Conv2D on the kernel route (CuPy arrays, ``layers/cuda/conv.cu``), with channel-major
 activations as on the CPU (``layers/layout.py``): the output's rows (O, N*OH*OW) are what the
-convolution's one 2-D GEMM writes, so no layout pass follows it.
+convolution's one 2-D GEMM writes, so no layout pass follows it. Where an in-place ReLU follows
+(``Conv2D.fuse_relu``, set by ``Sequential``), the bias pass rectifies too: y = max(Y + b, 0)
+in one pass, and the ReLU only keeps y for its mask.
 
 General route: col = im2col(x) (rows (c, i, j), columns (n, oh, ow)) in a column buffer that
 every convolution of the process shares (the largest one's size: a full batch's columns kept
 per layer would take several GB for GoogLeNet at batch 128), Y = W2d @ col straight into y's
-rows, then + b. Backward computes col again in the shared buffer (the forward's is gone by
-then), dW2d = dY @ col^T, db = the row sums of dY, dcol = W2d^T @ dY (into col's memory) and
+rows, then + b (one kernel, ``bias_rows``). Backward computes col again in the shared buffer
+(the forward's is gone by then), dW2d = dY @ col^T, db = the row sums of dY, dcol = W2d^T @ dY (into col's memory) and
 dx = col2im(dcol), a gather per input pixel (no atomics).
 
 Pointwise route (1x1, stride 1, no padding): Y = W2d @ X on the (channels, N*H*W) rows, one
@@ -36,8 +38,11 @@ def forward(layer, x, train):
     y = layout.empty(layer.out_shape(x.shape), x.dtype, xp)
     w2d, yr = layer.params["W"].reshape(layer.out_ch, -1), layout.rows(y)
     xp.matmul(w2d, layout.rows(x) if layer.pointwise else _columns(layer, x, xp), out=yr)
-    if "b" in layer.params:
-        yr += layer.params["b"][:, None]
+    if "b" in layer.params:                               # + b, and ReLU in the same pass
+        cuda.launch("elementwise", "bias_rows", y.dtype, yr.size,
+                    (yr, layer.params["b"], yr.shape[0], yr.shape[1], int(layer.fuse_relu)))
+    elif layer.fuse_relu:
+        xp.maximum(yr, 0, out=yr)
     return y, (Saved(x) if train else None)
 
 

@@ -9,6 +9,9 @@ channel-major activations of ``layers/layout.py``, and the channel slices of tho
 ``Concat`` hands its branches) are taken as flat runs, split over ``parallel.workers()`` threads
 and, in backward, swept in cache-sized tiles so that the (y > 0) mask stays in cache. Other
 views take one NumPy call.
+
+On the kernel route an in-place ReLU right after a Conv2D in a ``Sequential`` is fused into
+the convolution's bias pass (``fuse``): its forward then only keeps y, already max(x, 0).
 """
 import numpy as np
 
@@ -28,7 +31,16 @@ def flat_pair(a, b):
     return None if fa is None or fb is None else (fa, fb)
 
 
+def fuse(before, after):
+    """Let ``before`` (a layer with ``fuse_relu``, Conv2D) rectify its own output when ``after``
+    is an in-place ReLU, which nothing but ``after`` reads; on the kernel route only."""
+    if isinstance(after, ReLU) and after.inplace and hasattr(before, "fuse_relu"):
+        before.fuse_relu = after.fused = True
+
+
 class ReLU(Layer):
+    fused = False           # the layer before rectifies on the kernel route (``fuse``)
+
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = inplace
@@ -36,6 +48,9 @@ class ReLU(Layer):
     def forward(self, x, train=True):
         self.check_input(x, max(getattr(x, "ndim", 0), 1))
         xp = array_module(x)
+        if self.fused and backend.uses_kernels(xp):
+            self.save(x)                           # already max(x, 0)
+            return x
         y = x if self.inplace else xp.empty_like(x)
         self.save(y)                           # backward's mask is y > 0
         flat = flat_pair(x, y)

@@ -1,11 +1,17 @@
-"""Sequential container: y = f_n(... f_1(x)); backward runs the chain in reverse."""
+"""Sequential container: y = f_n(... f_1(x)); backward runs the chain in reverse.
+
+A convolution followed by an in-place ReLU is fused on the kernel route (``relu.fuse``).
+"""
 from layers.base import Layer
+from layers.relu import fuse
 
 
 class Sequential(Layer):
     def __init__(self, *layers):
         super().__init__()
         self.layers = list(layers)
+        for before, after in zip(self.layers, self.layers[1:]):
+            fuse(before, after)
 
     def children(self):
         return self.layers

@@ -1,6 +1,6 @@
 // Small element-wise kernels on the GPU: ReLU's backward (layers/relu.py), dropout
-// (layers/dropout.py), the bias of Conv2D and Linear (layers/conv.py), softmax cross-entropy
-// (layers/softmax_cross_entropy.py, one thread per row) and the optimizers' update of the flat
+// (layers/dropout.py), Conv2D's bias with a fused ReLU (layers/conv_gpu.py), softmax
+// cross-entropy (layers/softmax_cross_entropy.py, one thread per row) and the optimizers' update of the flat
 // buffer (engine/optimizers.py).
 
 #define GRID_STRIDE(i, n) \
@@ -34,10 +34,14 @@ extern "C" __global__ void dropout_forward(const real* __restrict__ x, real* __r
     }
 }
 
-// y[n, c, :] += b[c] for y as (N, C, L)
-extern "C" __global__ void bias_add(real* __restrict__ y, const real* __restrict__ b,
-                                    long long n, long long c, long long l) {
-    GRID_STRIDE(e, n * c * l) y[e] += b[(e / l) % c];
+// y[c, :] += b[c] for y as (C, L) rows (a convolution's channel-major output), then with
+// ``rectify`` y = max(y, 0): the bias and a following ReLU in one pass
+extern "C" __global__ void bias_rows(real* __restrict__ y, const real* __restrict__ b,
+                                     long long c, long long l, long long rectify) {
+    GRID_STRIDE(e, c * l) {
+        const real v = y[e] + b[e / l];
+        y[e] = rectify && v < 0 ? (real)0 : v;      // NaN stays NaN, as in max(y, 0)
+    }
 }
 
 // Per row of logits (n, k): probs = softmax(z), loss[row] = log(sum exp(z - max)) - (z[l] - max)

@@ -15,6 +15,7 @@ from layers.dropout import Dropout
 from layers.lrn import LRN
 from layers.max_pool import MaxPool2D
 from layers.relu import ReLU
+from layers.sequential import Sequential
 from layers.softmax_cross_entropy import SoftmaxCrossEntropy
 from tests.layers import cuda_on_cpu
 
@@ -140,6 +141,49 @@ def test_max_pool_kernel_records_the_first_maximum_on_ties(kernels):
     y = layer.forward(x, train=True)
     dx = layer.backward(np.ones_like(y))
     assert dx[0, 0, 1, 1] == 4 and dx[0, 0, 1, 2] == 0   # every window holding both picks (1, 1)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n, c, h, w, k, s, p", GEOMETRIES[:4] + GEOMETRIES[-1:])
+def test_a_convolution_and_its_in_place_relu_fuse_on_the_kernel_path(n, c, h, w, k, s, p, bias,
+                                                                     groups, monkeypatch):
+    x = RNG.standard_normal((n, 2 * c, h, w))
+    poisoned = x.copy()
+    poisoned[0, 0, 0, 0] = np.nan                         # NaN stays NaN through the fused pass
+    make = lambda: Sequential(Conv2D(2 * c, 4, k, s, p, bias=bias, groups=groups),
+                              ReLU(inplace=True))
+    dy = RNG.standard_normal(make().build(x.dtype).forward(x.copy()).shape)
+    results = []
+    for use_kernels in (False, True):
+        if use_kernels:
+            switch_on(monkeypatch)
+        net = make().build(x.dtype, seed=5)
+        conv, relu = net.layers
+        assert conv.fuse_relu and relu.fused
+        between = conv.forward(x.copy(), train=True)
+        assert (between.min() >= 0) == use_kernels        # kernels: rectified by the conv
+        y = relu.forward(between, train=True)
+        dx = net.backward(dy.copy())
+        nans = np.isnan(net.forward(poisoned.copy(), train=False))
+        results.append((y, dx, {k: g.copy() for k, g in conv.grads.items()}, nans))
+    (y0, dx0, g0, nans0), (y1, dx1, g1, nans1) = results
+    assert nans0.any()
+    np.testing.assert_array_equal(nans1, nans0)
+    np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-12)
+    for key in g0:
+        np.testing.assert_allclose(g1[key], g0[key], rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_only_an_in_place_relu_right_after_a_convolution_is_fused():
+    fused = Sequential(Conv2D(2, 3, 3), ReLU(inplace=True))
+    assert fused.layers[0].fuse_relu and fused.layers[1].fused
+    for net in (Sequential(Conv2D(2, 3, 3), ReLU()),            # the input may be read again
+                Sequential(BatchNorm2D(2), ReLU(inplace=True)),
+                Sequential(ReLU(inplace=True), Conv2D(2, 3, 3))):
+        assert not any(getattr(layer, "fuse_relu", False) or getattr(layer, "fused", False)
+                       for layer in net.layers)
 
 
 @pytest.mark.parametrize("model, options, shape", [
