@@ -8,8 +8,9 @@ General route: col = im2col(x) (rows (c, i, j), columns (n, oh, ow)) in a column
 every convolution of the process shares (the largest one's size: a full batch's columns kept
 per layer would take several GB for GoogLeNet at batch 128), Y = W2d @ col straight into y's
 rows, then + b (one kernel, ``bias_rows``). Backward computes col again in the shared buffer
-(the forward's is gone by then), dW2d = dY @ col^T, db = the row sums of dY, dcol = W2d^T @ dY (into col's memory) and
-dx = col2im(dcol), a gather per input pixel (no atomics).
+(the forward's is gone by then), dW2d = dY @ col^T, db = the row sums of dY,
+dcol = W2d^T @ dY (into col's memory) and dx = col2im(dcol), a gather per input pixel (no
+atomics).
 
 Pointwise route (1x1, stride 1, no padding): Y = W2d @ X on the (channels, N*H*W) rows, one
 GEMM; backward dW2d = dY @ X^T and dX = W2d^T @ dY, two more.
