@@ -100,15 +100,25 @@ def test_bsp_on_two_ranks_sharing_one_gpu_equals_one_process_with_twice_the_batc
 
 
 def test_nccl_all_reduce_on_one_rank(cupy):
-    """The NCCL path end to end (id over MPI, communicator, all-reduce on the stream) on the
-    one GPU there is: the sum over one rank leaves the buffer as it was."""
+    """What one GPU allows (NCCL refuses two ranks on one GPU), said plainly: this checks that
+    the NCCL path runs (the id sent over MPI, the communicator, the all-reduce queued on the
+    stream) and that the in-place sum over one rank leaves the buffer as it was, which a no-op
+    would too. To see NCCL write something, the same communicator then reduces into a separate
+    receive buffer filled with NaN, which must come back holding the values. That two ranks'
+    buffers are summed needs two GPUs and is not tested here."""
+    from cupy.cuda import nccl
     from mpi4py import MPI
     from sync.exchange import Exchange
     exchange = Exchange(MPI.COMM_SELF, "nccl")
+    kinds = {np.float32: nccl.NCCL_FLOAT32, np.float64: nccl.NCCL_FLOAT64}
     for dtype in (np.float32, np.float64):
         values = cupy.arange(1000, dtype=dtype)
-        exchange._nccl_sum(values)
+        exchange._nccl_sum(values)                # (mean() returns at once on one rank)
         np.testing.assert_array_equal(cupy.asnumpy(values), np.arange(1000, dtype=dtype))
+        received = cupy.full(1000, np.nan, dtype)
+        exchange._nccl.allReduce(values.data.ptr, received.data.ptr, 1000, kinds[dtype],
+                                 nccl.NCCL_SUM, cupy.cuda.get_current_stream().ptr)
+        np.testing.assert_array_equal(cupy.asnumpy(received), np.arange(1000, dtype=dtype))
 
 
 FLOAT32_ON_GPU = {"rtol": 1e-4, "atol": 1e-5}     # cuBLAS sums in another order
