@@ -7,8 +7,9 @@ the same run this machine's float32 GEMM GFLOP/s and the ratio of the two.
     python bench/step.py --device gpu --model googlenet --batch 128 [--tf32] --torch --profile
 
 On the GPU the reference is cuBLAS's (8192 x 8192)^2 product (TF32 with --tf32), every timing
-waits for the GPU to finish, memory is the CuPy pool's, and --torch times PyTorch (cuDNN)
-training the same network (bench/torch_models.py) in the same run, for the ratio of the two.
+waits for the GPU to finish, memory is the CuPy pool's, and --torch trains PyTorch's twin
+(cuDNN; bench/torch_models.py) in the same process, in rounds alternating with ours, and prints
+the paired ratio and both peak GPU memories.
 
 On the CPU, --torch trains the PyTorch twin (bench/torch_models.py: same network, batch, input
 and threads) in a process of its own that keeps freed memory (glibc settings in TORCH_ENV), in
@@ -122,7 +123,7 @@ def parse(argv):
                         help="also time PyTorch training the same network (on the CPU: in a "
                              "process of its own, rounds alternating with ours)")
     parser.add_argument("--rounds", type=int, default=4,
-                        help="cpu --torch: alternating rounds of --steps steps each")
+                        help="--torch: alternating rounds of --steps steps each")
     return parser.parse_args(argv)
 
 
@@ -164,6 +165,9 @@ def time_steps(model, x, labels, optimizer, steps, sync, times=None, gemm=None):
 
 def main(argv=None):
     args = parse(argv)
+    if args.profile and args.torch:
+        raise SystemExit("--profile waits for every layer, slowing the steps --torch times: "
+                         "give one of them, not both")
     parallel.set_workers(args.threads)
     try:
         xp = array_module(args.device, 0, args.tf32)
@@ -191,7 +195,7 @@ def main(argv=None):
                                 (gemm, gemm_rates)))
     report(args, model, times, steps, gemm_rates, gpu, xp)
     if args.torch and gpu:
-        print_torch_comparison(args, model, classes, args.batch / float(np.median(steps)))
+        race_on_gpu(args, model, x, labels, optimizer, classes, sync, xp)
     elif args.torch:
         race(args, model, x, labels, optimizer, classes)
     if args.profile:
@@ -268,16 +272,30 @@ def race(args, model, x, labels, optimizer, classes):
           f"{rss:.2f} GB, pytorch {torch_rss:.2f} GB")
 
 
-def print_torch_comparison(args, model, classes, ours):
-    """PyTorch's training throughput on the same network, batch and precision, and ours over
-    it; refuses to compare networks of different sizes."""
+def race_on_gpu(args, model, x, labels, optimizer, classes, sync, xp):
+    """Ours against the PyTorch twin on the GPU, in this process: rounds of ``--steps`` steps
+    alternating, each step waited for; prints the medians, the paired ratio and both peak
+    memories (ours: what CuPy's pool holds; PyTorch: what its allocator reserved at most)."""
     import torch_models
-    theirs, params = torch_models.images_per_second(args.model, args.batch, INPUT[args.model][1],
-                                                    classes, max(args.steps, 10), args.tf32)
-    if params != model.num_params:
-        raise SystemExit(f"the PyTorch {args.model} has {params:,} parameters, ours "
+    twin = torch_models.Twin(args.model, args.batch, args.image_size, classes,
+                             options_of(args), "cuda", args.tf32, LR)
+    if twin.params != model.num_params:
+        raise SystemExit(f"the PyTorch {args.model} has {twin.params:,} parameters, ours "
                          f"{model.num_params:,}: not the same network")
-    print(f"pytorch {theirs:.1f} img/s; ours/pytorch {ours / theirs:.3f}")
+    for _ in range(3):                        # cuDNN's benchmark mode picks its algorithms
+        twin.step()
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(float(np.median(time_steps(model, x, labels, optimizer, args.steps, sync))))
+        theirs.append(twin.median_step(args.steps))
+    ours, theirs = np.array(ours), np.array(theirs)
+    paired = theirs / ours
+    held = xp.get_default_memory_pool().total_bytes() / 1e9
+    print(f"pytorch {args.batch / np.median(theirs):.1f} img/s (step "
+          f"{np.median(theirs) * 1e3:.1f} ms), ours {args.batch / np.median(ours):.1f} img/s "
+          f"(step {np.median(ours) * 1e3:.1f} ms); paired ours/pytorch {np.median(paired):.3f} "
+          f"over {args.rounds} rounds ({paired.min():.3f}-{paired.max():.3f}); GPU memory ours "
+          f"{held:.2f} GB, pytorch {twin.peak_memory():.2f} GB")
 
 
 if __name__ == "__main__":

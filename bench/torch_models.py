@@ -6,6 +6,7 @@ training loop (SGD with momentum and weight decay, as ours) for ``bench/step.py 
 PyTorch uses cuDNN on a GPU and oneDNN on the CPU; we use neither.
 """
 import math
+import statistics
 import time
 
 import torch
@@ -256,35 +257,55 @@ def num_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def images_per_second(name, batch, image_size, num_classes, steps, tf32, device="cuda"):
-    """PyTorch eager training throughput on ``device`` (float32, or TF32 for matrix products
-    and convolutions on a GPU): warm-up, then ``steps`` timed steps; returns (img/s,
-    parameters)."""
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    model = build(name, num_classes, image_size).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(batch, 3, image_size, image_size, device=device)
-    labels = torch.randint(0, num_classes, (batch,), device=device)
-    loss_fn = nn.CrossEntropyLoss()
+class Twin:
+    """The twin of model ``name`` training on ``device`` ('cpu' or 'cuda'; on a GPU float32,
+    or TF32 for matrix products and convolutions with ``tf32``, cuDNN picking its algorithms):
+    the same batch of random images, SGD with momentum, the loss of ours (aux heads at 0.3)."""
 
-    def step():
-        optimizer.zero_grad(set_to_none=False)
-        logits, aux = model(x)
-        loss = loss_fn(logits, labels) + sum(0.3 * loss_fn(a, labels) for a in aux)
+    def __init__(self, name, batch, image_size, num_classes, options, device="cpu", tf32=False,
+                 lr=1e-3):
+        if device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cudnn.benchmark = True
+        self.device = device
+        options = {k: v for k, v in options.items() if k != "image_size"}
+        self.model = build(name, num_classes, image_size, 3, **options).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9,
+                                         weight_decay=5e-4)
+        self.x = torch.randn(batch, 3, image_size, image_size, device=device)
+        self.labels = torch.randint(0, num_classes, (batch,), device=device)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.params = num_params(self.model)
+
+    def step(self):
+        self.optimizer.zero_grad(set_to_none=False)
+        logits, aux = self.model(self.x)
+        loss = self.loss_fn(logits, self.labels) + \
+            sum(0.3 * self.loss_fn(a, self.labels) for a in aux)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
 
-    for _ in range(3):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return batch * steps / (time.perf_counter() - start), num_params(model)
+    def sync(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def median_step(self, steps):
+        """The median of ``steps`` timed training steps, in seconds (each waits for the GPU)."""
+        seconds = []
+        for _ in range(steps):
+            self.sync()
+            start = time.perf_counter()
+            self.step()
+            self.sync()
+            seconds.append(time.perf_counter() - start)
+        return statistics.median(seconds)
+
+    def peak_memory(self):
+        """Peak GPU memory PyTorch's allocator reserved, or this process's peak RSS, in GB."""
+        if self.device == "cuda":
+            return torch.cuda.max_memory_reserved() / 1e9
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def serve(name, batch, image_size, num_classes, threads, options):
@@ -292,38 +313,18 @@ def serve(name, batch, image_size, num_classes, threads, options):
     ``bench/step.py --torch`` on the CPU: builds the twin, takes two warm-up steps, prints
     ``ready <parameters>``, then for each line N on stdin times N training steps and prints the
     median step in seconds; N = 0 prints the peak RSS in GB and ends."""
-    import resource
-    import statistics
     import sys
     torch.set_num_threads(threads)
-    options = {k: v for k, v in options.items() if k != "image_size"}
-    model = build(name, num_classes, image_size, 3, **options)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(batch, 3, image_size, image_size)
-    labels = torch.randint(0, num_classes, (batch,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step():
-        optimizer.zero_grad(set_to_none=False)
-        logits, aux = model(x)
-        loss = loss_fn(logits, labels) + sum(0.3 * loss_fn(a, labels) for a in aux)
-        loss.backward()
-        optimizer.step()
-
+    twin = Twin(name, batch, image_size, num_classes, options)
     for _ in range(2):
-        step()
-    print("ready", num_params(model), flush=True)
+        twin.step()
+    print("ready", twin.params, flush=True)
     for line in sys.stdin:
         steps = int(line)
         if steps == 0:
-            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, flush=True)
+            print(twin.peak_memory(), flush=True)
             return
-        seconds = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            seconds.append(time.perf_counter() - start)
-        print(statistics.median(seconds), flush=True)
+        print(twin.median_step(steps), flush=True)
 
 
 if __name__ == "__main__":
