@@ -87,7 +87,7 @@ def test_training_on_the_gpu_runs_and_learns(cupy):
 def test_bsp_on_two_ranks_sharing_one_gpu_equals_one_process_with_twice_the_batch(
         cupy, tmp_path):
     settings = ["batch_size=8", "max_steps=6", "device=gpu"]
-    workers, summaries = run_rule(tmp_path, 2, settings, timeout=300)
+    workers, summaries = run_rule(tmp_path, 2, settings, timeout=90)
     np.testing.assert_array_equal(workers[0], workers[1])
     cfg, shards, models, optimizers = reference_setup(settings[:2], shards=2)
     batches = [shard.train.epoch(0) for shard in shards]
