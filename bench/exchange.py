@@ -1,7 +1,8 @@
 """BSP exchange benchmark: ``mpiexec -n 2 python bench/exchange.py [--sizes MB ...]``.
 
 For each buffer size (float32), in the same run: plain ``MPI.Allreduce``, the ring, the
-shared-memory sum (on a buffer ``share`` placed in shared memory, as BSP does), the ``auto``
+shared-memory sum on one host or the hierarchical one across hosts (on a buffer placed in
+shared memory, as BSP does), the ``auto``
 choice that BSP uses by default, float16 on the wire, and a ``memcpy`` (``np.copyto``) of the
 same buffer. Times are medians over repeats, the methods taking turns in a shuffled order
 within each round (the ranks start each call together after a barrier). Prints per size the
@@ -48,10 +49,11 @@ def main():
     comm = MPI.COMM_WORLD
     n = comm.Get_size()
     auto = Exchange(comm, "auto")
-    names = ["allreduce", "ring"] + (["shared"] if auto.one_host else []) + ["auto", "ring-f16"]
+    in_host = [auto.in_host] if auto.in_host else []      # shared (one host) or hierarchical
+    names = ["allreduce", "ring"] + in_host + ["auto", "ring-f16"]
     if comm.Get_rank() == 0:
-        where = (f"shared from {auto.shared_min_bytes / 1e6:g} MB up, otherwise "
-                 if auto.one_host else "")
+        where = (f"{auto.in_host} from {auto.shared_min_bytes / 1e6:g} MB up, otherwise "
+                 if auto.in_host else "")
         print(f"{n} ranks, {MPI.Get_library_version().splitlines()[0]}; auto = {where}"
               f"allreduce below {auto.ring_min_bytes / 1e6:g} MB, ring from there")
         print(f"{'MB':>8} {'memcpy GB/s':>11} " + " ".join(f"{m + ' GB/s':>14}" for m in names)

@@ -8,10 +8,18 @@ own name (``unshare --uts``); the file system is shared. Needs root (CAP_SYS_ADM
 CAP_NET_ADMIN) and iproute2::
 
     python3 -m run.netns up 3            # hosts pt-h1..pt-h3, prints the hostfile and agent
+    python3 -m run.netns up 3 --rate 1gbit    # each host's link limited to 1 Gbit/s each way
     ip netns exec pt-h1 env PT_HOSTFILE=... PT_AGENT=... PT_INTERFACE=10.77.0.0/24 \\
         run/run_bsp.sh 3
     python3 -m run.netns down 3
+
+``--rate`` shapes each host's link in both directions with a token bucket (``tc`` ``tbf``:
+the host's ``eth0`` for what it sends, its port on the bridge for what it receives), so a host
+sends and receives at most that many bits a second; traffic between ranks on one host stays
+unshaped, as on a real host. Only the bandwidth can be set: ``tbf`` and ``htb`` work on this
+kernel, but ``netem`` (delay, loss) is not built into it, so latency cannot be added here.
 """
+import re
 import argparse
 import json
 import shutil
@@ -33,6 +41,30 @@ class NetnsError(RuntimeError):
     """The namespaces cannot be made here (no rights, no iproute2)."""
 
 
+UNITS = {"bit": 1, "kbit": 10 ** 3, "mbit": 10 ** 6, "gbit": 10 ** 9}
+
+
+def parse_rate(rate):
+    """Bits per second of a ``tc`` rate such as '50mbit', '1gbit' or '2.5gbit'."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)", str(rate).lower())
+    if found is None or float(found.group(1)) <= 0:
+        raise ValueError(f"a link rate is a positive number with bit, kbit, mbit or gbit "
+                         f"(e.g. 200mbit, 1gbit), got {rate!r}")
+    return float(found.group(1)) * UNITS[found.group(2)]
+
+
+def shape(namespace, device, rate):
+    """Limit what ``device`` in ``namespace`` sends to ``rate`` (tc tbf). The bucket holds
+    10 ms at that rate and at least 128 KB, more than one offloaded 64 KB segment."""
+    burst = max(int(parse_rate(rate) / 8 / 100), 128 * 1024)
+    done = subprocess.run(["ip", "netns", "exec", namespace, "tc", "qdisc", "replace", "dev",
+                           device, "root", "tbf", "rate", rate, "burst", str(burst),
+                           "latency", "100ms"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NetnsError(f"tc cannot limit {device} in {namespace} to {rate}: "
+                         f"{done.stderr.strip()}")
+
+
 def _ip(*args, check=True):
     done = subprocess.run(["ip", *args], capture_output=True, text=True)
     if check and done.returncode != 0:
@@ -43,9 +75,13 @@ def _ip(*args, check=True):
 class NetnsCluster:
     """``hosts`` simulated hosts named ``<prefix>1..``; a context manager (``up``/``down``)."""
 
-    def __init__(self, hosts, prefix="pt-h", subnet="10.77.0", folder=None):
+    def __init__(self, hosts, prefix="pt-h", subnet="10.77.0", folder=None, rate=None):
+        """``rate`` (e.g. '1gbit'; None: unlimited) limits every host's link each way."""
         if not 1 <= hosts <= 250:
             raise ValueError(f"hosts must be in [1, 250], got {hosts}")
+        if rate is not None:
+            parse_rate(rate)
+        self.rate = rate
         self.names = [f"{prefix}{i}" for i in range(1, hosts + 1)]
         self.hub = f"{prefix}ub"
         self.subnet = subnet
@@ -61,7 +97,7 @@ class NetnsCluster:
         return f"{self.subnet}.{self.names.index(host) + 1}"
 
     def up(self):
-        for tool in ("ip", "unshare"):
+        for tool in ("ip", "unshare") + (("tc",) if self.rate else ()):
             if shutil.which(tool) is None:
                 raise NetnsError(f"'{tool}' is not installed (apt install iproute2 util-linux)")
         self.down()                                   # leftovers of an interrupted run
@@ -76,6 +112,9 @@ class NetnsCluster:
             _ip("-n", host, "addr", "add", f"{self.address(host)}/24", "dev", "eth0")
             _ip("-n", host, "link", "set", "eth0", "up")
             _ip("-n", host, "link", "set", "lo", "up")
+            if self.rate:
+                shape(host, "eth0", self.rate)         # what the host sends
+                shape(self.hub, f"h{i}", self.rate)    # what it receives
         self.agent.write_text(AGENT)
         self.agent.chmod(0o755)
         probe = subprocess.run([str(self.agent), self.names[0], "true"], capture_output=True,
@@ -121,8 +160,13 @@ def main(argv=None):
     parser.add_argument("action", choices=("up", "down"))
     parser.add_argument("hosts", type=int)
     parser.add_argument("--slots", type=int, default=1, help="slots per host in the hostfile")
+    parser.add_argument("--rate", default=None,
+                        help="limit each host's link, each way (tc tbf), e.g. 200mbit, 1gbit")
     args = parser.parse_args(argv)
-    cluster = NetnsCluster(args.hosts, folder=Path("/tmp/pt-netns"))
+    try:
+        cluster = NetnsCluster(args.hosts, folder=Path("/tmp/pt-netns"), rate=args.rate)
+    except ValueError as err:
+        parser.error(str(err))
     try:
         if args.action == "down":
             cluster.down()
@@ -132,7 +176,8 @@ def main(argv=None):
     except NetnsError as err:
         print(f"cannot make the namespaces: {err}", file=sys.stderr)
         return 2
-    print(f"hosts {' '.join(cluster.names)} on {cluster.network}\n"
+    limit = f", each link limited to {args.rate} each way" if args.rate else ""
+    print(f"hosts {' '.join(cluster.names)} on {cluster.network}{limit}\n"
           f"PT_HOSTFILE={cluster.hostfile(args.slots)} PT_AGENT={cluster.agent} "
           f"PT_INTERFACE={cluster.network}\nstart runs with: ip netns exec {cluster.names[0]} "
           f"env PT_HOSTFILE=... PT_AGENT=... PT_INTERFACE=... run/run_bsp.sh N")

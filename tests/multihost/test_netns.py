@@ -1,6 +1,7 @@
 """Multi-host runs for real: three hosts simulated as network namespaces joined by a bridge
 (run/netns.py), ranks started on them by Open MPI through an agent instead of ssh, traffic
 over TCP between 10.78.0.x addresses. Skipped where namespaces cannot be made (not root)."""
+import json
 import os
 import subprocess
 import time
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from run.netns import NetnsCluster, NetnsError
-from tests.mpi import OVERSUBSCRIBE, ROOT, mpi_env, mpiexec
+from tests.mpi import OVERSUBSCRIBE, ROOT, mpi_env, mpiexec, run_mpi
 from tests.sync.helpers import COMMON, run_rule
 
 WIDE = ["model_options={hidden: [512]}"]      # 42,506 parameters: 170 KB a step crosses
@@ -56,6 +57,71 @@ def test_bsp_over_three_hosts_equals_the_single_host_run(cluster, tmp_path):
     buffer_bytes = workers[0].nbytes
     assert all(crossed[h] > 12 * buffer_bytes for h in cluster.names), (crossed, buffer_bytes)
     assert info[0]["top1"] is not None
+
+
+def exchange_across(cluster, hosts, per_host, method, megabytes=4, repeats=3):
+    """hierarchy_check.py on ``hosts`` hosts with ``per_host`` ranks each, dealt round-robin
+    (rank r on host r mod hosts); returns its JSON report."""
+    flags = across(cluster, hosts)["flags"]
+    flags[1] = cluster.hostfile(per_host, hosts)
+    done = run_mpi(hosts * per_host, [ROOT / "tests" / "multihost" / "hierarchy_check.py",
+                                      method, megabytes, repeats],
+                   timeout=120, flags=flags, prefix=cluster.command(cluster.names[0], []))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("hosts, per_host", [(2, 2), (3, 2)])
+def test_the_hierarchical_exchange_sends_one_buffer_per_host_across(cluster, hosts, per_host):
+    """Against the flat ring over the same ranks: the same mean (to float32 rounding), and each
+    host's link carries at most 1/k of the ring's bytes with k ranks per host (the ring over
+    ranks dealt round-robin crosses a link at every hop; the hierarchy sends only the leaders'
+    all-reduce)."""
+    flat = exchange_across(cluster, hosts, per_host, "ring")
+    tiered = exchange_across(cluster, hosts, per_host, "auto")
+    assert tiered["exchange"].startswith("auto: hierarchical"), tiered["exchange"]
+    assert f"{hosts} host(s), at most {per_host} rank(s) on one" in tiered["exchange"]
+    assert tiered["sum"] == pytest.approx(flat["sum"], rel=1e-5, abs=1e-2)
+    assert set(tiered["bytes"]) == set(cluster.names[:hosts])
+    for host in tiered["bytes"]:
+        assert tiered["bytes"][host] <= flat["bytes"][host] / per_host, (tiered, flat)
+        # the leaders' ring alone: 2 (H - 1) / H of the buffer each way per exchange
+        least = 2 * 2 * (hosts - 1) / hosts * tiered["buffer_bytes"] * tiered["repeats"]
+        assert tiered["bytes"][host] >= least, (host, tiered["bytes"][host], least)
+
+
+def test_a_rate_limits_each_host_s_link_each_way(tmp_path):
+    """2 hosts at 100 Mbit/s: a ring exchange of 2.5 MB moves 2.5 MB each way per exchange,
+    which takes at least 0.2 s at that rate (unlimited veth links move GB/s)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    mpiexec()
+    with pytest.raises(ValueError, match="a link rate is a positive number"):
+        NetnsCluster(2, rate="fast")
+    slow = NetnsCluster(2, prefix="pt-rate", subnet="10.80.0", folder=tmp_path, rate="100mbit")
+    try:
+        slow.up()
+    except NetnsError as err:
+        slow.down()
+        pytest.skip(f"cannot make shaped namespaces here: {err}")
+    try:
+        report = exchange_across(slow, 2, 1, "ring", megabytes=2.5, repeats=2)
+    finally:
+        slow.down()
+    sent = report["buffer_bytes"]                     # each way, per exchange, per host
+    assert sent * 8 / report["seconds"] <= 100e6 * 1.1, report
+
+
+def test_bsp_with_the_hierarchical_exchange_equals_the_flat_one(cluster, tmp_path):
+    settings = WIDE + ["batch_size=8", "max_steps=12", "exchange.shared_min_bytes=0"]
+    flags = across(cluster, 2)
+    flags["flags"][1] = cluster.hostfile(2, 2)
+    tiered, _ = run_rule(tmp_path / "hier", 4, settings + ["exchange.method=hierarchical"],
+                         **flags)
+    flat, _ = run_rule(tmp_path / "flat", 4, settings + ["exchange.method=ring"], **flags)
+    for params in tiered[1:]:
+        np.testing.assert_array_equal(params, tiered[0])
+    np.testing.assert_allclose(tiered[0], flat[0], rtol=2e-5, atol=2e-6)
 
 
 def test_easgd_server_and_worker_on_two_hosts_equal_one_host(cluster, tmp_path):

@@ -66,6 +66,47 @@ for dtype in (np.float32, np.float64):
             np.testing.assert_allclose(exchange.sum(summed.copy()), reference, rtol=1e-5,
                                        atol=1e-5)
 
+# pretend hosts, ranks dealt round-robin (6 ranks: 3 hosts x 2; fewer: 2 hosts): with more than
+# one rank on some host, auto and hierarchical sum each host in shared memory, then across the
+# hosts' leaders
+HOSTS = 3 if n >= 6 else 2
+pretend = rank % HOSTS
+if n >= 3:
+    for dtype in (np.float32, np.float64):
+        for method in ("hierarchical", "auto"):
+            exchange = Exchange(comm, method, shared_min_bytes=0, host=pretend)
+            assert exchange.in_host == "hierarchical" and exchange.hosts.count == HOSTS
+            for count in SIZES:
+                values = data(count, dtype, salt=5)
+                check(exchange.mean(values.copy()), values, dtype, f"{method} hosts {count}")
+                home = exchange.allocate(count, dtype)
+                assert exchange.in_shared_memory(home)
+                home[...] = values
+                check(exchange.mean(home), values, dtype, f"{method} hosts home {count}")
+                if count > 2:
+                    values = data(count - 2, dtype, salt=6)
+                    home[1:-1] = values
+                    check(exchange.mean(home, 1, count - 1), values, dtype,
+                          f"{method} hosts bucket {count}")
+            for ring_from in (0, 1 << 40):            # the leaders by ring, or by Allreduce
+                exchange = Exchange(comm, method, shared_min_bytes=0, host=pretend,
+                                    ring_min_bytes=ring_from)
+                values = data(1000, dtype, salt=7)
+                check(exchange.mean(values.copy()), values, dtype, f"{method} leaders {ring_from}")
+for method, host, why in (("shared", pretend, "needs every worker on one host"),
+                          ("hierarchical", 0, "needs workers on several hosts"),
+                          ("hierarchical", rank, "needs workers on several hosts")):
+    try:
+        Exchange(comm, method, host=host)
+    except ValueError as err:
+        assert why in str(err) and "(use auto)" in str(err), err
+    else:
+        raise AssertionError(f"{method} on hosts {host} was taken")
+one_each = Exchange(comm, "auto", shared_min_bytes=0, host=rank)    # a host per rank: no sharing
+assert one_each.in_host is None and one_each.method_for(np.zeros(10 ** 7)) == "ring"
+assert Exchange(comm, "auto", shared_min_bytes=0, host=pretend, wire="float16").method_for(
+    np.zeros(10 ** 6)) == "ring"
+
 # auto below shared_min_bytes keeps its message-based choice
 auto = Exchange(comm, "auto", shared_min_bytes=4096, ring_min_bytes=1 << 40)
 assert auto.method_for(np.zeros(1023, np.float32)) == "allreduce"
