@@ -189,7 +189,11 @@ SCHEMA = {
     "resume": Key("str", None, nullable=True),    # auto (newest in log.dir) or a folder
     "on_nonfinite": Key("str", "stop", choices=("stop", "skip")),
     "print_every": Key("int", 10, low=1),         # steps
-    "eval_every": Key("int", 1, low=1),           # epochs
+    "eval_every": Key("float", 1, low=0, low_open=True, high=1e6),   # epochs (0.25: 4 a epoch)
+    "slowdown": {                                 # simulate one slower host (bench/race.py)
+        "rank": Key("int", None, low=0, nullable=True),   # this rank runs 1/factor as fast
+        "factor": Key("float", 2.0, low=1, high=1e3),      # (it sleeps (factor-1) x its step)
+    },
     "sync_rule": Key("str", "BSP", choices=RULES),   # each rule registers its own keys
     "watchdog": Key("float", 600, low=0, low_open=True, high=1e7, nullable=True),   # s in an exchange
     "stall_abort": Key("float", 3600, low=0, low_open=True, high=1e7,   # s in one exchange:

@@ -34,11 +34,18 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Progress:
-    """Where the run is: steps done, the last finite loss, steps skipped for a bad loss."""
+    """Where the run is: steps done, the last finite loss, steps skipped for a bad loss, and
+    its clock: seconds of the run before this session (``elapsed``) and seconds spent
+    validating, so that a validation's ``train_time`` leaves validations out."""
 
     def __init__(self, total_steps, steps_per_epoch):
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.step, self.last_finite, self.skipped = 0, None, 0
+        self.elapsed = self.validating = 0.0
+
+    def eval_steps(self, eval_every):
+        """Steps between validations for ``eval_every`` epochs (at least one)."""
+        return max(1, round(eval_every * self.steps_per_epoch))
 
 
 def all_finite(buffer):
@@ -62,7 +69,12 @@ def run_epochs(run):
     """A worker's training from where ``run.progress`` is to the end: epochs, validations,
     checkpoints, the rule's finish and the exported weights; returns the validation history."""
     progress, rule, cfg = run.progress, run.rule, run.cfg
-    history, start = [], time.perf_counter()
+    history, start = [], time.perf_counter() - progress.elapsed
+    every = progress.eval_steps(cfg["eval_every"])
+
+    def due(epoch):           # after a step: validate if one is due (never after the last)
+        if progress.step % every == 0 and progress.step < progress.total_steps:
+            validate(run, epoch, history, start)
     with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
         epoch = max(1, -(-progress.step // progress.steps_per_epoch))   # a finished run's last
         batches = feed(run.model.xp, run.data.train.stream(
@@ -71,11 +83,11 @@ def run_epochs(run):
         try:
             while progress.step < progress.total_steps:
                 epoch = progress.step // progress.steps_per_epoch + 1
-                train_epoch(run, batches, epoch)
+                train_epoch(run, batches, epoch, due)
                 end_of_epoch = progress.step % progress.steps_per_epoch == 0
                 last = progress.step == progress.total_steps
-                if end_of_epoch and epoch % cfg["eval_every"] == 0 and not last:
-                    validate(run, epoch, history, start)
+                if end_of_epoch:
+                    due(epoch)
                 if end_of_epoch or last:
                     run.checkpoints.maybe_save(epoch, run.display.message, last=last)
         finally:
@@ -91,13 +103,15 @@ def run_epochs(run):
 
 def validate(run, epoch, history, start):
     """Evaluate the model users care about; record and show the result where it is known."""
-    progress = run.progress
+    progress, tick = run.progress, time.perf_counter()
     with run.rule.evaluated(run.model):
         metrics = evaluate(run.model, run.data.val, run.rule) if run.rule.evaluates else None
+    progress.validating += time.perf_counter() - tick
     if metrics is None:
         return
+    now = time.perf_counter() - start
     metrics.update(epoch=epoch, step=progress.step, train_loss=progress.last_finite,
-                   time=time.perf_counter() - start)
+                   time=now, train_time=now - progress.validating)
     history.append(metrics)
     run.log.metrics(metrics)
     run.display.message(f"epoch {epoch} val loss {metrics['loss']:.4f} top1 "
@@ -105,18 +119,24 @@ def validate(run, epoch, history, start):
                         f"({metrics['time']:.1f} s)")
 
 
-def train_epoch(run, batches, epoch):
+def train_epoch(run, batches, epoch, due=lambda epoch: None):
     """What is left of epoch ``epoch`` (or of the run), from the loader's stream ``batches``;
-    every ``log.every`` steps a log line, and the display is updated."""
+    every ``log.every`` steps a log line, and the display is updated; ``due(epoch)`` after
+    every step but the epoch's last (validations within an epoch)."""
     progress, log, display = run.progress, run.log, run.display
     display.start_epoch(epoch, progress.steps_per_epoch)
     end = min(epoch * progress.steps_per_epoch, progress.total_steps)
+    slow = slowdown(run)
     while progress.step < end:
         with log.phase("data") as waited:
             x, y = next(batches)
         lr = run.schedule.lr_at(progress.step / progress.steps_per_epoch)
-        lazy = reads_lazily(run)
+        lazy, tick = reads_lazily(run), time.perf_counter()
         loss = device_step(run, x, y, lr, epoch) if lazy else step(run, x, y, lr, epoch)
+        if slow:
+            time.sleep(slow * (time.perf_counter() - tick))
+        if progress.step < end:
+            due(epoch)
         if loss is None:                      # skipped: a non-finite loss or gradient
             continue
         if lazy and read_now(run, end):
@@ -126,6 +146,13 @@ def train_epoch(run, batches, epoch):
             log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,
                       "images": len(x) * log.every})
     display.end_epoch()
+
+
+def slowdown(run):
+    """Seconds to sleep per second of step on this rank (``slowdown``: one rank, a slower
+    host, for benchmarks): factor - 1 on ``slowdown.rank``, else 0."""
+    cfg = run.cfg["slowdown"]
+    return cfg["factor"] - 1 if cfg["rank"] == run.world.rank else 0.0
 
 
 def reads_lazily(run):

@@ -120,6 +120,10 @@ class Run:
             rule = build_rule(world, cfg)
         except ValueError as err:
             raise ConfigError(f"sync_rule: {err}") from None
+        slow = cfg["slowdown"]["rank"]
+        if slow is not None and slow >= world.size:
+            raise ConfigError(f"slowdown.rank: {slow}, but this job has {world.size} rank(s), "
+                              f"0 to {world.size - 1}")
         threads = parallel.set_workers(cfg["threads"] or cores_per_rank(world))
         xp = np if rule.is_server else array_module(cfg["device"], local_rank(), cfg["tf32"])
         data = build_data(cfg, max(rule.worker_rank, 0), rule.num_workers, rule.val_shard)
@@ -139,7 +143,8 @@ class Run:
             raise ConfigError(f"model_options: model '{cfg['model']}' cannot be built with "
                               f"{cfg['model_options']}: {err}") from None
         schedule = build_schedule(cfg["lr_schedule"], self.learning_rate(), cfg["epochs"])
-        return model, build_optimizer(cfg["optimizer"]), schedule, self._progress()
+        optimizer = build_optimizer(self.rule.optimizer_section(cfg["optimizer"]))
+        return model, optimizer, schedule, self._progress()
 
     def learning_rate(self):
         """``optimizer.lr``, times the total batch over ``batch_size`` (workers x accumulate)
@@ -184,6 +189,8 @@ class Run:
             f"{self.data.description}; batch {cfg['batch_size']} per worker"
             f"{self._accumulation()}, {self.progress.total_steps} steps{self._lr_line()}; "
             f"run folder {self.folder}")
+        if rule.describe():
+            self.display.message(rule.describe())
         if aware:
             how = "as they are" if aware["answer"] else "through pinned host copies"
             self.display.message(f"CUDA-aware MPI: {'yes' if aware['answer'] else 'no'} "

@@ -100,6 +100,12 @@ class BSP(SyncRule):
         self.overlap = ex["overlap"]
         self.buckets = None
 
+    def describe(self):
+        if self.num_workers == 1:
+            return None
+        what = "gradient" if self.avg_freq == 1 else f"parameters every {self.avg_freq} steps"
+        return f"BSP averages the {what} by exchange {self.exchange.describe()}"
+
     def prepare(self, xp):
         """NCCL wants one GPU per rank: refused, naming the ranks, where two share one."""
         if (self.exchange.method != "nccl" or xp is np or self.workers is None

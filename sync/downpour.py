@@ -1,17 +1,54 @@
 """Downpour SGD (Dean et al. 2012): parameter servers owning shards, asynchronous workers.
 
 Ranks 0..S-1 are servers; server s owns the contiguous shard ``[lo_s, hi_s)`` of the flat
-parameter buffer (equal parts, the first ones one element longer). A worker
+parameter buffer (equal parts, the first ones one element longer). A worker, at its step
+t = 1, 2, ... (the driver's count), with its parameters x:
 
-- every ``n_fetch`` steps fetches the parameters from every server (before its forward pass),
-- every step adds its gradient to an accrued buffer and takes a local optimizer step,
-- every ``n_push`` steps sends each server its shard of the accrued gradient, then zeroes it.
+    g_t = grad L(x; batch_t) + wd x        the gradient of the regularised loss, at x
+    a <- a + g_t                           the accrued gradient
+    x <- x - lr g_t                        its local step (plain SGD under ``dean``; else the
+                                           configured optimizer with g_t: momentum, Adagrad)
+    t mod n_push == 0:   each server gets its shard of a, and a <- 0
+    t mod n_fetch == 0:  x <- the servers' parameters (before the next gradient)
 
-A server applies each push at once, with the configured optimizer (SGD, or Adagrad:
-``eta_i = lr / sqrt(sum of squared pushed gradients_i)``) at the learning rate of the
-schedule at the epoch the workers have reached together (pushed steps / workers). Nobody waits
-for anybody but the server it talks to. The model users care about is the servers' parameters:
-the first worker fetches them to evaluate, and at the end after every worker is done.
+A step the driver skips (``on_nonfinite: skip``: a non-finite loss or gradient) adds nothing:
+g_t is kept in ``after_backward`` and accrued in ``after_update``, which the driver calls only
+for a step it takes. At the end a worker pushes what it has accrued. A server applies each
+push D at once, at the learning rate of the schedule at the epoch the workers have reached
+together (pushed steps / workers), and adds no weight decay of its own:
+
+    SGD:      v <- mu v + D,  w <- w - lr v                 (mu = 0 under ``dean``)
+    Adagrad:  s <- s + D^2,   w <- w - lr D / (sqrt(s) + eps)
+
+Choices, and Dean et al.'s Algorithm 7.1 (the Downpour SGD client):
+
+- Weight decay travels in the accrued gradient: the worker accrues the gradient of the
+  regularised loss (wd x at the x its gradient was taken at) and the server adds none. A push
+  of n steps then carries n steps of decay, as it carries n gradients, so the effective decay
+  does not depend on ``n_push`` (a server adding wd w once per push decays by wd / n_push per
+  step), and the server stays what Dean's is: it applies the gradients of the objective
+  (regularisation included) that the workers send.
+- ``downpour.dean: null`` (default): the servers apply the pushes with the configured
+  optimizer, momentum and Nesterov included (Dean's servers have none), and the workers' local
+  step is the configured optimizer too (Dean's is plain SGD).
+- ``downpour.dean: sgd`` or ``adagrad`` is Algorithm 7.1 with an SGD or an Adagrad server
+  (Adagrad: eta_i = lr / sqrt(sum of the squared pushes_i), eps added to the root): plain SGD
+  on the workers, plain SGD or Adagrad on the servers. The optimizer section gives the learning
+  rate (its schedule; the same on workers and servers), ``weight_decay`` and ``eps``; its name,
+  momentum and Nesterov are set aside.
+- Step indexing. Algorithm 7.1 counts steps s from 0, fetches before step s when
+  s mod n_fetch == 0 and pushes after step s when s mod n_push == 0. Here t = s + 1: the
+  fetches fall on the same steps (Dean's fetch at s = 0 is the start, where every rank takes
+  the first server's parameters), the pushes one step later: Dean's first push follows s = 0
+  and carries one gradient, the others n_push each; here every push follows t = k n_push
+  (s = k n_push - 1) and carries n_push, and the end pushes the rest. With n_push = 1 there is
+  no difference. Dean's client fetches and pushes asynchronously, beside its computation; here
+  they are done in the step (a push and a fetch at the same step: the push first), so one
+  worker runs Algorithm 7.1 read sequentially.
+
+Nobody waits for anybody but the server it talks to. The model users care about is the
+servers' parameters: the first worker fetches them to evaluate, and at the end after every
+worker is done.
 """
 import contextlib
 
@@ -19,7 +56,7 @@ import numpy as np
 
 from core.config import Key, register_section
 from core.registry import RULES
-from layers.backend import copy_into, host_like, on_device
+from layers.backend import array_module, copy_into, host_like, on_device
 from layers.parallel import ranges
 from sync.rule import through_host
 from sync.server import ServerRule
@@ -30,6 +67,9 @@ register_section("downpour", {
     "servers": Key("int", 1, low=1),              # parameter-server ranks
     "n_fetch": Key("int", 1, low=1),              # steps between fetches
     "n_push": Key("int", 1, low=1),               # steps between pushes
+    # null: the configured optimizer on workers and servers; sgd / adagrad: Dean et al.'s
+    # Algorithm 7.1 (plain SGD on the workers, an SGD or Adagrad server)
+    "dean": Key("str", None, choices=("sgd", "adagrad"), nullable=True),
 })
 
 
@@ -48,6 +88,7 @@ class Downpour(ServerRule):
     def __init__(self, world, cfg):
         super().__init__(world, cfg)
         self.n_fetch, self.n_push = cfg["downpour"]["n_fetch"], cfg["downpour"]["n_push"]
+        self.dean, self.weight_decay = cfg["downpour"]["dean"], cfg["optimizer"]["weight_decay"]
         self.finished = False
         self.pushes = np.zeros(self.num_workers, np.int64)   # a server's count per worker
 
@@ -55,12 +96,22 @@ class Downpour(ServerRule):
     def servers_in(cls, cfg):
         return cfg["downpour"]["servers"]
 
+    def optimizer_section(self, section):
+        """A server's optimizer adds no weight decay (the workers accrue it); under ``dean`` a
+        worker's is plain SGD and a server's plain SGD or Adagrad (module docstring)."""
+        if self.dean:
+            section = dict(section, name=self.dean if self.is_server else "sgd",
+                           momentum=0.0, nesterov=False)
+        return dict(section, weight_decay=0.0) if self.is_server else section
+
     def start(self, model):
         """Every rank starts from the first server's parameters."""
         through_host(model.params, lambda params: self.world.comm.Bcast(params, root=0))
         self.bounds = shard_bounds(model.params.size, self.servers)
         self.accrued = np.zeros_like(model.params)
         if not self.is_server:
+            # this step's g + wd x, accrued once the step is taken (wd = 0: the gradient)
+            self.gradient = np.zeros_like(model.params) if self.weight_decay else model.grads
             self.wire = Wire(model.params)
             self.listen_for_drop()
 
@@ -101,9 +152,16 @@ class Downpour(ServerRule):
         self.accrued[...] = 0
 
     def after_backward(self, model, step):
-        self.accrued += model.grads
+        """Keep g_t = grads + wd x, x the parameters the gradient was taken at (the local
+        step changes them); a skipped step ends here, and its g_t is dropped."""
+        if self.weight_decay:
+            array_module(model.params).multiply(model.params, self.weight_decay,
+                                                out=self.gradient)
+            self.gradient += model.grads
 
     def after_update(self, model, step):
+        """Accrue g_t (only a step taken gets here), then push and fetch when due."""
+        self.accrued += self.gradient
         if step % self.n_push == 0:
             self.push()
         if step % self.n_fetch == 0:

@@ -6,14 +6,29 @@ and receives the center; both move towards each other by the elastic difference
     d = alpha * (x_i - x~),    x_i <- x_i - d,    x~ <- x~ + d
 
 (the worker computes d from the center it received, the server from the same center before
-its update, so both apply the same d). The server answers whichever worker's message arrives
-first; no worker waits for another. Workers end by sending DONE; the server stops when all
-have, then hands the final center to the first worker, which evaluates it (the model users
-care about). Defaults tau = 10, alpha = 0.5 as in Theano-MPI; the paper's beta = n * alpha.
-BatchNorm's running statistics are not exchanged: the evaluation uses the first worker's.
-With ``device: gpu`` the workers' parameters live on their GPUs and their messages go from and
-to device memory through a CUDA-aware MPI, else through pinned host copies (``sync/wire.py``);
-the server keeps the center in host memory.
+its update, so both apply the same d, and each exchange keeps x~ + sum_i x_i: only the
+workers' own steps change it). The server answers whichever worker's message arrives first;
+no worker waits for another. Workers end by sending DONE; the server stops when all have, then
+hands the final center to the first worker, which evaluates it (the model users care about).
+
+Choices, against the paper:
+
+- The move comes after the SGD step (Theano-MPI's order): worker i's step t = 1, 2, ... is
+  ``x_i <- x_i - lr g(x_i)`` (the configured optimizer), then, when t mod tau == 0, the move,
+  and the next gradient is taken at the moved parameters. The paper's asynchronous EASGD
+  (Algorithm 1, steps s from 0) reads x = x_i at a step s with s mod tau == 0 and sets
+  ``x_i <- x - alpha (x - x~) - lr g(x)``: its elastic difference is the one here (x is the
+  value after step t = s), but that step's gradient is taken before the move, at x.
+- The move rate is alpha per worker: each exchange moves the center by alpha (x_i - x~), so
+  over one exchange of each of N workers it moves by about beta (mean_i x_i - x~) with the
+  paper's beta = N alpha (the paper fixes beta, 0.9, and takes alpha = beta / N; here alpha
+  is what is set, so N workers pull the center N times as hard as one).
+
+Defaults tau = 10, alpha = 0.5 as in Theano-MPI. BatchNorm's running statistics are not
+exchanged: the evaluation uses the first worker's. With ``device: gpu`` the workers'
+parameters live on their GPUs and their messages go from and to device memory through a
+CUDA-aware MPI, else through pinned host copies (``sync/wire.py``); the server keeps the
+center in host memory.
 """
 import contextlib
 

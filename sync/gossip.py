@@ -2,18 +2,33 @@
 
 After each update, with probability ``p`` a worker picks a peer uniformly among the others.
 
-- ``variant: gosgd`` (Blot et al. 2016, GoSGD): every worker carries a mixing weight a_i
-  (1/n at start). The sender halves its weight and sends (x_s, a_s); the receiver mixes
-  ``x_r <- (a_r x_r + a_s x_s) / (a_r + a_s)``, ``a_r <- a_r + a_s``. Messages are one-way; the
-  weights always sum to 1 over workers and messages in flight.
-- ``variant: elastic`` (Elastic Gossip, Pramod 2018, arXiv 1812.02407): the pair exchanges
-  parameters and both move by the elastic difference, ``x_i <- x_i - alpha (x_i - x_j)``,
-  ``x_j <- x_j + alpha (x_i - x_j)`` (the pair's sum is kept).
+- ``variant: gosgd`` (Blot et al. 2016, GoSGD; push-sum): every worker carries a mixing
+  weight a_i (1/n at start). The sender halves its weight and sends (x_s, a_s); the receiver
+  mixes ``x_r <- (a_r x_r + a_s x_s) / (a_r + a_s)``, ``a_r <- a_r + a_s``. Messages are
+  one-way. Sending and receiving keep sum_i a_i x_i (messages in flight included) and
+  sum_i a_i = 1; a worker's own step dx_i adds a_i dx_i to the sum. The consensus model,
+  validated and exported, is therefore the weighted sum sum_i a_i x_i (divided by sum_i a_i,
+  which is 1 once nothing is in flight, up to rounding), not the plain mean.
+- ``variant: elastic`` (Elastic Gossip, Pramod 2018, arXiv 1812.02407): the initiator i sends
+  s = x_i and waits for the reply r = x_j, the peer's value when it answers; then
+
+      responder j:   x_j <- x_j + alpha (s - r)     (at once, r being the value it replied)
+      initiator i:   x_i <- x_i - alpha (s - r)     (when the reply arrives)
+
+  so every exchange keeps the pair's sum exactly, whatever else happens in between: an
+  initiator keeps answering others while it waits (and moves for them), and still applies
+  the d it shares with its peer. Two workers that pick each other at once make two
+  exchanges, each answering the other's request while waiting for its own reply: each moves
+  by about 2 alpha (x_j - x_i) (at alpha = 0.5 they swap values), the sum kept. The paper's
+  workers consider an exchange once per communication period tau; here there is no period:
+  every step, with probability ``p`` (tau = 1).
 
 A worker that waits (for its own send, a reply, or the end) keeps answering the others, so no
 cycle of waiting workers can form. With the parameters on a GPU, messages go from and to device
-memory through a CUDA-aware MPI, else through pinned host buffers (``sync/wire.py``). Validation evaluates the average of the workers' models
-after all have reached the end of the epoch.
+memory through a CUDA-aware MPI, else through pinned host buffers (``sync/wire.py``).
+Validation evaluates the consensus model (GoSGD's weighted sum, Elastic Gossip's plain average;
+BatchNorm statistics, which are not gossiped, averaged plainly) after all have reached the end
+of the epoch.
 """
 import contextlib
 
@@ -22,7 +37,7 @@ import numpy as np
 from core.config import Key, register_section
 from core.registry import RULES
 from layers.backend import copy_into
-from sync.rule import SyncRule
+from sync.rule import SyncRule, through_host
 from sync.tags import (GOSSIP_PARAMS as PARAMS, GOSSIP_REPLY as REPLY,
                        GOSSIP_REQUEST as REQUEST, GOSSIP_WEIGHT as WEIGHT)
 from sync.wire import Wire
@@ -67,22 +82,30 @@ class Gossip(SyncRule):
                 comm.Probe(MPI.ANY_SOURCE, tag, status)
                 blocking = False
             source, any_ = status.Get_source(), True
-            params = self.model.params
             if self.variant == "gosgd":
-                weight = np.empty(1)
-                comm.Recv(weight, source=source, tag=WEIGHT)
-                comm.Recv(self.incoming, source=source, tag=PARAMS)
-                params *= self.weight / (self.weight + weight[0])
-                params += (weight[0] / (self.weight + weight[0])) * self.wire.where(
-                    self.incoming, params, "incoming here")
-                self.weight += float(weight[0])
-                self.received += 1
+                self._mix(source)
             else:
-                comm.Recv(self.incoming, source=source, tag=REQUEST)
-                comm.Send(self.wire.outgoing("answer", params), dest=source, tag=REPLY)
-                params -= self.alpha * (params - self.wire.where(self.incoming, params,
-                                                                 "incoming here"))
+                self._reply(source)
         return any_
+
+    def _mix(self, source):
+        """GoSGD's receiver: x_r <- (a_r x_r + a_s x_s) / (a_r + a_s), a_r <- a_r + a_s."""
+        comm, params, weight = self.workers, self.model.params, np.empty(1)
+        comm.Recv(weight, source=source, tag=WEIGHT)
+        comm.Recv(self.incoming, source=source, tag=PARAMS)
+        params *= self.weight / (self.weight + weight[0])
+        params += (weight[0] / (self.weight + weight[0])) * self.wire.where(
+            self.incoming, params, "incoming here")
+        self.weight += float(weight[0])
+        self.received += 1
+
+    def _reply(self, source):
+        """Elastic Gossip's responder: reply r = x_j, then x_j <- x_j + alpha (s - r)."""
+        comm, params = self.workers, self.model.params
+        comm.Recv(self.incoming, source=source, tag=REQUEST)
+        comm.Send(self.wire.outgoing("answer", params), dest=source, tag=REPLY)
+        sent = self.wire.where(self.incoming, params, "incoming here")
+        params += self.alpha * (sent - params)          # params is r until this line
 
     def _wait(self, request):
         """Complete ``request`` while answering the others."""
@@ -110,10 +133,11 @@ class Gossip(SyncRule):
         else:
             request = comm.Isend(self.outgoing, dest=peer, tag=REQUEST)
             reply = comm.Irecv(self.reply, source=peer, tag=REPLY)
-            self._wait(reply)
+            self._wait(reply)                 # answering others (and moving) meanwhile
             self._wait(request)
-            model.params -= self.alpha * (model.params - self.wire.where(self.reply, model.params,
-                                                                         "reply here"))
+            sent = self.wire.where(self.outgoing, model.params, "sent here")
+            model.params -= self.alpha * (sent - self.wire.where(self.reply, model.params,
+                                                                 "reply here"))
         self.exchanges += 1
 
     def quiesce(self):
@@ -146,6 +170,15 @@ class Gossip(SyncRule):
     def weights_sum(self):
         """Sum of the gosgd mixing weights over the workers (1 when nothing is in flight)."""
         return float(self.worker_sum([self.weight])[0])
+
+    def consensus(self, params):
+        """GoSGD: sum_i a_i x_i / sum_i a_i (module docstring); elastic: the plain mean."""
+        if self.variant != "gosgd" or self.num_workers == 1:
+            super().consensus(params)
+            return
+        from mpi4py import MPI
+        params *= params.dtype.type(self.weight / self.weights_sum())
+        through_host(params, lambda b: self.workers.Allreduce(MPI.IN_PLACE, b, op=MPI.SUM))
 
     @contextlib.contextmanager
     def evaluated(self, model):

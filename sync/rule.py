@@ -11,7 +11,9 @@ The loop calls, on a worker::
     rule.finish(model)
 
 and on a server rank ``rule.serve(model, optimizer, schedule, steps_per_epoch, save)``
-instead (rules with servers: ``sync/server.py``). ``workers`` is a communicator over the worker
+instead (rules with servers: ``sync/server.py``). Before any of it, the driver builds each
+rank's optimizer from ``rule.optimizer_section(cfg["optimizer"])`` (Downpour's servers, for
+one, take no weight decay). ``workers`` is a communicator over the worker
 ranks only (None in a single process); ``worker_rank`` / ``num_workers`` say which data shard a
 worker reads. ``allocate`` (for ``Model``) places the flat buffers where the rule exchanges
 them fastest.
@@ -61,6 +63,10 @@ class SyncRule:
     def servers_in(cls, cfg):
         """How many server ranks the rule runs with ``cfg`` (none: every rank a worker)."""
         return 0
+
+    def describe(self):
+        """A line for the start of the run on how the rule communicates, or None."""
+        return None
 
     def prepare(self, xp):
         """Check, once every rank has its device (arrays of ``xp``), what the rule needs of
@@ -116,6 +122,11 @@ class SyncRule:
             buffer *= buffer.dtype.type(1.0 / self.num_workers)
 
     # -- hooks ------------------------------------------------------------------------------
+    def optimizer_section(self, section):
+        """The optimizer settings this rank steps with, from the config's ``optimizer``
+        section (the same everywhere unless a rule says otherwise)."""
+        return section
+
     backward_hook = None    # on_ready(offset) for Model.backward: gradients final from offset
     def start(self, model):
         self.broadcast_from_first_worker(model)
@@ -137,10 +148,10 @@ class SyncRule:
 
     @contextlib.contextmanager
     def evaluated(self, model):
-        """Evaluate the average of the workers' models (parameters and BatchNorm statistics);
-        each worker's own model is restored afterwards."""
+        """Evaluate the model users care about: the workers' ``consensus`` (their average
+        here), BatchNorm statistics averaged; each worker's own model is restored afterwards."""
         saved = model.params.copy(), {k: v.copy() for k, v in model.state().items()}
-        self.average_over_workers(model.params)
+        self.consensus(model.params)
         for value in model.state().values():
             self.average_over_workers(value)
         try:
@@ -148,6 +159,11 @@ class SyncRule:
         finally:
             model.params[...] = saved[0]
             model.load_state(saved[1])
+
+    def consensus(self, params):
+        """Make ``params`` the parameters of the model users care about: the plain average
+        of the workers' here (collective over the workers)."""
+        self.average_over_workers(params)
 
     def finish(self, model):
         """The run is over on this worker."""

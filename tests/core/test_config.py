@@ -158,7 +158,8 @@ def test_wrong_type(tmp_path, text, key, allowed):
     ("avg_freq: 0\n", "avg_freq", "int >= 1"),
     ("lr_schedule:\n  warmup_epochs: -1\n", "lr_schedule.warmup_epochs", "number in [0, 1e+06]"),
     ("data:\n  noise: .nan\n", "data.noise", "float in [0, 1e+06]"),
-    ("eval_every: 0\n", "eval_every", "int >= 1"),
+    ("eval_every: 0\n", "eval_every", "float in (0, 1e+06]"),
+    ("slowdown:\n  factor: 0.5\n", "slowdown.factor", "float in [1, 1000]"),
 ])
 def test_out_of_range(tmp_path, text, key, allowed):
     msg = _error(tmp_path, text)

@@ -1,5 +1,6 @@
 """The training driver end to end: learning, NaN guard, config errors, exit codes."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -229,3 +230,38 @@ def test_the_gpu_s_lazy_steps_train_as_the_cpu_s_and_still_stop_on_a_nan(monkeyp
                                             r"step \d+"):
         train(load_config(None, settings + ["optimizer.lr=1e12", "optimizer.momentum=0",
                                             f"log.dir={tmp_path / 'nan'}"]))
+
+
+def test_fractional_eval_every_validates_within_epochs_and_times_training_apart(monkeypatch):
+    from engine import epochs
+    ticks = iter(range(10 ** 6))                  # a clock that advances one second a call
+    monkeypatch.setattr(epochs, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    result = train(load_config(None, TINY + ["epochs=2", "eval_every=0.25"]))
+    history = result["history"]
+    steps = [h["step"] for h in history]
+    assert steps == [4, 8, 12, 16, 20, 24, 28, 32]   # 16 steps an epoch: every 4, then the end
+    assert [h["epoch"] for h in history] == [1, 1, 1, 1, 2, 2, 2, 2]
+    for before, after in zip(history, history[1:]):
+        assert after["train_time"] > before["train_time"] and after["time"] > after["train_time"]
+    validating = [h["time"] - h["train_time"] for h in history]
+    assert validating == sorted(validating) and validating[0] > 0   # validations left out
+
+
+@pytest.mark.parametrize("rank, factor, slept", [(0, 3.0, True), (None, 3.0, False)])
+def test_a_slowed_rank_sleeps_factor_minus_one_times_each_step(monkeypatch, rank, factor,
+                                                               slept):
+    from engine import epochs
+    naps, ticks = [], iter(range(10 ** 6))        # a clock that advances one second a call
+    monkeypatch.setattr(epochs, "time", SimpleNamespace(        # the driver's clock only
+        sleep=naps.append, perf_counter=lambda: float(next(ticks))))
+    cfg = load_config(None, TINY + ["max_steps=5", f"slowdown.factor={factor}"] +
+                      ([f"slowdown.rank={rank}"] if rank is not None else []))
+    train(cfg)
+    assert len(naps) == (5 if slept else 0)
+    # (factor - 1) x the step's whole seconds on this clock: even, at least 2 s
+    assert all(n >= 2 and n % (factor - 1) == 0 for n in naps), naps
+
+
+def test_slowing_a_rank_the_job_does_not_have_is_refused():
+    with pytest.raises(ConfigError, match=r"slowdown.rank: 1, but this job has 1 rank\(s\)"):
+        train(load_config(None, TINY + ["slowdown.rank=1"]))

@@ -1,68 +1,110 @@
 """``python tests/sync/save_params.py OUT [--set k=v ...]``: train (under mpiexec or not) and
 save what each rank ends with: OUT.<rank>.npy (its parameters: a worker's own, a server's
-center or shard) and OUT.<rank>.json (role, final metrics, the rule's counters).
+center or shard) and OUT.<rank>.json (role, final metrics, the rule's counters, steps
+skipped, a gossip worker's mixing weight).
 
 Fault injection for tests: ``--rank-set R:k=v`` applies an override on rank R only;
 ``--fail R:S`` raises an error on rank R at its step S; ``--die R:S`` kills rank R (SIGKILL)
 at its step S; ``--slow R:T`` makes rank R sleep T seconds every step (a straggler);
-``--hang R:S`` makes rank R compute forever from its step S."""
+``--hang R:S`` makes rank R compute forever from its step S; ``--nan R:S`` makes rank R's
+gradient NaN at its step S (before the rule sees it).
+
+``--displacements``: each worker also saves OUT.<rank>.moves.npz, the sum over its steps of
+what its own optimizer step moved its parameters (``displacement``) and the same sum with
+each step weighted by the rule's mixing weight ``a_i`` at that step (``weighted``, gossip)."""
 import argparse
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import engine.train                     # noqa: E402
 from core.config import load_config   # noqa: E402
 from layers.backend import to_host          # noqa: E402
 from engine.train import train          # noqa: E402
 from sync.comm import leave, world      # noqa: E402
 
-if __name__ == "__main__":
+FAULTS = ("fail", "die", "slow", "hang", "nan")
+
+
+def inject_faults(mine, rank):
+    """Wrap the rule this rank builds with the faults ``mine`` ({name: value}) asks for."""
+    build = engine.train.build_rule
+
+    def build_faulty(world_, cfg):
+        rule = build(world_, cfg)
+        after_update, after_backward = rule.after_update, rule.after_backward
+
+        def faulty(model, step):
+            if step == mine.get("fail"):
+                raise RuntimeError(f"injected failure on rank {rank} at step {step}")
+            if step == mine.get("die"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if step == mine.get("hang"):
+                with rule.log.phase("compute"):
+                    time.sleep(3600)
+            time.sleep(mine.get("slow", 0))
+            after_update(model, step)
+
+        def poisoned(model, step):
+            if step == mine.get("nan"):
+                model.grads[0] = np.nan
+            after_backward(model, step)
+        rule.after_update, rule.after_backward = faulty, poisoned
+        return rule
+    engine.train.build_rule = build_faulty
+
+
+def record_displacements():
+    """Have every optimizer step add what it moved to ``moves`` (and times the rule's mixing
+    weight, where it has one, to ``moves['weighted']``); returns ``moves``."""
+    moves, build_rule, build_optimizer = {}, engine.train.build_rule, engine.train.build_optimizer
+
+    def remember_rule(world_, cfg):
+        moves["rule"] = build_rule(world_, cfg)
+        return moves["rule"]
+
+    def recording(section):
+        optimizer = build_optimizer(section)
+        step = optimizer.step
+
+        def recorded(params, grads, lr):
+            before = to_host(params).copy()
+            step(params, grads, lr)
+            moved = to_host(params) - before
+            weight = getattr(moves["rule"], "weight", 1.0)
+            for key, value in (("displacement", moved), ("weighted", weight * moved)):
+                moves[key] = moves.get(key, 0) + value
+        optimizer.step = recorded
+        return optimizer
+    engine.train.build_rule, engine.train.build_optimizer = remember_rule, recording
+    return moves
+
+
+def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--config", default=None, help="a config file (default: none)")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--rank-set", action="append", default=[])
-    parser.add_argument("--fail", default=None)
-    parser.add_argument("--die", default=None)
-    parser.add_argument("--slow", default=None)
-    parser.add_argument("--hang", default=None)
+    for name in FAULTS:
+        parser.add_argument(f"--{name}", default=None)
+    parser.add_argument("--displacements", action="store_true")
     args = parser.parse_args()
     w = world()
     overrides = args.set + [s.split(":", 1)[1] for s in args.rank_set
                             if int(s.split(":", 1)[0]) == w.rank]
-    faults = {name: value.split(":") for name, value in
-              (("fail", args.fail), ("die", args.die), ("slow", args.slow),
-               ("hang", args.hang)) if value}
+    faults = {name: getattr(args, name).split(":") for name in FAULTS if getattr(args, name)}
     mine = {name: float(v[1]) for name, v in faults.items() if int(v[0]) == w.rank}
     if mine:
-        import os
-        import signal
-        import time
-
-        import engine.train
-        build = engine.train.build_rule
-
-        def build_faulty(world_, cfg):
-            rule, after_update = build(world_, cfg), None
-
-            def faulty(model, step):
-                if step == mine.get("fail"):
-                    raise RuntimeError(f"injected failure on rank {w.rank} at step {step}")
-                if step == mine.get("die"):
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if step == mine.get("hang"):
-                    with rule.log.phase("compute"):
-                        time.sleep(3600)
-                time.sleep(mine.get("slow", 0))
-                after_update(model, step)
-            rule.after_update, after_update = faulty, rule.after_update
-            return rule
-        engine.train.build_rule = build_faulty
-    import time
+        inject_faults(mine, w.rank)
+    moves = record_displacements() if args.displacements else None
     tick = time.perf_counter()
     result = train(load_config(args.config, overrides), world=w)
     seconds = time.perf_counter() - tick
@@ -70,7 +112,8 @@ if __name__ == "__main__":
     np.save(f"{args.out}.{w.rank}.npy", to_host(result["model"].params))   # also from a GPU
     summary = {"role": result["role"], "top1": result.get("top1"), "seconds": seconds,
                "exchanges": getattr(rule, "exchanges", None),
-               "dropped": getattr(rule, "dropped", [])}     # server rules drop workers
+               "dropped": getattr(rule, "dropped", []),     # server rules drop workers
+               "skipped": result.get("skipped_steps")}
     if hasattr(rule, "exchange"):             # BSP: how its buffer was averaged
         model = result["model"]
         buffer = model.grads if rule.avg_freq == 1 else model.params
@@ -78,5 +121,13 @@ if __name__ == "__main__":
         summary["shared"] = rule.exchange.in_shared_memory(buffer)
     if hasattr(rule, "weights_sum"):
         summary["weights_sum"] = rule.weights_sum()
+        summary["weight"] = rule.weight
+    if moves and "displacement" in moves:
+        np.savez(f"{args.out}.{w.rank}.moves.npz", displacement=moves["displacement"],
+                 weighted=moves["weighted"])
     Path(f"{args.out}.{w.rank}.json").write_text(json.dumps(summary))
     leave(0)
+
+
+if __name__ == "__main__":
+    main()
