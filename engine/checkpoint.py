@@ -10,7 +10,8 @@ checkpoint without a manifest (a kill or a full disk during the write) is ignore
 before it is still whole. A rank's file holds its parameters, BatchNorm statistics, optimizer
 state, the sync rule's state (an EASGD center or a Downpour shard is a server's parameters; its
 Adagrad sums are its optimizer state), the position in the data (the step: the loader's order
-and augmentation are functions of the seed, epoch and batch) and the dropout generators.
+and augmentation are functions of the seed, epoch and batch), the dropout generators and the
+run's clock (seconds so far, and those spent validating), so that a resumed run's times go on.
 
 ``fingerprint(cfg, world, model, rule)`` lists what a resumed run must not change (model, parameter
 count, ranks, workers, sync rule, dtype); the learning rate or the epochs may change.
@@ -62,7 +63,8 @@ def rank_state(model, optimizer, rule, progress):
     arrays.update({f"rule/{k}": v for k, v in rule.state_dict().items()})
     arrays = {key: to_host(value) for key, value in arrays.items()}   # GPU arrays copied
     values = {"step": progress.step, "last_finite": progress.last_finite,
-              "skipped": progress.skipped,
+              "skipped": progress.skipped, "elapsed": progress.clock(),
+              "validating": progress.validating,
               "optimizer": {"name": optimizer_state["name"], "steps": optimizer_state["steps"]},
               "dropout": [layer.rng.bit_generator.state for layer in model.leaves()
                           if hasattr(layer, "reseed")]}
@@ -78,6 +80,9 @@ def restore(model, optimizer, rule, progress, arrays, values):
                           if k.startswith("rule/")})
     progress.step, progress.last_finite = values["step"], values["last_finite"]
     progress.skipped = values["skipped"]
+    # the run's clock goes on from the checkpoint (0 for checkpoints from before 2026-12-06)
+    progress.elapsed = values.get("elapsed", 0.0)
+    progress.validating = values.get("validating", 0.0)
     dropouts = [layer for layer in model.leaves() if hasattr(layer, "reseed")]
     for layer, state in zip(dropouts, values["dropout"]):
         layer.rng.bit_generator.state = state
@@ -211,7 +216,14 @@ class Checkpoints:
         the rule brings in its servers)."""
         if not self.due(epoch, last):
             return None
-        folder = self.root / f"step-{self.progress.step:08d}"
+        return self.save(epoch, say)
+
+    def save(self, epoch, say, name_step=None):
+        """Save a checkpoint now, into ``step-<name_step>`` (default: this worker's step; a
+        stop of asynchronous workers names it by the first worker's); returns its folder on
+        the first worker when it is whole, else None."""
+        step = self.progress.step if name_step is None else name_step
+        folder = self.root / f"step-{step:08d}"
         failures = self.rule.save_checkpoint(folder, self.write_own)
         self.last_time = time.monotonic()
         if self.rule.worker_rank != 0:

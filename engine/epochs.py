@@ -19,6 +19,7 @@ A non-finite loss or gradient stops the run naming the step (``on_nonfinite: sto
 the step with the batch's BatchNorm statistics dropped (``skip``); non-finite parameters always
 stop it. The time of each phase goes to the run log; the display shows progress.
 """
+import os
 import time
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from core.device import feed
 from core.metrics import topk_correct
 from engine.checkpoint import export_weights
+from engine.stopping import NAMES, resume_command
 
 
 class NonFiniteLoss(RuntimeError):
@@ -42,6 +44,11 @@ class Progress:
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.step, self.last_finite, self.skipped = 0, None, 0
         self.elapsed = self.validating = 0.0
+        self.origin = None        # perf_counter() at the run's start, this session's count
+
+    def clock(self):
+        """Seconds of the run so far, earlier sessions included (for checkpoints)."""
+        return self.elapsed if self.origin is None else time.perf_counter() - self.origin
 
     def eval_steps(self, eval_every):
         """Steps between validations for ``eval_every`` epochs (at least one)."""
@@ -65,15 +72,39 @@ def evaluate(model, loader, rule):
     return {"loss": loss / n, "top1": correct1 / n, "top5": correct5 / n}
 
 
+class Stopping(Exception):
+    """The workers agreed to stop after this step (a stop signal, engine/stopping.py):
+    ``code`` is the exit status, ``step`` the step that names the checkpoint."""
+
+    def __init__(self, code, step):
+        super().__init__(f"stopping with status {code} at step {step}")
+        self.code, self.step = code, step
+
+
+def check_stop(run, collective=None):
+    """Raise ``Stopping`` if the workers stop here: at a step boundary (``collective`` None)
+    or, before a collective of the workers (True/False: whether one follows), at their
+    meeting (sync/stop.py)."""
+    agreement, code, step = run.rule.stop, run.signals.code, run.progress.step
+    stop = agreement.boundary(code, step) if collective is None else \
+        agreement.meet(code, step, collective)
+    if stop[0]:
+        raise Stopping(*stop)
+
+
 def run_epochs(run):
     """A worker's training from where ``run.progress`` is to the end: epochs, validations,
-    checkpoints, the rule's finish and the exported weights; returns the validation history."""
+    checkpoints, the rule's finish and the exported weights; returns the validation history
+    (and on a stop signal, the stop: ``stop_run``)."""
     progress, rule, cfg = run.progress, run.rule, run.cfg
-    history, start = [], time.perf_counter() - progress.elapsed
+    history = []
+    start = progress.origin = time.perf_counter() - progress.elapsed
     every = progress.eval_steps(cfg["eval_every"])
+    minutes = bool(cfg["checkpoint"]["every_minutes"])
 
     def due(epoch):           # after a step: validate if one is due (never after the last)
         if progress.step % every == 0 and progress.step < progress.total_steps:
+            check_stop(run, collective=rule.synchronous)
             validate(run, epoch, history, start)
     with np.errstate(over="ignore", invalid="ignore"):   # a non-finite loss is reported
         epoch = max(1, -(-progress.step // progress.steps_per_epoch))   # a finished run's last
@@ -89,7 +120,10 @@ def run_epochs(run):
                 if end_of_epoch:
                     due(epoch)
                 if end_of_epoch or last:
+                    check_stop(run, collective=rule.synchronous or minutes)
                     run.checkpoints.maybe_save(epoch, run.display.message, last=last)
+        except Stopping as stop:
+            return stop_run(run, stop, epoch, history)
         finally:
             batches.close()
         rule.finish(run.model)
@@ -98,6 +132,26 @@ def run_epochs(run):
         with rule.evaluated(run.model):          # the model users care about
             if rule.reports:
                 export_weights(run.folder / "weights.hkl", run.model)
+    return history
+
+
+def stop_run(run, stop, epoch, history):
+    """The workers stop: a checkpoint named by ``stop.step`` (written even where checkpoints
+    are off), the rule's finish, every worker waiting for the others, then one line on the
+    first worker with the checkpoint and the command that resumes the run."""
+    rule, progress = run.rule, run.progress
+    folder = run.checkpoints.save(epoch, run.display.message, name_step=stop.step)
+    rule.finish(run.model)
+    rule.stop.end()
+    run.stopped = stop.code
+    if rule.reports:
+        where = f"checkpoint {folder}" if folder else \
+            "its checkpoint could not be written (see above)"
+        command = resume_command(run.folder, launcher=os.environ.get("PT_LAUNCH"),
+                                 ranks=run.world.size)
+        run.display.message(f"stopped by {NAMES[stop.code]} after step {progress.step} of "
+                            f"{progress.total_steps} (epoch {epoch}); {where}; resume with: "
+                            f"{command}")
     return history
 
 
@@ -127,25 +181,27 @@ def train_epoch(run, batches, epoch, due=lambda epoch: None):
     display.start_epoch(epoch, progress.steps_per_epoch)
     end = min(epoch * progress.steps_per_epoch, progress.total_steps)
     slow = slowdown(run)
-    while progress.step < end:
-        with log.phase("data") as waited:
-            x, y = next(batches)
-        lr = run.schedule.lr_at(progress.step / progress.steps_per_epoch)
-        lazy, tick = reads_lazily(run), time.perf_counter()
-        loss = device_step(run, x, y, lr, epoch) if lazy else step(run, x, y, lr, epoch)
-        if slow:
-            time.sleep(slow * (time.perf_counter() - tick))
-        if progress.step < end:
-            due(epoch)
-        if loss is None:                      # skipped: a non-finite loss or gradient
-            continue
-        if lazy and read_now(run, end):
-            loss = read_loss(run, loss, epoch)
-        display.step(epoch, progress.step, loss, lr, len(x), waited.seconds)
-        if progress.step % log.every == 0:
-            log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,
-                      "images": len(x) * log.every})
-    display.end_epoch()
+    try:
+        while progress.step < end:
+            with log.phase("data") as waited:
+                x, y = next(batches)
+            lr = run.schedule.lr_at(progress.step / progress.steps_per_epoch)
+            lazy, tick = reads_lazily(run), time.perf_counter()
+            loss = device_step(run, x, y, lr, epoch) if lazy else step(run, x, y, lr, epoch)
+            if slow:
+                time.sleep(slow * (time.perf_counter() - tick))
+            if loss is not None:              # None: skipped (a non-finite loss or gradient)
+                if lazy and read_now(run, end):
+                    loss = read_loss(run, loss, epoch)
+                display.step(epoch, progress.step, loss, lr, len(x), waited.seconds)
+                if progress.step % log.every == 0:
+                    log.step({"step": progress.step, "epoch": epoch, "loss": loss, "lr": lr,
+                              "images": len(x) * log.every})
+            check_stop(run)
+            if progress.step < end:
+                due(epoch)
+    finally:
+        display.end_epoch()
 
 
 def slowdown(run):

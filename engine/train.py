@@ -31,6 +31,7 @@ from engine.checkpoint import CheckpointError, Checkpoints
 from engine.epochs import NonFiniteLoss, Progress, all_finite, run_epochs   # noqa: F401
 from engine.progress import ProgressDisplay
 from engine.runlog import RunLog, run_folder
+from engine.stopping import StopSignals
 from engine.version import source_fingerprint
 from engine.watchdog import Watchdog
 from layers import backend, parallel
@@ -96,6 +97,7 @@ class Run:
 
     def __init__(self, cfg, world, out=None):
         self.cfg, self.world, self.out = cfg, world, out or sys.stdout
+        self.stopped = 0                  # the exit status a stop signal asked for (130, 143)
         built, problem = attempt(self._rule_and_data)
         agree(world, problem)
         self.rule, self.threads, self.xp, self.data = built
@@ -227,7 +229,9 @@ class Run:
         self.checkpoints = Checkpoints(self.cfg, self.world, self.rule, self.model,
                                        self.optimizer, self.progress, self.folder)
         resumed = self.checkpoints.resume(self.display.message)
+        self.log.origin -= self.progress.elapsed        # a resumed run's clock goes on
         watchdog = self._watchdog()
+        self.signals = self.rule.signals = StopSignals().install()
         try:
             if self.rule.is_server:
                 self.rule.serve(self.model, self.optimizer, self.schedule,
@@ -236,6 +240,7 @@ class Run:
                         "folder": self.folder}
             history = run_epochs(self)
         finally:
+            self.signals.uninstall()
             if watchdog is not None:
                 watchdog.stop()
             self.log.close()
@@ -253,7 +258,10 @@ class Run:
         progress = self.progress
         final = dict(history[-1] if history else {}, skipped_steps=progress.skipped,
                      history=history, model=self.model, rule=self.rule, role="worker",
-                     folder=self.folder, resumed_from=resumed)
+                     folder=self.folder, resumed_from=resumed, stopped=self.stopped,
+                     step=progress.step)
+        if self.stopped:
+            return final
         if history:
             self.display.message(f"final: top1 {final['top1']:.4f} top5 {final['top5']:.4f} "
                                  f"after {progress.step} steps, {final['time']:.1f} s, "
@@ -291,7 +299,7 @@ def main(argv=None):
         if args.check:
             check(cfg)
         else:
-            train(cfg)
+            return train(cfg).get("stopped", 0)   # 130 or 143 after a stop signal
     except Exception as err:              # noqa: BLE001  (every known failure has its status)
         return failed(err, cfg)
     return 0

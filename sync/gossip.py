@@ -107,6 +107,11 @@ class Gossip(SyncRule):
         sent = self.wire.where(self.incoming, params, "incoming here")
         params += self.alpha * (sent - params)          # params is r until this line
 
+    def while_waiting(self):
+        """Answer the others while waiting for them to meet (a peer may wait for a reply)."""
+        if getattr(self, "model", None) is not None:
+            self._answer()
+
     def _wait(self, request):
         """Complete ``request`` while answering the others."""
         while not request.Test():

@@ -27,6 +27,7 @@ import contextlib
 import numpy as np
 
 from layers.backend import copy_into, on_device, to_host
+from sync.stop import StopAgreement
 
 
 def through_host(buffer, call):
@@ -44,6 +45,8 @@ class SyncRule:
     name = None
     period = None           # the setting that says how often it exchanges (for messages)
     log = None              # the run's RunLog (engine/runlog.py), set by the driver
+    signals = None          # the run's StopSignals (engine/stopping.py), set by the driver
+    lockstep = False        # every worker takes each step with the others (BSP)
 
     def __init__(self, world, cfg):
         self.world, self.cfg = world, cfg
@@ -58,6 +61,7 @@ class SyncRule:
         self.workers = None
         if world.comm is not None:
             self.workers = world.comm.Split(0 if self.is_server else 1, world.rank)
+        self.stop = StopAgreement(self, self.lockstep)   # where the workers stop (a signal)
 
     @classmethod
     def servers_in(cls, cfg):
@@ -167,6 +171,10 @@ class SyncRule:
 
     def finish(self, model):
         """The run is over on this worker."""
+
+    def while_waiting(self):
+        """Called while a worker waits for the others to meet (sync/stop.py): answer what
+        they may be waiting for (gossip's requests); nothing here."""
 
     def serve(self, model, optimizer, schedule, steps_per_epoch, save):
         """A server rank's whole run (rules with servers); ``save(folder)`` writes this rank's

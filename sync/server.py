@@ -97,6 +97,8 @@ class ServerRule(SyncRule):
         heard = dict.fromkeys(active, time.monotonic())
         final_to = None
         while active:
+            if self.signals is not None and self.signals.code:
+                self.stop.on_server(self.signals.code)   # the first worker hears of it
             try:
                 arrived = probe_sleeping(comm, status, timeout=1.0)
             except MPI.Exception:

@@ -7,7 +7,10 @@ Fault injection for tests: ``--rank-set R:k=v`` applies an override on rank R on
 ``--fail R:S`` raises an error on rank R at its step S; ``--die R:S`` kills rank R (SIGKILL)
 at its step S; ``--slow R:T`` makes rank R sleep T seconds every step (a straggler);
 ``--hang R:S`` makes rank R compute forever from its step S; ``--nan R:S`` makes rank R's
-gradient NaN at its step S (before the rule sees it).
+gradient NaN at its step S (before the rule sees it); ``--signal R:S:NAME`` has rank R send
+itself signal NAME (SIGINT, SIGTERM, ...) after its step S (a server: as it serves its S-th
+message); ``--signal-saving R:NAME`` has rank R send itself NAME while it writes a checkpoint
+file after a stop signal. A run a stop signal ended exits with the status it asked for.
 
 ``--displacements``: each worker also saves OUT.<rank>.moves.npz, the sum over its steps of
 what its own optimizer step moved its parameters (``displacement``) and the same sum with
@@ -30,7 +33,7 @@ from layers.backend import to_host          # noqa: E402
 from engine.train import train          # noqa: E402
 from sync.comm import leave, world      # noqa: E402
 
-FAULTS = ("fail", "die", "slow", "hang", "nan")
+FAULTS = ("fail", "die", "slow", "hang", "nan", "signal", "signal_saving")
 
 
 def inject_faults(mine, rank):
@@ -51,14 +54,41 @@ def inject_faults(mine, rank):
                     time.sleep(3600)
             time.sleep(mine.get("slow", 0))
             after_update(model, step)
+            if step == mine.get("signal", (None,))[0]:
+                os.kill(os.getpid(), signal.Signals[mine["signal"][1]])
 
         def poisoned(model, step):
             if step == mine.get("nan"):
                 model.grads[0] = np.nan
             after_backward(model, step)
         rule.after_update, rule.after_backward = faulty, poisoned
+        if rule.is_server and "signal" in mine:       # a server counts the messages it serves
+            serve_one, served = rule._serve_one, []
+
+            def serving(*args):
+                served.append(1)
+                if len(served) == mine["signal"][0]:
+                    os.kill(os.getpid(), signal.Signals[mine["signal"][1]])
+                return serve_one(*args)
+            rule._serve_one = serving
         return rule
     engine.train.build_rule = build_faulty
+
+
+def signal_while_saving(name):
+    """Once a stop signal has been received (the handlers are back to the default), send
+    this process ``name`` in the middle of writing a checkpoint file: after its temporary
+    file is written, before it is renamed."""
+    import engine.checkpoint
+    atomically = engine.checkpoint._write_atomically
+
+    def interrupted(path, write):
+        def write_then_signal(temporary):
+            write(temporary)
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                os.kill(os.getpid(), signal.Signals[name])
+        return atomically(path, write_then_signal)
+    engine.checkpoint._write_atomically = interrupted
 
 
 def record_displacements():
@@ -94,14 +124,17 @@ def main():
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--rank-set", action="append", default=[])
     for name in FAULTS:
-        parser.add_argument(f"--{name}", default=None)
+        parser.add_argument(f"--{name.replace('_', '-')}", default=None)
     parser.add_argument("--displacements", action="store_true")
     args = parser.parse_args()
     w = world()
     overrides = args.set + [s.split(":", 1)[1] for s in args.rank_set
                             if int(s.split(":", 1)[0]) == w.rank]
     faults = {name: getattr(args, name).split(":") for name in FAULTS if getattr(args, name)}
-    mine = {name: float(v[1]) for name, v in faults.items() if int(v[0]) == w.rank}
+    mine = {name: (int(v[1]), v[2]) if name == "signal" else float(v[1])
+            for name, v in faults.items() if int(v[0]) == w.rank and name != "signal_saving"}
+    if "signal_saving" in faults and int(faults["signal_saving"][0]) == w.rank:
+        signal_while_saving(faults["signal_saving"][1])
     if mine:
         inject_faults(mine, w.rank)
     moves = record_displacements() if args.displacements else None
@@ -125,8 +158,9 @@ def main():
     if moves and "displacement" in moves:
         np.savez(f"{args.out}.{w.rank}.moves.npz", displacement=moves["displacement"],
                  weighted=moves["weighted"])
+    summary["stopped"] = result.get("stopped", 0)
     Path(f"{args.out}.{w.rank}.json").write_text(json.dumps(summary))
-    leave(0)
+    sys.exit(leave(summary["stopped"]))
 
 
 if __name__ == "__main__":
