@@ -86,8 +86,9 @@ def check_stop(run, collective=None):
     or, before a collective of the workers (True/False: whether one follows), at their
     meeting (sync/stop.py)."""
     agreement, code, step = run.rule.stop, run.signals.code, run.progress.step
-    stop = agreement.boundary(code, step) if collective is None else \
-        agreement.meet(code, step, collective)
+    with run.log.phase("exchange"):           # a wait for the others: the watchdog's to see
+        stop = agreement.boundary(code, step) if collective is None else \
+            agreement.meet(code, step, collective)
     if stop[0]:
         raise Stopping(*stop)
 

@@ -113,6 +113,16 @@ def fault_tolerant():
     return os.environ.get("OMPI_MCA_mpi_ft_enable") == "1"
 
 
+def failed_ranks(comm):
+    """Ranks of ``comm`` whose processes failed (ULFM), acknowledged so that receives from
+    any source work again."""
+    from mpi4py import MPI
+    comm.Ack_failed()
+    failed = comm.Get_failed()
+    ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), comm.Get_group())
+    return [r for r in ranks if r != MPI.UNDEFINED]
+
+
 def leave(code):
     """End the process with ``code``. Under ULFM after a rank died, ``MPI_Finalize`` can wait
     forever for it, so a fault-tolerant run skips it: output is flushed and the process

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import Key, register_section
+from sync.comm import failed_ranks
 from sync.dropped import DropListener
 from sync.rule import SyncRule
 from sync.tags import CHECKPOINT, DONE, DONE_FETCH, DROPPED, FETCH, SAVED, VALUES
@@ -40,16 +41,6 @@ def probe_sleeping(comm, status, timeout):
         time.sleep(pause)
         pause = min(IDLE_SLEEP, pause * 2 + 1e-5)
     return True
-
-
-def failed_ranks(comm):
-    """Ranks of ``comm`` whose processes failed (ULFM), acknowledged so that receives from
-    any source work again."""
-    from mpi4py import MPI
-    comm.Ack_failed()
-    failed = comm.Get_failed()
-    ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), comm.Get_group())
-    return [r for r in ranks if r != MPI.UNDEFINED]
 
 
 def warn(message):

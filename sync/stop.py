@@ -15,12 +15,14 @@ agree on, and the step that names the checkpoint they write.
   another will not.
 
 The messages are a few bytes, sent with blocking sends that complete at once; ``end``
-receives what is left before the process ends.
+receives what is left before the process ends. Under ULFM (``mpiexec --with-ft ulfm``) a
+worker whose process died is acknowledged and left out, as the servers leave it out.
 """
 import time
 
 import numpy as np
 
+from sync.comm import failed_ranks
 from sync.tags import ARRIVE, STOP, STOP_NOW
 
 POLL = 1e-3           # seconds between polls while meeting
@@ -36,23 +38,45 @@ class StopAgreement:
         self.told = False                     # this rank has sent its STOP
         self.pending = 0                      # a request the first worker has not acted on
         self.early = {}                       # step -> ARRIVEs heard for that meeting
+        self.lost = set()                     # world ranks whose processes died (ULFM)
 
     def _others(self):
         """World ranks of the other workers."""
         mine = self.rule.world.rank
-        return [r for r in range(self.first, self.rule.world.size) if r != mine]
+        return [r for r in range(self.first, self.rule.world.size)
+                if r != mine and r not in self.lost]
+
+    def _send(self, values, dest, tag):
+        """Send a few int64s, unless ``dest`` died (it is then left out)."""
+        from mpi4py import MPI
+        try:
+            self.comm.Send(np.array(values, np.int64), dest=dest, tag=tag)
+        except MPI.Exception:
+            self._acknowledge()
+
+    def _acknowledge(self):
+        """After MPI reported a dead process: acknowledge it (receives from any source work
+        again) and leave it out."""
+        self.lost.update(failed_ranks(self.comm))
 
     def _tell_first(self, code):
         """A rank other than the first worker passes its request on, once."""
         if code and not self.told and self.comm is not None:
-            self.comm.Send(np.array([code], np.int64), dest=self.first, tag=STOP)
+            self._send([code], self.first, STOP)
             self.told = True
 
     def _heard(self, tag, count):
         """The first pending message with ``tag`` (``count`` int64s), or None."""
         from mpi4py import MPI
         status = MPI.Status()
-        if not self.comm.Iprobe(MPI.ANY_SOURCE, tag, status):
+        try:
+            arrived = self.comm.Iprobe(MPI.ANY_SOURCE, tag, status)
+        except MPI.Exception as err:
+            if err.Get_error_class() not in (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING):
+                raise
+            self._acknowledge()
+            arrived = self.comm.Iprobe(MPI.ANY_SOURCE, tag, status)
+        if not arrived:
             return None
         message = np.empty(count, np.int64)
         self.comm.Recv(message, source=status.Get_source(), tag=tag)
@@ -80,7 +104,7 @@ class StopAgreement:
         if not code:
             return 0, None
         for rank in self._others():
-            self.comm.Send(np.array([code, step], np.int64), dest=rank, tag=STOP_NOW)
+            self._send([code, step], rank, STOP_NOW)
         return code, step
 
     def meet(self, code, step, collective=True):
@@ -90,10 +114,9 @@ class StopAgreement:
         if (stop[0] or not collective or self.lockstep or self.rule.num_workers == 1
                 or self.comm is None):
             return stop
-        others = self._others()
-        for rank in others:
-            self.comm.Send(np.array([step], np.int64), dest=rank, tag=ARRIVE)
-        while self.early.get(step, 0) < len(others):
+        for rank in self._others():
+            self._send([step], rank, ARRIVE)
+        while self.early.get(step, 0) < len(self._others()):     # a dead worker drops out
             heard = self._heard(ARRIVE, 1)
             if heard is not None:         # a worker already at a later meeting counts there
                 self.early[int(heard[0])] = self.early.get(int(heard[0]), 0) + 1
