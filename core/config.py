@@ -202,6 +202,7 @@ SCHEMA = {
         "hostfile": Key("str", None, nullable=True, path=True),   # null: this machine only
         "interface": Key("str", None, nullable=True),   # MPI's network: eth1 or 10.0.0.0/24
         "agent": Key("str", "ssh"),               # starts ranks on other hosts (plm_ssh_agent)
+        "requeue": Key("bool", False),            # Slurm: requeue the job on its warning signal
     },
 }
 

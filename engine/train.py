@@ -95,8 +95,9 @@ class Run:
     """One rank's run, from setup to the end: what the driver holds (config, world, rule,
     data, model, optimizer, schedule, progress, log, display, checkpoints) in one place."""
 
-    def __init__(self, cfg, world, out=None):
+    def __init__(self, cfg, world, out=None, signals=None):
         self.cfg, self.world, self.out = cfg, world, out or sys.stdout
+        self.signals = signals or StopSignals()   # the stop signals (train installs them)
         self.stopped = 0                  # the exit status a stop signal asked for (130, 143)
         built, problem = attempt(self._rule_and_data)
         agree(world, problem)
@@ -231,7 +232,7 @@ class Run:
         resumed = self.checkpoints.resume(self.display.message)
         self.log.origin -= self.progress.elapsed        # a resumed run's clock goes on
         watchdog = self._watchdog()
-        self.signals = self.rule.signals = StopSignals().install()
+        self.rule.signals = self.signals
         try:
             if self.rule.is_server:
                 self.rule.serve(self.model, self.optimizer, self.schedule,
@@ -240,7 +241,6 @@ class Run:
                         "folder": self.folder}
             history = run_epochs(self)
         finally:
-            self.signals.uninstall()
             if watchdog is not None:
                 watchdog.stop()
             self.log.close()
@@ -273,9 +273,13 @@ def train(cfg, out=None, world=None):
     """Run this rank's part of the job described by the resolved config ``cfg``; returns the
     final metrics (on the workers that evaluate) with the trained ``model``, the ``rule`` and
     the run ``folder``."""
-    world = world or mpi_world()
-    install_abort_hook(world)
-    return Run(cfg, world, out).execute()
+    signals = StopSignals().install()     # first: a signal during set-up stops at step 1
+    try:
+        world = world or mpi_world()
+        install_abort_hook(world)
+        return Run(cfg, world, out, signals).execute()
+    finally:
+        signals.uninstall()
 
 
 def check(cfg):

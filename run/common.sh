@@ -79,16 +79,14 @@ run_job() {   # run_job COMMAND...: run the job, relaying stop signals; exits wi
     # SIGUSR2, the first SIGTERM or SIGUSR1 (Slurm's warning) as SIGUSR1: mpiexec forwards
     # those to every rank, which stop at the next step boundary with a checkpoint
     # (engine/stopping.py). A second SIGINT or SIGTERM ends the job at once.
-    local pid code=0
-    STOPPING=""
-    if command -v setsid >/dev/null; then setsid "$@" & else "$@" & fi
-    pid=$!
+    local pid="" code=0
+    STOPPING=${STOPPING:-}           # a signal the caller's own trap recorded earlier
     relay() {   # relay NAME SIGNAL_FOR_MPIEXEC
         if [ -z "$STOPPING" ]; then
             STOPPING=$1
             echo "launcher: $1: every rank stops at the next step boundary and saves a" \
                  "checkpoint ($1 again: stop at once)" >&2
-            kill -"$2" "$pid" 2>/dev/null || true
+            [ -z "$pid" ] || kill -"$2" "$pid" 2>/dev/null || true
         else
             echo "launcher: $1 again: ending the job now, without a checkpoint" >&2
             kill -TERM "$pid" 2>/dev/null || true
@@ -97,6 +95,13 @@ run_job() {   # run_job COMMAND...: run the job, relaying stop signals; exits wi
     trap 'relay SIGINT USR2' INT
     trap 'relay SIGTERM USR1' TERM
     trap 'relay SIGUSR1 USR1' USR1
+    if [ -n "$STOPPING" ]; then      # before the job started: nothing to save
+        echo "launcher: $STOPPING before the job started; not starting it" >&2
+        trap - INT TERM USR1
+        case "$STOPPING" in SIGINT) return 130 ;; *) return 143 ;; esac
+    fi
+    if command -v setsid >/dev/null; then setsid "$@" & else "$@" & fi
+    pid=$!
     while kill -0 "$pid" 2>/dev/null; do
         wait "$pid" || true          # returns early when a trapped signal comes
     done

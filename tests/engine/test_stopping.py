@@ -66,6 +66,14 @@ def test_a_signal_to_a_bsp_rank_mid_epoch_stops_both_and_the_resumed_run_ends_as
     assert left_behind(tmp_path) == []
 
 
+def test_a_signal_while_a_rank_sets_up_stops_the_run_after_its_first_step(tmp_path):
+    done = stopped_run(tmp_path, 2, TWO_EPOCHS + [f"log.dir={tmp_path / 'run'}"],
+                       "1:0:SIGINT")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "stopped by SIGINT after step 1 of 60 (epoch 1)" in done.stdout
+    assert (tmp_path / "run" / "checkpoints" / "step-00000001" / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("target", [1, 0], ids=["the worker", "the server"])
 def test_easgd_with_one_worker_stops_on_a_signal_to_any_rank_and_resumes_exactly(tmp_path,
                                                                                   target):

@@ -12,7 +12,7 @@ from tests.sync.helpers import COMMON
 
 SCRIPTS = sorted((ROOT / "run").glob("slurm_*.sbatch"))
 SBATCH_OPTIONS = {"job-name", "nodes", "ntasks", "ntasks-per-node", "cpus-per-task", "time",
-                  "output", "gpus-per-task"}
+                  "output", "gpus-per-task", "signal", "requeue", "open-mode"}
 
 
 def directives(path):
@@ -31,7 +31,8 @@ def test_every_directive_is_read_by_sbatch_and_known(script):
     found, written = directives(script)
     assert len(found) == written                     # none after the first command
     names = {option[2:].split("=")[0] for option in found}
-    assert names <= SBATCH_OPTIONS and {"job-name", "time", "output"} <= names
+    assert names <= SBATCH_OPTIONS and {"job-name", "time", "output", "signal",
+                                        "requeue"} <= names
     assert names & {"ntasks", "ntasks-per-node"}
 
 

@@ -8,9 +8,10 @@ Fault injection for tests: ``--rank-set R:k=v`` applies an override on rank R on
 at its step S; ``--slow R:T`` makes rank R sleep T seconds every step (a straggler);
 ``--hang R:S`` makes rank R compute forever from its step S; ``--nan R:S`` makes rank R's
 gradient NaN at its step S (before the rule sees it); ``--signal R:S:NAME`` has rank R send
-itself signal NAME (SIGINT, SIGTERM, ...) after its step S (a server: as it serves its S-th
-message); ``--signal-saving R:NAME`` has rank R send itself NAME while it writes a checkpoint
-file after a stop signal. A run a stop signal ended exits with the status it asked for.
+itself signal NAME (SIGINT, SIGTERM, ...) after its step S (S 0: while it sets up, before
+any step; a server: as it serves its S-th message); ``--signal-saving R:NAME`` has rank R
+send itself NAME while it writes a checkpoint file after a stop signal. A run a stop signal
+ended exits with the status it asked for.
 
 ``--displacements``: each worker also saves OUT.<rank>.moves.npz, the sum over its steps of
 what its own optimizer step moved its parameters (``displacement``) and the same sum with
@@ -41,6 +42,8 @@ def inject_faults(mine, rank):
     build = engine.train.build_rule
 
     def build_faulty(world_, cfg):
+        if mine.get("signal", (None,))[0] == 0:       # step 0: while setting up
+            os.kill(os.getpid(), signal.Signals[mine["signal"][1]])
         rule = build(world_, cfg)
         after_update, after_backward = rule.after_update, rule.after_backward
 
