@@ -69,6 +69,7 @@ class SlurmCluster:
         self.folder = Path(folder)
         self.conf = self.folder / "slurm.conf"
         self.host = socket.gethostname()
+        self.started_munge = False
 
     def env(self, **more):
         return {**os.environ, **more, "SLURM_CONF": str(self.conf)}
@@ -107,6 +108,7 @@ class SlurmCluster:
         shutil.chown("/run/munge", "munge", "munge")
         if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
             self.run("munged", "--force")
+            self.started_munge = True
 
     def _wait_idle(self, timeout=60):
         deadline = time.monotonic() + timeout
@@ -121,6 +123,9 @@ class SlurmCluster:
                                f"{log.read_text()[-500:] if log.exists() else 'no slurmd log'}")
 
     def stop(self):
+        """End the daemons this cluster started (munged only if it started it)."""
+        if self.started_munge:
+            subprocess.run(["pkill", "-x", "munged"], check=False)
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
             path = self.folder / pid_file
             if path.exists():
