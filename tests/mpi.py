@@ -39,3 +39,10 @@ def run_mpi(n, args, timeout=120, cwd=None, flags=(), prefix=()):
     except subprocess.TimeoutExpired as err:
         pytest.fail(f"mpiexec -n {n} {' '.join(map(str, args))} did not finish in {timeout} s:"
                     f"\n{err.stdout}\n{err.stderr}")
+
+
+def processes_with(marker):
+    """Pids of processes (not this one) whose command line holds ``marker``, such as a run's
+    unique folder: what a job left behind."""
+    done = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
+    return [pid for pid in done.stdout.split() if int(pid) != os.getpid()]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.stopping import StopSignals, resume_command
-from tests.mpi import ROOT, mpi_env, mpiexec, run_mpi
+from tests.mpi import ROOT, mpi_env, mpiexec, processes_with, run_mpi
 from tests.sync.helpers import COMMON, run_rule
 
 TWO_EPOCHS = ["batch_size=8", "epochs=2", "lr_schedule.policy=cosine"]   # 30 steps an epoch
@@ -27,12 +27,6 @@ def stopped_run(tmp_path, ranks, settings, signal_at):
     for s in COMMON + settings:
         args += ["--set", s]
     return run_mpi(ranks, args + ["--signal", signal_at], timeout=120)
-
-
-def left_behind(marker):
-    """Processes whose command line holds ``marker`` (a run's unique folder)."""
-    done = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
-    return [pid for pid in done.stdout.split() if int(pid) != os.getpid()]
 
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
@@ -63,7 +57,7 @@ def test_a_signal_to_a_bsp_rank_mid_epoch_stops_both_and_the_resumed_run_ends_as
              .splitlines()]
     assert [r["step"] for r in steps] == sorted(r["step"] for r in steps)
     assert [r["time"] for r in steps] == sorted(r["time"] for r in steps)
-    assert left_behind(tmp_path) == []
+    assert processes_with(tmp_path) == []
 
 
 def test_a_signal_while_a_rank_sets_up_stops_the_run_after_its_first_step(tmp_path):
@@ -88,7 +82,7 @@ def test_easgd_with_one_worker_stops_on_a_signal_to_any_rank_and_resumes_exactly
     rest, _ = run_rule(tmp_path / "rest", 2, settings + ["resume=auto"])
     np.testing.assert_array_equal(rest[0], whole[0])              # the center
     np.testing.assert_array_equal(rest[1], whole[1])              # the worker
-    assert left_behind(tmp_path) == []
+    assert processes_with(tmp_path) == []
 
 
 def test_asynchronous_workers_stop_together_through_the_first_worker(tmp_path):
@@ -176,7 +170,7 @@ def test_ctrl_c_to_the_launcher_saves_says_how_to_resume_and_the_command_resumes
     ours = hickle.load(str(tmp_path / "run" / "weights.hkl"))["params"]
     np.testing.assert_array_equal(ours, hickle.load(str(tmp_path / "whole" / "weights.hkl"))
                                   ["params"])
-    assert left_behind(tmp_path) == []
+    assert processes_with(tmp_path) == []
 
 
 @pytest.mark.parametrize("first, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -189,7 +183,7 @@ def test_a_second_signal_to_the_launcher_ends_the_job_at_once(tmp_path, first, s
     assert "again: ending the job now, without a checkpoint" in output
     assert time.monotonic() - tick < 60
     time.sleep(1)
-    assert left_behind(tmp_path) == []
+    assert processes_with(tmp_path) == []
 
 
 def test_the_handlers_record_the_first_signal_and_then_give_the_default_back():

@@ -11,6 +11,7 @@ root, in a temporary folder:
 (not root, no Slurm installed, a daemon that does not come up), for the tests to skip with it.
 Every command the tests run gets ``env()``, which points ``SLURM_CONF`` at this cluster.
 """
+import contextlib
 import os
 import shutil
 import socket
@@ -129,10 +130,8 @@ class SlurmCluster:
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
             path = self.folder / pid_file
             if path.exists():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):   # already gone
                     os.kill(int(path.read_text().strip()), 15)
-                except (ProcessLookupError, ValueError):
-                    pass
 
     def job(self, job_id):
         """{key: value} of ``scontrol show job`` (JobState, Restarts, ExitCode, ...)."""

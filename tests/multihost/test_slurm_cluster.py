@@ -7,14 +7,13 @@ Jobs are submitted from a temporary folder (their output and default run folder,
 runs/slurm-<job id>, land there) with PT_ROOT naming the project, as a user outside the
 project folder would."""
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.mpi import ROOT, mpi_env
+from tests.mpi import ROOT, mpi_env, processes_with
 from tests.multihost.slurm_cluster import SlurmCluster, SlurmUnavailable
 from tests.sync.helpers import COMMON
 
@@ -50,12 +49,6 @@ def submit(cluster, script, folder, settings, options=()):
 
 def output(folder, job):
     return next(folder.glob(f"*-{job}.out")).read_text()
-
-
-def ranks_of(marker):
-    """Processes whose command line holds ``marker`` (a job's unique folder)."""
-    done = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
-    return done.stdout.split()
 
 
 @pytest.mark.parametrize("script", ["slurm_bsp.sbatch", "slurm_easgd.sbatch",
@@ -105,12 +98,12 @@ def test_scancel_leaves_no_rank_behind(cluster, tmp_path):
     while not (folder / "log.rank1.jsonl").exists():      # both ranks are training
         assert time.monotonic() < deadline, cluster.job(job)
         time.sleep(0.5)
-    assert len(ranks_of(folder)) >= 2
+    assert len(processes_with(folder)) >= 2
     cluster.run("scancel", job)
     record = cluster.wait(job, timeout=60)
     assert record["JobState"] == "CANCELLED"
     deadline = time.monotonic() + 30
-    while ranks_of(folder):
-        assert time.monotonic() < deadline, f"left behind: {ranks_of(folder)}"
+    while processes_with(folder):
+        assert time.monotonic() < deadline, f"left behind: {processes_with(folder)}"
         time.sleep(0.5)
     assert "Slurm's warning signal: requeueing" not in output(tmp_path, job)
