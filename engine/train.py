@@ -35,6 +35,7 @@ from engine.stopping import StopSignals
 from engine.version import source_fingerprint
 from engine.watchdog import Watchdog
 from layers import backend, parallel
+from layers import c as ckernels
 from sync import build_rule
 from sync.comm import cuda_aware, install_abort_hook, leave, world as mpi_world
 
@@ -179,11 +180,12 @@ class Run:
                      self.threads)
         roles, hosts, counts = zip(*self.world.allgather(placement))
         aware = self._cuda_aware()
+        kernels = ckernels.status(self.cfg["dtype"]) if self.cfg["device"] == "cpu" else None
         if self.world.rank == 0:
+            extra = {"cuda_aware_mpi": aware} if aware else {"cpu_kernels": kernels}
             self.log.write_metadata(self.model, self.data.description,
                                     {"roles": roles, "hosts": hosts, "threads": counts},
-                                    self.progress.steps_per_epoch,
-                                    {"cuda_aware_mpi": aware} if aware else None)
+                                    self.progress.steps_per_epoch, extra)
         cfg, model, rule = self.cfg, self.model, self.rule
         self.display.message(
             f"model {model.name}: {model.num_params:,} parameters, {cfg['dtype']}; {rule.name} "
@@ -198,6 +200,8 @@ class Run:
             how = "as they are" if aware["answer"] else "through pinned host copies"
             self.display.message(f"CUDA-aware MPI: {'yes' if aware['answer'] else 'no'} "
                                  f"({aware['how']}): GPU buffers go to MPI {how}")
+        if kernels:
+            self.display.message(f"convolutions: {kernels}")
         for note in self.data.notes:
             self.display.message(f"note: {note}")
 

@@ -34,6 +34,9 @@ class Conv2D(RoutedLayer):
     ('gaussian', std), or a callable); the bias starts at 0.
 
     CPU tuning, class attributes (may be set per instance; see ``layers/conv_cpu.py``):
+    ``direct`` picks the direct route (``layers/conv_direct.py``, C kernels) per pass:
+    "auto" (where it measured faster), "always" or "never" (the im2col routes);
+    ``direct_chunk_bytes`` bounds the samples whose planes its weight gradient sums at once.
     ``chunk_bytes`` bounds one chunk's col (a chunk holds at least one sample), and with several
     workers ``worker_chunk_bytes`` bounds each worker's too, so that each worker's col stays in
     its core's cache. A stride-1 layer with pad < k takes the output-side route in forward when
@@ -45,6 +48,8 @@ class Conv2D(RoutedLayer):
 
     cpu_route, gpu_route = conv_cpu, conv_gpu
 
+    direct = "auto"
+    direct_chunk_bytes = 1 << 20
     chunk_bytes = 8 << 20
     worker_chunk_bytes = 4 << 20
     output_side_forward = 1.0
@@ -145,4 +150,5 @@ class Conv2D(RoutedLayer):
                 conv.params[name], conv.grads[name] = self.params[name][rows], \
                     self.grads[name][rows]
             conv.needs_input_grad, conv.fuse_relu = self.needs_input_grad, self.fuse_relu
+            conv.direct, conv.direct_chunk_bytes = self.direct, self.direct_chunk_bytes
         return self.group_convs

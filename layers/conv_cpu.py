@@ -56,7 +56,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from layers import layout, parallel
+from layers import conv_direct, layout, parallel
 from layers.window import conv_phase_taps, conv_taps
 
 
@@ -70,11 +70,15 @@ class Saved(NamedTuple):
 def forward(layer, x, train):
     """y (channel-major) and, when ``train``, the ``Saved`` state."""
     y = layout.empty(layer.out_shape(x.shape), x.dtype)
-    if layer.pointwise or layer._output_side(max(layer.output_side_forward,
-                                                  layer.output_side_backward), x.shape):
+    direct = conv_direct.takes(layer, x)
+    if direct or layer.pointwise or layer._output_side(max(layer.output_side_forward,
+                                                            layer.output_side_backward),
+                                                        x.shape):
         x = layout.to_channel_major(x)       # these routes read x as (C, N*H*W) rows
     cols = None
-    if layer.pointwise:
+    if direct:
+        conv_direct.forward(layer, x, y)
+    elif layer.pointwise:
         _forward_pointwise(layer, x, y)
     elif layer._output_side(layer.output_side_forward, x.shape):
         _forward_output_side(layer, x, y)
@@ -88,7 +92,9 @@ def backward(layer, saved, dy):
     x = saved.x
     dy = layout.to_channel_major(dy)
     dx = layout.empty(x.shape, x.dtype) if layer.needs_input_grad else None
-    if layer.pointwise:
+    if conv_direct.takes(layer, x, "backward"):
+        conv_direct.backward(layer, layout.to_channel_major(x), dy, dx)
+    elif layer.pointwise:
         _backward_pointwise(layer, x, dy, dx)
     elif layer._output_side(layer.output_side_backward, x.shape):
         _backward_output_side(layer, x, dy, dx)

@@ -63,7 +63,8 @@ def make(c, o, k, s, p, dtype, bias=True, seed=0, route=None):
     layer = Conv2D(c, o, k, stride=s, pad=p, bias=bias).build(dtype, seed=seed)
     if bias:
         layer.params["b"][...] = np.random.default_rng(seed + 1).standard_normal(o)
-    if route is not None:
+    if route is not None:        # an im2col route (NumPy): not the direct one
+        layer.direct = "never"
         layer.output_side_forward, layer.output_side_backward = ROUTES[route]
     return layer
 
@@ -132,8 +133,10 @@ def test_output_side_gradient(shape, route, chunk_bytes):
     ((2, 96, 9, 9, 32, 1, 1, 0), False, False),     # 1x1: the pointwise route
 ])
 def test_route_selection(shape, forward, backward):
+    """Between the im2col routes (the direct route off)."""
     n, c, h, w, o, k, s, p = shape
     layer = make(c, o, k, s, p, np.float32)
+    layer.direct = "never"
     x = np.random.default_rng(12).standard_normal((n, c, h, w)).astype(np.float32)
     layer.forward(x)
     assert ("Wf" in layer._work) == forward
@@ -221,7 +224,7 @@ def test_backward_overwrites_grads_and_recomputes_col():
     x, x2 = rng.standard_normal((3, 2, 5, 5)), rng.standard_normal((3, 2, 5, 5))
     dy = rng.standard_normal((3, 4, 3, 3))
     for chunk_bytes in (1, 1 << 30):
-        layer = make(2, 4, 3, 2, 1, np.float64)
+        layer = make(2, 4, 3, 2, 1, np.float64, route="input")
         layer.chunk_bytes = chunk_bytes
         layer.forward(x)
         dx1, dw1 = layer.backward(dy.copy()), layer.grads["W"].copy()
@@ -386,7 +389,7 @@ def test_two_workers_reuse_col_only_for_the_same_split(two_workers):
     way: after a forward with 1 worker, a 2-worker backward recomputes them."""
     rng = np.random.default_rng(15)
     x, dy = rng.standard_normal((5, 2, 6, 6)), rng.standard_normal((5, 3, 3, 3))
-    layer = make(2, 3, 3, 2, 1, np.float64)
+    layer = make(2, 3, 3, 2, 1, np.float64, route="input")
     ref = _run(layer, x, dy)
     parallel.set_workers(1)
     layer.forward(x)

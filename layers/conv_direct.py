@@ -1,0 +1,145 @@
+"""Conv2D on the CPU by direct convolution (``layers/c/conv.c``): no im2col, no GEMM packing.
+
+With xpad the input zero-padded by p, split into its s*s phase planes (plane (a, b) holds
+xpad[s*r + a, s*u + b], r < PH = ceil((H + 2p)/s), u < PW = ceil((W + 2p)/s)), every tap
+(i, j) reads one plane at a fixed flat offset from the output position q = oh*PW + ow:
+
+    off[i, j] = plane(i mod s, j mod s) + (i div s)*PW + (j div s)
+    y[o, q]   = b[o] + sum_{c, i, j} W[o, c, i, j] * planes[c, q + off[i, j]]
+
+(positions with ow >= OW are scratch, computed and dropped). So the forward is, for a tile of
+4 output channels by 4 vectors of positions held in registers, a sum over (c, i, j) of
+broadcast weight times a vector loaded at a shifted address. Backward, with dY the rows of dy
+widened to PW with zeros in the scratch columns:
+
+    dW[o, c, i, j] = sum_{n, q} dY[o, q] * planes[c, q + off[i, j]]
+    dx = the transposed convolution: with stride 1 and p <= k-1, the forward again on dy
+         padded by k-1-p, with the flipped kernel Wf[o, c, i, j] = W[o, c, k-1-i, k-1-j] (in
+         and out channels swapped); otherwise every tap's sum over o of W[o, c, i, j] * dY[o, q]
+         added into a plane at q + off[i, j], then the planes' pixels copied out.
+
+dW sums over 8 output channels by up to 3 taps that share a plane (consecutive there) per
+tile, over the positions of m samples (``Conv2D.direct_chunk_bytes`` bounds their planes and
+rows), each worker into its own partial; the partials are added in worker order.
+
+Why: the im2col route's GEMMs are (O, k*k*C) @ (k*k*C, positions); with O and C of 16-64
+(CIFAR ResNets) OpenBLAS spends more on packing col than on the products (bench/README.md).
+
+Activations are channel-major (``layers/layout.py``) in and out; every worker takes a
+contiguous range of samples (``layers/parallel.py``) with its own workspace.
+"""
+import ctypes
+
+import numpy as np
+
+from layers import c as ckernels
+from layers import layout, parallel
+
+_c_long = ctypes.c_long
+
+
+def library(dtype):
+    """The convolution's C library for ``dtype``, or None (``layers.c.library``)."""
+    return ckernels.library("conv", dtype)
+
+
+def _dims(x_shape, layer):
+    n, c, h, w = x_shape
+    return [_c_long(v) for v in (n, c, h, w, layer.out_ch, layer.k, layer.stride, layer.pad)]
+
+
+def _sizes(lib, x_shape, layer):
+    """(forward workspace, backward's per sample of a chunk, backward's besides), elements."""
+    _, c, h, w = x_shape
+    out = np.zeros(3, np.int64)
+    lib.conv_sizes(*[_c_long(v) for v in (c, h, w, layer.out_ch, layer.k, layer.stride,
+                                          layer.pad)], ckernels.pointer(out))
+    return [int(v) for v in out]
+
+
+# Where "auto" takes this route, from bench/README.md's per-layer table (2 workers, float32):
+# direct wins while a layer's weights stay within a core's cache or its images are large, and
+# its backward while the weight gradient's sums run over enough positions (per sample).
+AUTO_WEIGHTS = {"forward": 1 << 18, "backward": 1 << 17}   # elements of one group's W
+AUTO_LARGE = 2048                       # positions per sample that lift the weight bounds
+AUTO_BACKWARD_POSITIONS = 256           # the fewest positions per sample for backward
+MODES = ("auto", "always", "never")
+
+
+def takes(layer, x, phase="forward"):
+    """Whether ``layer`` takes this route for ``phase`` ("forward" or "backward") on input
+    ``x``: a kernel other than 1x1 stride 1, of side <= 16, with the C library built for x's
+    dtype, and ``layer.direct``: "always", or "auto" within the bounds above (in backward only
+    for stride 1, or a first layer that needs no dx: a strided layer's dx comes out of a
+    scatter that runs at about half the im2col route's speed)."""
+    if layer.direct not in MODES:
+        raise ValueError(f"{layer.name}: direct must be one of {', '.join(MODES)}, "
+                         f"got {layer.direct!r}")
+    if layer.direct == "never" or layer.pointwise or layer.k > 16 or \
+            library(x.dtype) is None:
+        return False
+    if layer.direct == "always":
+        return True
+    _, o, oh, ow = layer.out_shape(x.shape)
+    positions, weights = oh * ow, o * layer.in_ch * layer.k * layer.k
+    fits = weights <= AUTO_WEIGHTS[phase] or positions >= AUTO_LARGE
+    if phase == "forward":
+        return fits
+    return fits and positions >= AUTO_BACKWARD_POSITIONS and \
+        (layer.stride == 1 or not layer.needs_input_grad)
+
+
+def forward(layer, x, y):
+    """y = conv(x, W) + b into ``y``; x and y channel-major (``layout.rows`` views their
+    memory)."""
+    lib = library(x.dtype)
+    wt = layer.workspace("Wt", (layer.in_ch, layer.k * layer.k, layer.out_ch), x.dtype, np)
+    wt[...] = layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1).transpose(1, 2, 0)
+    b = layer.params.get("b")
+    size, dims = _sizes(lib, x.shape, layer)[0], _dims(x.shape, layer)
+    xd, yd = layout.rows(x), layout.rows(y)
+
+    def work(start, stop, worker):
+        ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
+        lib.conv_forward(ckernels.pointer(xd), ckernels.pointer(wt), ckernels.pointer(b),
+                         ckernels.pointer(yd), *dims, _c_long(start), _c_long(stop),
+                         ckernels.pointer(ws))
+
+    parallel.split_work(np, x.shape[0], work)
+
+
+def backward(layer, x, dy, dx):
+    """The weight and bias gradients into ``layer.grads``, and dx into ``dx`` unless it is
+    None; x, dy and dx channel-major."""
+    lib = library(x.dtype)
+    o, c, k = layer.out_ch, layer.in_ch, layer.k
+    wf = layer.workspace("Wf", (o, k * k, c), x.dtype, np)
+    wf[...] = layer.params["W"].reshape(o, c, -1)[:, :, ::-1].transpose(0, 2, 1)
+    _, per_sample, besides = _sizes(lib, x.shape, layer)
+    m = max(1, layer.direct_chunk_bytes // (per_sample * x.dtype.itemsize))
+    dims = _dims(x.shape, layer)
+    xd, dyr = layout.rows(x), layout.rows(dy)
+    dxd = layout.rows(dx) if dx is not None else None
+    bias = "b" in layer.grads
+
+    def work(start, stop, worker):
+        mm = min(m, stop - start)
+        ws = ckernels.aligned(layer, ("direct", worker), mm * per_sample + besides, x.dtype)
+        dw = layer.grads["W"] if worker == 0 else \
+            layer.workspace(("dW", worker), layer.grads["W"].shape, x.dtype, np)
+        lib.conv_backward(ckernels.pointer(xd), ckernels.pointer(dyr), ckernels.pointer(wf),
+                          ckernels.pointer(dw), ckernels.pointer(dxd), *dims, _c_long(start),
+                          _c_long(stop), _c_long(mm), ckernels.pointer(ws))
+        l = dy.shape[2] * dy.shape[3]
+        db = layer.workspace(("db", worker), (o,), x.dtype, np) if bias else None
+        if bias:
+            dyr[:, start * l:stop * l].sum(axis=1, out=db)
+        return dw, db
+
+    parts = parallel.split_work(np, x.shape[0], work)
+    for dw, _ in parts[1:]:
+        layer.grads["W"] += dw
+    if bias:
+        layer.grads["b"][...] = parts[0][1]
+        for _, db in parts[1:]:
+            layer.grads["b"] += db

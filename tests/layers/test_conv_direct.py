@@ -1,0 +1,195 @@
+"""The direct convolution route (layers/conv_direct.py, layers/c/conv.c) against the
+definition, finite differences and the im2col routes."""
+import numpy as np
+import pytest
+
+from layers import c as ckernels
+from layers import conv_direct, parallel
+from layers.conv import Conv2D
+from layers.window import conv_out_size
+from tests.gradient_check import check_backward
+from tests.layers.test_conv import GROUPED, SHAPES, conv_loops, make
+
+# (N, C, H, W, O, k, stride, pad) beyond SHAPES: more channels than a tile (4 outputs, 8 for
+# dW) with leftovers, kernels of 5, 7 and 11 (tap runs of 3, 2 and 1 in dW), stride 4, a row
+# width whose positions are not a whole number of vectors, and pad > k - 1.
+MORE = [
+    (3, 5, 9, 9, 13, 3, 1, 1),
+    (2, 9, 6, 11, 10, 5, 1, 2),
+    (2, 3, 23, 23, 9, 11, 4, 0),
+    (2, 4, 12, 12, 17, 7, 2, 3),
+    (1, 3, 10, 10, 8, 3, 3, 2),
+    (2, 2, 5, 5, 3, 2, 1, 0),
+    (2, 3, 4, 4, 5, 3, 1, 3),
+]
+
+
+@pytest.fixture(autouse=True)
+def built():
+    """The library must build wherever the kernels are on: a missing compiler fails here,
+    naming the reason, rather than leaving the route untested."""
+    if not ckernels.enabled():
+        pytest.skip("PT_C_KERNELS=0: the C kernels are off")
+    for dtype in (np.float32, np.float64):
+        assert conv_direct.library(dtype) is not None, ckernels.status(dtype)
+
+
+def direct(c, o, k, s, p, dtype, **kwargs):
+    layer = make(c, o, k, s, p, dtype, **kwargs)
+    layer.direct = "always"
+    return layer
+
+
+def dy_for(layer, x, seed):
+    n, _, h, w = x.shape
+    k, s, p = layer.k, layer.stride, layer.pad
+    return np.random.default_rng(seed).standard_normal(
+        (n, layer.out_ch, conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)))
+
+
+@pytest.mark.parametrize("shape", SHAPES + MORE)
+def test_forward_matches_loops(shape):
+    n, c, h, w, o, k, s, p = shape
+    x = np.random.default_rng(20).standard_normal((n, c, h, w))
+    layer = direct(c, o, k, s, p, np.float64)
+    taken = conv_direct.takes(layer, x)
+    assert taken == (k > 1 or s > 1)           # 1x1 stride 1 stays a plain GEMM
+    y = layer.forward(x)
+    np.testing.assert_allclose(y, conv_loops(x, layer.params["W"], layer.params["b"], s, p),
+                               rtol=1e-12, atol=1e-12)
+    assert ("direct", 0) in layer._work or not taken
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, Conv2D.direct_chunk_bytes])
+@pytest.mark.parametrize("shape", SHAPES + MORE)
+def test_gradient(shape, chunk_bytes):
+    """Finite differences, with one sample per dW chunk and with the default chunks."""
+    n, c, h, w, o, k, s, p = shape
+    x = np.random.default_rng(21).standard_normal((n, c, h, w))
+    layer = direct(c, o, k, s, p, np.float64)
+    layer.direct_chunk_bytes = chunk_bytes
+    check_backward(layer, x)
+
+
+@pytest.mark.parametrize("shape", SHAPES + MORE)
+def test_equals_the_im2col_route(shape):
+    """Forward, dx and the gradients equal the input-side im2col route's (float64)."""
+    n, c, h, w, o, k, s, p = shape
+    x = np.random.default_rng(22).standard_normal((n, c, h, w))
+    ref, layer = make(c, o, k, s, p, np.float64, route="input"), direct(c, o, k, s, p,
+                                                                         np.float64)
+    dy = dy_for(layer, x, 23)
+    np.testing.assert_allclose(layer.forward(x), ref.forward(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy.copy()), ref.backward(dy.copy()),
+                               rtol=1e-12, atol=1e-12)
+    for name in ref.grads:
+        np.testing.assert_allclose(layer.grads[name], ref.grads[name], rtol=1e-12, atol=1e-12)
+
+
+def test_float32_against_float64():
+    """The float32 library (16-lane vectors) against the float64 one, ResNet-like sizes."""
+    x = np.random.default_rng(24).standard_normal((4, 16, 16, 16))
+    l64 = direct(16, 24, 3, 1, 1, np.float64)
+    l32 = direct(16, 24, 3, 1, 1, np.float32)
+    for name in l64.params:
+        l32.params[name][...] = l64.params[name]
+    dy = dy_for(l64, x, 25)
+    np.testing.assert_allclose(l32.forward(x.astype(np.float32)), l64.forward(x),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(l32.backward(dy.astype(np.float32)), l64.backward(dy.copy()),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(l32.grads["W"], l64.grads["W"], rtol=1e-4, atol=1e-3)
+
+
+def test_without_input_gradient_and_bias():
+    """needs_input_grad = False returns None and still gives dW; no bias, no db."""
+    x = np.random.default_rng(26).standard_normal((2, 3, 8, 8))
+    ref = make(3, 4, 3, 2, 1, np.float64, bias=False, route="input")
+    layer = direct(3, 4, 3, 2, 1, np.float64, bias=False)
+    layer.needs_input_grad = ref.needs_input_grad = False
+    dy = dy_for(layer, x, 27)
+    layer.forward(x)
+    ref.forward(x)
+    assert layer.backward(dy.copy()) is None and ref.backward(dy.copy()) is None
+    assert "b" not in layer.grads
+    np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def two_workers():
+    parallel.set_workers(2)
+    yield
+    parallel.set_workers(1)
+
+
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_two_workers_match_one(n, two_workers):
+    """Samples split over 2 threads (ranges of 3 and 2, or one worker for one sample), the dW
+    partials summed: equal to one worker."""
+    x = np.random.default_rng(28).standard_normal((n, 6, 9, 9))
+    layer = direct(6, 10, 3, 1, 1, np.float64)
+    dy = dy_for(layer, x, 29)
+    results = []
+    for workers in (1, 2):
+        parallel.set_workers(workers)
+        y, dx = layer.forward(x), layer.backward(dy.copy())
+        results.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, c, h, w, o, k, s, p, g", GROUPED)
+def test_grouped(n, c, h, w, o, k, s, p, g):
+    """Each group's convolution takes the direct route (its channel block is channel-major)."""
+    x = np.random.default_rng(30).standard_normal((n, c, h, w))
+    layer = Conv2D(c, o, k, s, p, groups=g).build(np.float64, seed=0)
+    layer.direct = "always"
+    check_backward(layer, x)
+    ref = Conv2D(c, o, k, s, p, groups=g).build(np.float64, seed=0)
+    ref.direct = "never"
+    np.testing.assert_allclose(layer.forward(x), ref.forward(x), rtol=1e-12, atol=1e-12)
+    layer.direct = "always"
+    layer.forward(x)
+    assert all(("direct", 0) in conv._work for conv in layer.group_convs) == (k > 1 or s > 1)
+
+
+def test_sample_major_input():
+    """An input in C order (the loader's batches) is made channel-major once."""
+    x = np.random.default_rng(31).standard_normal((3, 2, 7, 7))
+    layer = direct(2, 3, 3, 1, 1, np.float64)
+    assert x.flags.c_contiguous
+    np.testing.assert_allclose(layer.forward(x), conv_loops(x, layer.params["W"],
+                                                            layer.params["b"], 1, 1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_switched_off_per_layer():
+    x = np.random.default_rng(32).standard_normal((2, 3, 6, 6))
+    layer = make(3, 4, 3, 1, 1, np.float64)
+    layer.direct = "always"
+    assert conv_direct.takes(layer, x)
+    layer.direct = "never"
+    assert not conv_direct.takes(layer, x)
+    layer.forward(x)
+    assert ("direct", 0) not in layer._work
+    layer.direct = True
+    with pytest.raises(ValueError, match="direct must be one of auto, always, never, got True"):
+        layer.forward(x)
+
+
+@pytest.mark.parametrize("c, o, k, s, size, forward, backward", [
+    (16, 16, 3, 1, 32, True, True),        # CIFAR ResNet stage 1
+    (64, 64, 3, 1, 8, True, False),        # 64 positions: too few for backward
+    (512, 512, 3, 1, 7, False, False),     # weights beyond the cache, few positions
+    (256, 256, 3, 1, 56, True, True),      # large weights, but 3,136 positions
+    (16, 32, 3, 2, 32, True, False),       # strided: dx by the im2col route
+    (3, 16, 17, 1, 32, False, False),      # a kernel wider than 16
+])
+def test_auto_bounds(c, o, k, s, size, forward, backward):
+    layer = Conv2D(c, o, k, s, k // 2)
+    x = np.empty((1, c, size, size), np.float32)
+    assert conv_direct.takes(layer, x, "forward") == forward
+    assert conv_direct.takes(layer, x, "backward") == backward
+    if s > 1 and forward:
+        layer.needs_input_grad = False     # a first layer: dW only, which is fast here
+        assert conv_direct.takes(layer, x, "backward")
