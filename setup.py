@@ -11,7 +11,7 @@ setup(
     version=VERSION,
     description="Framework-free data-parallel deep-learning training engine (NumPy/CuPy + MPI)",
     packages=find_packages(include=["engine*", "layers*", "sync*", "data*", "run*"]),
-    package_data={"layers.cuda": ["*.cu"]},
+    package_data={"layers.cuda": ["*.cu"], "layers.c": ["*.c"]},
     python_requires=">=3.9",
     install_requires=["numpy>=2.0", "pyyaml>=5.4", "threadpoolctl>=3.1", "hickle>=5.0", "h5py>=3.0",
                       "pillow>=9.0", "tqdm>=4.60",

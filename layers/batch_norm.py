@@ -54,6 +54,8 @@ class BatchNorm2D(RoutedLayer):
     segment_elems = 1 << 12  # CPU: longest float32 partial sum
     row_parts = 32          # GPU: partial sums per (n, c) row, one warp's worth
     recentre = 64.0         # mean^2 / var above which the variance is recomputed centred
+    c_passes = True         # CPU: the C passes (layers/batch_norm_c.py) where they are built
+    fuse_relu = False       # an in-place ReLU follows (set by Sequential: ``relu.fuse``)
 
     def __init__(self, ch, eps=1e-5, momentum=0.9):
         super().__init__()
@@ -71,6 +73,14 @@ class BatchNorm2D(RoutedLayer):
 
     def check(self, x):
         self.check_input(x, 2 if getattr(x, "ndim", None) == 2 else 4, self.ch)
+
+    def rectifies(self, xp):
+        """Whether, with ``fuse_relu``, this layer applies the ReLU after it (forward and its
+        mask in backward) for arrays of ``xp``: on the CPU routes; the kernel route leaves it
+        to the ReLU."""
+        return self.route(xp) is self.cpu_route
+
+    masks = rectifies
 
     def forward(self, x, train=True):
         y = super().forward(x, train)

@@ -1,18 +1,22 @@
-"""BatchNorm2D on the CPU (NumPy), on x's channel-major rows (``layers/layout.py``; an input in
-another layout is copied once): each channel is one contiguous row of M elements, taken in
-blocks of whole channels of about ``block_elems`` elements (fewer, longer NumPy calls).
-Statistics come from float32 partial sums over segments of the rows (``segment_elems`` at
-most) merged in float64, with the layer's recentring (``BatchNorm2D._batch_stats``). A forward
-writes y = x * scale + offset; backward writes dx = a * dy + b * x + c into dy's memory.
+"""BatchNorm2D on the CPU, on x's channel-major rows (``layers/layout.py``; an input in
+another layout is copied once): each channel is one contiguous row of M elements. Statistics
+come from float32 partial sums over segments of the rows (``segment_elems`` at most) merged in
+float64, with the layer's recentring (``BatchNorm2D._batch_stats``). A forward writes
+y = x * scale + offset (rectified when the ReLU after the layer is fused into it:
+``BatchNorm2D.fuse_relu``); backward writes dx = a * dy + b * x + c into dy's memory (dy
+first zeroed where y <= 0 when the ReLU is fused).
 
-Channel ranges are split over ``parallel.workers()`` threads, each with its own scratch: the
-result does not depend on the number of workers (up to the recentring test, taken per block).
+Two ways, the same equations: the C passes (``layers/batch_norm_c.py``) where the library is
+built and ``BatchNorm2D.c_passes`` is on, else NumPy, blocks of whole channels of about
+``block_elems`` elements (fewer, longer NumPy calls). Channel ranges are split over
+``parallel.workers()`` threads, each with its own scratch: the result does not depend on the
+number of workers (up to NumPy's recentring test, taken per block).
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from layers import layout, parallel
+from layers import batch_norm_c, layout, parallel
 
 
 class Saved(NamedTuple):
@@ -20,6 +24,7 @@ class Saved(NamedTuple):
     stats: tuple          # the layer's ``Stats``: train, mean, var, 1 / std
     x_rows: np.ndarray    # x's channel-major rows (C, M)
     segment: int          # elements per float32 partial sum (whole samples)
+    y_rows: object        # the rectified output's rows when the ReLU is fused, else None
 
 
 def _segment(n, per_sample, limit):
@@ -31,39 +36,68 @@ def _segment(n, per_sample, limit):
     return k * per_sample
 
 
+def _c_route(layer, dtype):
+    """Whether this call takes the C passes (``layers/batch_norm_c.py``)."""
+    return layer.c_passes and batch_norm_c.library(dtype) is not None
+
+
 def forward(layer, x, train):
-    """y (channel-major) and the ``Saved`` state: statistics and y = x * scale + offset a
-    block of channel rows at a time (synchronized: every channel's statistics first, averaged
-    over the workers)."""
+    """y (channel-major) and the ``Saved`` state."""
     stats = layer._stats(train, np)
     x = layout.to_channel_major(x)
     y = layout.empty(x.shape, x.dtype)
     xr, yr = layout.rows(x), layout.rows(y)
     seg = _segment(x.shape[0], xr.shape[1] // x.shape[0], layer.segment_elems)
-    per_block = train and layer.sync is None
-    if train and not per_block:
+    if _c_route(layer, x.dtype):
+        batch_norm_c.forward(layer, stats, xr, yr, seg)
+    else:
+        _forward_numpy(layer, stats, xr, yr, seg)
+    return y, Saved(stats, xr, seg, yr if layer.fuse_relu else None)
+
+
+def _forward_numpy(layer, stats, xr, yr, seg):
+    """Statistics and y = x * scale + offset (rectified when the ReLU is fused) a block of
+    channel rows at a time (synchronized: every channel's statistics first, averaged over the
+    workers)."""
+    per_block = stats.train and layer.sync is None
+    if stats.train and not per_block:
         stats.mean[...], stats.var[...] = layer._batch_stats(
-            layer._synced(lambda center: _all_moments(layer, xr, center, seg)), x.dtype, np)
+            layer._synced(lambda center: _all_moments(layer, xr, center, seg)), xr.dtype, np)
 
     def run(c0, c1, worker):
         for b0, b1 in _channel_blocks(layer, c0, c1, xr.shape[1]):
             xb, yb, cs = xr[b0:b1], yr[b0:b1], slice(b0, b1)
             if per_block:
                 stats.mean[cs], stats.var[cs] = layer._batch_stats(
-                    lambda center: _moments(layer, xb, center, worker, seg), x.dtype, np)
+                    lambda center: _moments(layer, xb, center, worker, seg), xr.dtype, np)
             scale, offset = layer._affine(stats, cs)
-            np.multiply(xb, scale.astype(x.dtype)[:, None], out=yb)
-            yb += offset.astype(x.dtype)[:, None]
-    parallel.split_work(np, layer.ch, run, x.nbytes)
-    return y, Saved(stats, xr, seg)
+            np.multiply(xb, scale.astype(xr.dtype)[:, None], out=yb)
+            yb += offset.astype(xr.dtype)[:, None]
+            if layer.fuse_relu:
+                np.maximum(yb, 0, out=yb)
+    parallel.split_work(np, layer.ch, run, xr.nbytes)
 
 
 def backward(layer, saved, dy):
     """dx (channel-major), written into ``dy``'s memory (or its channel-major copy); writes the
-    layer's grads (synchronized: every channel's sums first, averaged over the workers)."""
+    layer's grads. With the ReLU fused, dy first counts only where y > 0."""
     dy = layout.to_channel_major(dy)
-    dyr, xr = layout.rows(dy), saved.x_rows
-    m = xr.shape[1]
+    dyr = layout.rows(dy)
+    if _c_route(layer, dy.dtype):
+        batch_norm_c.backward(layer, saved.stats, saved.x_rows, saved.y_rows, dyr,
+                              saved.segment)
+    else:
+        _backward_numpy(layer, saved, dyr)
+    return dy
+
+
+def _backward_numpy(layer, saved, dyr):
+    """dx = a * dy + b * x + c into ``dyr``, a block of channels at a time (synchronized:
+    every channel's sums first, averaged over the workers)."""
+    xr, yr, m = saved.x_rows, saved.y_rows, saved.x_rows.shape[1]
+    if yr is not None:
+        parallel.split_work(np, layer.ch, lambda c0, c1, worker: np.multiply(
+            dyr[c0:c1], yr[c0:c1] > 0, out=dyr[c0:c1]), dyr.nbytes)
     synced = None
     if layer.sync is not None and saved.stats.train:
         sums, dots = _all_sums(layer, dyr, xr, saved.segment)
@@ -77,14 +111,13 @@ def backward(layer, saved, dy):
                 coefficients = layer._coefficients(saved.stats, sums, dots, slice(b0, b1), m)
             else:
                 coefficients = (v[b0:b1] for v in synced)
-            a, b, c = (v.astype(dy.dtype)[:, None] for v in coefficients)
+            a, b, c = (v.astype(dyr.dtype)[:, None] for v in coefficients)
             dyb *= a
             if saved.stats.train:
                 t = np.multiply(xb, b, out=_scratch(layer, "term", xb, worker))
                 t += c
                 dyb += t
-    parallel.split_work(np, layer.ch, run, dy.nbytes)
-    return dy
+    parallel.split_work(np, layer.ch, run, dyr.nbytes)
 
 
 def _block_channels(layer, m):

@@ -78,6 +78,14 @@ class Conv2D(RoutedLayer):
                                    init) for _ in range(groups)] if groups > 1 else []
 
 
+    def rectifies(self, xp):
+        """With ``fuse_relu``: whether this layer applies the ReLU after it, for arrays of
+        ``xp`` (the kernel route's bias pass); the ReLU still masks dy."""
+        return self.route(xp) is self.gpu_route
+
+    def masks(self, xp):
+        return False
+
     def out_shape(self, x_shape):
         """(N, O, OH, OW) for an input of shape (N, C, H, W)."""
         n, _, h, w = x_shape

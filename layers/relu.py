@@ -10,8 +10,10 @@ channel-major activations of ``layers/layout.py``, and the channel slices of tho
 and, in backward, swept in cache-sized tiles so that the (y > 0) mask stays in cache. Other
 views take one NumPy call.
 
-On the kernel route an in-place ReLU right after a Conv2D in a ``Sequential`` is fused into
-the convolution's bias pass (``fuse``): its forward then only keeps y, already max(x, 0).
+An in-place ReLU right after a Conv2D or a BatchNorm2D in a ``Sequential`` is fused into that
+layer (``fuse``): on the kernel route into the convolution's bias pass (the ReLU's forward
+then only keeps y, already max(x, 0)); on the CPU into BatchNorm's passes, forward and backward
+(the ReLU then passes x and dy on).
 """
 import numpy as np
 
@@ -32,14 +34,17 @@ def flat_pair(a, b):
 
 
 def fuse(before, after):
-    """Let ``before`` (a layer with ``fuse_relu``, Conv2D) rectify its own output when ``after``
-    is an in-place ReLU, which nothing but ``after`` reads; on the kernel route only."""
+    """Let ``before`` (a layer with ``fuse_relu``: Conv2D, BatchNorm2D) rectify its own output
+    when ``after`` is an in-place ReLU, which nothing but ``after`` reads."""
     if isinstance(after, ReLU) and after.inplace and hasattr(before, "fuse_relu"):
-        before.fuse_relu = after.fused = True
+        before.fuse_relu = True
+        after.fused = before
 
 
 class ReLU(Layer):
-    fused = False           # the layer before rectifies on the kernel route (``fuse``)
+    fused = None    # the layer before, which may rectify for it (``fuse``): where its
+                    # ``rectifies(xp)``, forward passes x on; where its ``masks(xp)`` too,
+                    # backward passes dy on
 
     def __init__(self, inplace=False):
         super().__init__()
@@ -48,7 +53,7 @@ class ReLU(Layer):
     def forward(self, x, train=True):
         self.check_input(x, max(getattr(x, "ndim", 0), 1))
         xp = array_module(x)
-        if self.fused and backend.uses_kernels(xp):
+        if self.fused is not None and self.fused.rectifies(xp):
             self.save(x)                           # already max(x, 0)
             return x
         y = x if self.inplace else xp.empty_like(x)
@@ -66,6 +71,8 @@ class ReLU(Layer):
     def backward(self, dy):
         y = self.saved()
         xp = array_module(dy)
+        if self.fused is not None and self.fused.masks(xp):
+            return dy                              # the layer before masks it
         flat = flat_pair(dy, y)
         if backend.uses_kernels(xp) and flat is not None:     # any dense layout, alike
             cuda.launch("elementwise", "relu_backward", dy.dtype, dy.size, (*flat, dy.size))

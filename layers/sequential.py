@@ -1,6 +1,6 @@
 """Sequential container: y = f_n(... f_1(x)); backward runs the chain in reverse.
 
-A convolution followed by an in-place ReLU is fused on the kernel route (``relu.fuse``).
+A convolution or a BatchNorm followed by an in-place ReLU rectifies for it (``relu.fuse``).
 """
 from layers.base import Layer
 from layers.relu import fuse

@@ -3,8 +3,23 @@ import threading
 import numpy as np
 import pytest
 
+from layers import batch_norm_c
+from layers import c as ckernels
 from layers.batch_norm import BatchNorm2D
+from layers.relu import ReLU
+from layers.sequential import Sequential
 from tests.gradient_check import check_backward
+
+
+@pytest.fixture(autouse=True, params=["c", "numpy"])
+def passes(request, monkeypatch):
+    """Every test here runs on both ways of the CPU route: the C passes and NumPy's."""
+    if request.param == "c":
+        if not ckernels.enabled():
+            pytest.skip("PT_C_KERNELS=0: the C kernels are off")
+        assert batch_norm_c.library(np.float64) is not None, ckernels.status()
+    monkeypatch.setattr(BatchNorm2D, "c_passes", request.param == "c")
+    return request.param
 
 
 def make(ch, dtype=np.float64, seed=0, block_elems=None):
@@ -215,3 +230,46 @@ def test_synchronized_batchnorm_is_batchnorm_over_both_workers_batches(shape, ro
     for name in ("gamma", "beta"):     # the workers' own, averaged (as BSP does): the whole's
         np.testing.assert_allclose((mine.grads[name] + other.grads[name]) / 2,
                                    whole.grads[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_relu_equals_the_relu_after_it(shape, train):
+    """BatchNorm followed by an in-place ReLU rectifies for it and masks dy; the ReLU passes x
+    and dy on. Equal to the two layers unfused."""
+    rng = np.random.default_rng(11)
+    x, dy = rng.standard_normal(shape) + 0.3, rng.standard_normal(shape)
+    results = []
+    for inplace in (True, False):             # only an in-place ReLU is fused
+        net = Sequential(make(shape[1]), ReLU(inplace=inplace))
+        assert net.layers[0].fuse_relu == inplace
+        if not train:
+            net.forward(x.copy())             # running statistics of a batch
+        y = net.forward(x.copy(), train=train)
+        results.append((y, net.backward(dy.copy()), net.layers[0].grads["gamma"].copy(),
+                        net.layers[0].grads["beta"].copy()))
+    assert (results[0][0] >= 0).all()
+    for fused, plain in zip(*results):
+        np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-13)
+
+
+def test_fused_relu_gradient():
+    x = np.random.default_rng(12).standard_normal((4, 3, 5, 5)) + 0.2
+    check_backward(Sequential(make(3), ReLU(inplace=True)), x)
+
+
+def test_c_passes_equal_numpy(passes):
+    """The C passes against NumPy's, float32 (vector partial sums in both)."""
+    if passes == "numpy":
+        pytest.skip("compares the two ways")
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((8, 16, 9, 9)) * 3 + 1).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    out = []
+    for c in (True, False):
+        layer = make(16, np.float32)
+        layer.c_passes = c
+        out.append((layer.forward(x.copy()), layer.backward(dy.copy()),
+                    layer.grads["gamma"].copy(), layer.state["running_var"].copy()))
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)

@@ -176,13 +176,14 @@ def test_a_convolution_and_its_in_place_relu_fuse_on_the_kernel_path(n, c, h, w,
         np.testing.assert_allclose(g1[key], g0[key], rtol=1e-12, atol=1e-12, err_msg=key)
 
 
-def test_only_an_in_place_relu_right_after_a_convolution_is_fused():
-    fused = Sequential(Conv2D(2, 3, 3), ReLU(inplace=True))
-    assert fused.layers[0].fuse_relu and fused.layers[1].fused
+def test_only_an_in_place_relu_right_after_a_convolution_or_batch_norm_is_fused():
+    for first in (Conv2D(2, 3, 3), BatchNorm2D(2)):
+        fused = Sequential(first, ReLU(inplace=True))
+        assert fused.layers[0].fuse_relu and fused.layers[1].fused is first
     for net in (Sequential(Conv2D(2, 3, 3), ReLU()),            # the input may be read again
-                Sequential(BatchNorm2D(2), ReLU(inplace=True)),
+                Sequential(BatchNorm2D(2), ReLU()),
                 Sequential(ReLU(inplace=True), Conv2D(2, 3, 3))):
-        assert not any(getattr(layer, "fuse_relu", False) or getattr(layer, "fused", False)
+        assert not any(getattr(layer, "fuse_relu", False) or getattr(layer, "fused", None)
                        for layer in net.layers)
 
 
