@@ -47,7 +47,9 @@ def model_gradient_check(model, x, labels, eps=1e-7, rtol=1e-4, atol=1e-9):
         reset()
         return float(model.forward_loss(x, labels)[0])
 
-    loss()
+    # a difference of two losses resolves nothing finer than their ulp: below 4 ulps over
+    # 2 eps, the finite difference is rounding (googlenet's smallest gradients get there)
+    atol = max(atol, 4 * float(np.spacing(abs(loss()))) / (2 * eps))
     dx = model.backward().copy()
     grads = model.grads.copy()
     checks = [("input", x, dx)]
@@ -216,7 +218,9 @@ def test_the_first_layer_may_skip_the_input_gradient(name):
     reseed()
     model.forward_loss(x, labels)
     assert model.backward(input_grad=False) is None
-    np.testing.assert_array_equal(model.grads, grads)
+    # equal to rounding: a strided first layer that needs no dx takes the direct route for dW
+    # (layers/conv_direct.py), the im2col route when it computes dx too
+    np.testing.assert_allclose(model.grads, grads, rtol=1e-12, atol=1e-15)
     first = model.leaves()[0]
     assert first.forward_flops > 0
     assert model.step_flops == 3 * model.forward_flops - first.forward_flops
