@@ -71,10 +71,11 @@ def forward(layer, x, train):
     """y (channel-major) and, when ``train``, the ``Saved`` state."""
     y = layout.empty(layer.out_shape(x.shape), x.dtype)
     direct = conv_direct.takes(layer, x)
-    if direct or layer.pointwise or layer._output_side(max(layer.output_side_forward,
-                                                            layer.output_side_backward),
-                                                        x.shape):
-        x = layout.to_channel_major(x)       # these routes read x as (C, N*H*W) rows
+    if direct and conv_direct.planes(x) is None or not direct and (
+            layer.pointwise or layer._output_side(max(layer.output_side_forward,
+                                                      layer.output_side_backward), x.shape)):
+        x = layout.to_channel_major(x)       # these routes read x as (C, N*H*W) rows; the
+                                             # direct route any dense (H, W) planes
     cols = None
     if direct:
         conv_direct.forward(layer, x, y)
@@ -93,7 +94,8 @@ def backward(layer, saved, dy):
     dy = layout.to_channel_major(dy)
     dx = layout.empty(x.shape, x.dtype) if layer.needs_input_grad else None
     if conv_direct.takes(layer, x, "backward"):
-        conv_direct.backward(layer, layout.to_channel_major(x), dy, dx)
+        conv_direct.backward(layer, x if conv_direct.planes(x) else layout.to_channel_major(x),
+                             dy, dx)
     elif layer.pointwise:
         _backward_pointwise(layer, x, dy, dx)
     elif layer._output_side(layer.output_side_backward, x.shape):

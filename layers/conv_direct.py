@@ -89,19 +89,30 @@ def takes(layer, x, phase="forward"):
         (layer.stride == 1 or not layer.needs_input_grad)
 
 
+def planes(x):
+    """(x, its sample stride, its channel stride), strides in elements, when x's (H, W) planes
+    are dense (C order, channel-major, a channel range of either); None otherwise."""
+    item = x.itemsize
+    n_stride, c_stride, h_stride, w_stride = x.strides
+    if w_stride != item or h_stride != x.shape[3] * item or n_stride <= 0 or c_stride <= 0 \
+            or n_stride % item or c_stride % item:
+        return None
+    return x, ctypes.c_long(n_stride // item), ctypes.c_long(c_stride // item)
+
+
 def forward(layer, x, y):
-    """y = conv(x, W) + b into ``y``; x and y channel-major (``layout.rows`` views their
-    memory)."""
+    """y = conv(x, W) + b into ``y`` (channel-major, ``layout.rows`` views its memory); x in
+    any layout whose (H, W) planes are dense (``planes``)."""
     lib = library(x.dtype)
     wt = layer.workspace("Wt", (layer.in_ch, layer.k * layer.k, layer.out_ch), x.dtype, np)
     wt[...] = layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1).transpose(1, 2, 0)
     b = layer.params.get("b")
     size, dims = _sizes(lib, x.shape, layer)[0], _dims(x.shape, layer)
-    xd, yd = layout.rows(x), layout.rows(y)
+    (xd, xn, xc), yd = planes(x), layout.rows(y)
 
     def work(start, stop, worker):
         ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
-        lib.conv_forward(ckernels.pointer(xd), ckernels.pointer(wt), ckernels.pointer(b),
+        lib.conv_forward(ckernels.pointer(xd), xn, xc, ckernels.pointer(wt), ckernels.pointer(b),
                          ckernels.pointer(yd), *dims, _c_long(start), _c_long(stop),
                          ckernels.pointer(ws))
 
@@ -110,7 +121,7 @@ def forward(layer, x, y):
 
 def backward(layer, x, dy, dx):
     """The weight and bias gradients into ``layer.grads``, and dx into ``dx`` unless it is
-    None; x, dy and dx channel-major."""
+    None; dy and dx channel-major, x as in ``forward``."""
     lib = library(x.dtype)
     o, c, k = layer.out_ch, layer.in_ch, layer.k
     wf = layer.workspace("Wf", (o, k * k, c), x.dtype, np)
@@ -118,7 +129,7 @@ def backward(layer, x, dy, dx):
     _, per_sample, besides = _sizes(lib, x.shape, layer)
     m = max(1, layer.direct_chunk_bytes // (per_sample * x.dtype.itemsize))
     dims = _dims(x.shape, layer)
-    xd, dyr = layout.rows(x), layout.rows(dy)
+    (xd, xn, xc), dyr = planes(x), layout.rows(dy)
     dxd = layout.rows(dx) if dx is not None else None
     bias = "b" in layer.grads
 
@@ -127,7 +138,7 @@ def backward(layer, x, dy, dx):
         ws = ckernels.aligned(layer, ("direct", worker), mm * per_sample + besides, x.dtype)
         dw = layer.grads["W"] if worker == 0 else \
             layer.workspace(("dW", worker), layer.grads["W"].shape, x.dtype, np)
-        lib.conv_backward(ckernels.pointer(xd), ckernels.pointer(dyr), ckernels.pointer(wf),
+        lib.conv_backward(ckernels.pointer(xd), xn, xc, ckernels.pointer(dyr), ckernels.pointer(wf),
                           ckernels.pointer(dw), ckernels.pointer(dxd), *dims, _c_long(start),
                           _c_long(stop), _c_long(mm), ckernels.pointer(ws))
         l = dy.shape[2] * dy.shape[3]

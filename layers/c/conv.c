@@ -43,6 +43,7 @@ AI real hsum(vr v)
 
 typedef struct {
     long n, c, h, w, o, k, s, p;                 /* the layer and its batch */
+    long xn, xc;                                 /* x's sample and channel strides (elements) */
     long oh, ow, ph, pw, plane, cplane, npos;    /* phase geometry, as above */
     long xsize, dysize;                          /* one sample's xbuf and dyb, slack included */
     long off[KMAX * KMAX];
@@ -51,6 +52,8 @@ typedef struct {
 static void geometry(Geom *g, long n, long c, long h, long w, long o, long k, long s, long p)
 {
     g->n = n; g->c = c; g->h = h; g->w = w; g->o = o; g->k = k; g->s = s; g->p = p;
+    g->xn = h * w;                               /* channel-major, unless the caller says */
+    g->xc = n * h * w;
     g->oh = (h + 2 * p - k) / s + 1;
     g->ow = (w + 2 * p - k) / s + 1;
     g->ph = (h + 2 * p + s - 1) / s;
@@ -77,16 +80,16 @@ static long phase_run(const Geom *g, long h, long b, long *w0, long *dst)
     return *w0 < g->w ? (g->w - 1 - *w0) / s + 1 : 0;
 }
 
-/* sample n of x (channel-major) as phase planes in xbuf (zeros where xpad is padding) */
+/* sample n of x (strides xn, xc) as phase planes in xbuf (zeros where xpad is padding) */
 static void to_planes(const Geom *g, const real *x, long n, real *xbuf)
 {
-    long s = g->s, hw = g->h * g->w;
+    long s = g->s;
     memset(xbuf, 0, sizeof(real) * g->xsize);
     for (long c = 0; c < g->c; c++)
         for (long h = 0; h < g->h; h++)
             for (long b = 0; b < s; b++) {
                 long w0, at, count = phase_run(g, h, b, &w0, &at);
-                const real *src = x + (c * g->n + n) * hw + h * g->w + w0;
+                const real *src = x + c * g->xc + n * g->xn + h * g->w + w0;
                 real *dst = xbuf + c * g->cplane + at;
                 if (s == 1)
                     memcpy(dst, src, sizeof(real) * count);
@@ -217,14 +220,16 @@ static void forward_sample(const Geom *g, const real *x, const real *wt, const r
     }
 }
 
-/* samples [n0, n1): y = conv(x, W) + b; wt[c][t][o] = W[o][c][t]; b may be NULL;
-   work: conv_sizes' forward elements */
-void conv_forward(const real *x, const real *wt, const real *b, real *y,
+/* samples [n0, n1): y = conv(x, W) + b; wt[c][t][o] = W[o][c][t]; b may be NULL; x's
+   (H, W) planes dense, xn and xc apart (elements); work: conv_sizes' forward elements */
+void conv_forward(const real *x, long xn, long xc, const real *wt, const real *b, real *y,
                   long n, long c, long h, long w, long o, long k, long s, long p,
                   long n0, long n1, real *work)
 {
     Geom g;
     geometry(&g, n, c, h, w, o, k, s, p);
+    g.xn = xn;
+    g.xc = xc;
     for (long i = n0; i < n1; i++)
         forward_sample(&g, x, wt, b, i, work, work + g.xsize, y);
 }
@@ -324,14 +329,17 @@ static void transposed(const Geom *g, Geom *t)
 }
 
 /* samples [n0, n1), m at a time: dw (this worker's partial, overwritten) and, unless dx is
-   NULL, dx; wf[o][t][c] = W[o][c][kk - 1 - t]; work: conv_sizes' backward elements */
-void conv_backward(const real *x, const real *dy, const real *wf, real *dw, real *dx,
-                   long n, long c, long h, long w, long o, long k, long s, long p,
+   NULL, dx (channel-major); x as in conv_forward; wf[o][t][c] = W[o][c][kk - 1 - t]; work:
+   conv_sizes' backward elements */
+void conv_backward(const real *x, long xn, long xc, const real *dy, const real *wf, real *dw,
+                   real *dx, long n, long c, long h, long w, long o, long k, long s, long p,
                    long n0, long n1, long m, real *work)
 {
     Geom g, gt;
     geometry(&g, n, c, h, w, o, k, s, p);
     transposed(&g, &gt);
+    g.xn = xn;
+    g.xc = xc;
     real *xbuf = work, *dyb = work + m * g.xsize, *tbuf = dyb + m * g.dysize;
     memset(dw, 0, sizeof(real) * o * c * k * k);
     for (long i0 = n0; i0 < n1; i0 += m) {

@@ -153,14 +153,24 @@ def test_grouped(n, c, h, w, o, k, s, p, g):
     assert all(("direct", 0) in conv._work for conv in layer.group_convs) == (k > 1 or s > 1)
 
 
-def test_sample_major_input():
-    """An input in C order (the loader's batches) is made channel-major once."""
-    x = np.random.default_rng(31).standard_normal((3, 2, 7, 7))
-    layer = direct(2, 3, 3, 1, 1, np.float64)
-    assert x.flags.c_contiguous
+@pytest.mark.parametrize("view", ["C order", "channel range"])
+def test_input_read_in_its_own_layout(view):
+    """x in C order (the loader's batches) or a channel range of a C-order array (a group's
+    input) is read where it lies, through its strides: no channel-major copy."""
+    x = np.random.default_rng(31).standard_normal((3, 5, 7, 7))
+    x = x[:, 1:3] if view == "channel range" else np.ascontiguousarray(x[:, :2])
+    layer = direct(2, 3, 3, 2, 1, np.float64)
+    assert conv_direct.planes(x)[0] is x
+    dy = dy_for(layer, x, 33)
+    ref = make(2, 3, 3, 2, 1, np.float64, route="input")
     np.testing.assert_allclose(layer.forward(x), conv_loops(x, layer.params["W"],
-                                                            layer.params["b"], 1, 1),
+                                                            layer.params["b"], 2, 1),
                                rtol=1e-12, atol=1e-12)
+    ref.forward(x)
+    np.testing.assert_allclose(layer.backward(dy.copy()), ref.backward(dy.copy()),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-12, atol=1e-12)
+    assert conv_direct.planes(x[:, :, :, ::2]) is None       # planes not dense: copied
 
 
 def test_switched_off_per_layer():
