@@ -1,4 +1,5 @@
-"""Conv2D on the CPU: im2col + one GEMM per chunk of samples, over channel-major activations.
+"""Conv2D on the CPU: im2col + one GEMM per chunk of samples, over channel-major activations,
+or, per pass, the direct route in C (``layers/conv_direct.py``) where ``conv_direct.takes``.
 
 Input-side route: im2col lays the input windows out tap-major,
 col[(i*k + j)*C + c, (n, oh, ow)] = xpad[n, c, oh*s + i, ow*s + j], so with

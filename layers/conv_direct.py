@@ -8,7 +8,7 @@ xpad[s*r + a, s*u + b], r < PH = ceil((H + 2p)/s), u < PW = ceil((W + 2p)/s)), e
     y[o, q]   = b[o] + sum_{c, i, j} W[o, c, i, j] * planes[c, q + off[i, j]]
 
 (positions with ow >= OW are scratch, computed and dropped). So the forward is, for a tile of
-4 output channels by 4 vectors of positions held in registers, a sum over (c, i, j) of
+8 output channels by 3 vectors of positions held in registers, a sum over (c, i, j) of
 broadcast weight times a vector loaded at a shifted address. Backward, with dY the rows of dy
 widened to PW with zeros in the scratch columns:
 

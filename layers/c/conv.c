@@ -154,10 +154,13 @@ AI void tile_##OB##_##PB(const real *in, long plane, long cin, long kk, const lo
             st(dst, add ? ld(dst) + acc[o][v] : acc[o][v]);                                \
         }                                                                                  \
 }
-TILE(4, 4)
+TILE(8, 3)
+TILE(8, 1)
+TILE(4, 3)
 TILE(4, 1)
-TILE(1, 4)
+TILE(1, 3)
 TILE(1, 1)
+#define PB 3        /* vectors of positions in a wide tile */
 
 /* A product's operands: in (cin channels, plane apart, read at off[t] + q), the weights
    (wt[c * cstride + t * cout + o]) and out (cout channels, out_stride apart). */
@@ -171,35 +174,31 @@ typedef struct {
     long out_stride;
 } Product;
 
-/* the tiles over every output channel at the positions [q, q + 4 VL) (wide) or [q, q + VL) */
+/* tile_<ob>_<pb> for output channels [o, o + ob) at positions [q, q + pb VL) */
+#define CALL(OB, PB_)                                                                      \
+    tile_##OB##_##PB_(a->in + q, a->plane, a->cin, a->kk, a->off, a->wt + o, a->cstride,  \
+                      a->cout, a->out + o * a->out_stride + q, a->out_stride, add)
+
+/* the tiles over every output channel (8 at a time, then 4, then 1) at the positions
+   [q, q + PB VL) (wide) or [q, q + VL) */
 static void tiles(const Product *a, long q, int add, int wide)
 {
-    const real *in = a->in + q;
-    for (long o = 0; o < a->cout; o += (o + 4 <= a->cout ? 4 : 1)) {
-        const real *wt = a->wt + o;
-        real *out = a->out + o * a->out_stride + q;
-        if (o + 4 <= a->cout && wide)
-            tile_4_4(in, a->plane, a->cin, a->kk, a->off, wt, a->cstride, a->cout, out,
-                     a->out_stride, add);
-        else if (o + 4 <= a->cout)
-            tile_4_1(in, a->plane, a->cin, a->kk, a->off, wt, a->cstride, a->cout, out,
-                     a->out_stride, add);
-        else if (wide)
-            tile_1_4(in, a->plane, a->cin, a->kk, a->off, wt, a->cstride, a->cout, out,
-                     a->out_stride, add);
-        else
-            tile_1_1(in, a->plane, a->cin, a->kk, a->off, wt, a->cstride, a->cout, out,
-                     a->out_stride, add);
-    }
+    long o = 0;
+    for (; o + 8 <= a->cout; o += 8)
+        if (wide) CALL(8, 3); else CALL(8, 1);
+    for (; o + 4 <= a->cout; o += 4)
+        if (wide) CALL(4, 3); else CALL(4, 1);
+    for (; o < a->cout; o++)
+        if (wide) CALL(1, 3); else CALL(1, 1);
 }
 
-/* out over positions [0, npos): 4 vectors at a time, then one */
+/* out over positions [0, npos): PB vectors at a time, then one */
 static void product(const Product *a, long npos, int add)
 {
     for (long q = 0; q < npos; q += VL) {
-        int wide = q + 4 * VL <= npos;
+        int wide = q + PB * VL <= npos;
         tiles(a, q, add, wide);
-        q += wide ? 3 * VL : 0;
+        q += wide ? (PB - 1) * VL : 0;
     }
 }
 
