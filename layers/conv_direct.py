@@ -62,7 +62,7 @@ def _sizes(lib, x_shape, layer):
 # its backward while the weight gradient's sums run over enough positions (per sample).
 AUTO_WEIGHTS = {"forward": 1 << 18, "backward": 1 << 17}   # elements of one group's W
 AUTO_LARGE = 2048                       # positions per sample that lift the weight bounds
-AUTO_BACKWARD_POSITIONS = 256           # the fewest positions per sample for backward
+AUTO_POSITIONS = {"forward": 64, "backward": 256}   # the fewest output positions per sample
 MODES = ("auto", "always", "never")
 
 
@@ -82,11 +82,9 @@ def takes(layer, x, phase="forward"):
         return True
     _, o, oh, ow = layer.out_shape(x.shape)
     positions, weights = oh * ow, o * layer.in_ch * layer.k * layer.k
-    fits = weights <= AUTO_WEIGHTS[phase] or positions >= AUTO_LARGE
-    if phase == "forward":
-        return fits
-    return fits and positions >= AUTO_BACKWARD_POSITIONS and \
-        (layer.stride == 1 or not layer.needs_input_grad)
+    fits = (weights <= AUTO_WEIGHTS[phase] or positions >= AUTO_LARGE) and \
+        positions >= AUTO_POSITIONS[phase]
+    return fits and (phase == "forward" or layer.stride == 1 or not layer.needs_input_grad)
 
 
 def planes(x):

@@ -191,6 +191,7 @@ def test_switched_off_per_layer():
     (16, 16, 3, 1, 32, True, True),        # CIFAR ResNet stage 1
     (64, 64, 3, 1, 8, True, False),        # 64 positions: too few for backward
     (512, 512, 3, 1, 7, False, False),     # weights beyond the cache, few positions
+    (160, 96, 3, 1, 7, False, False),      # 49 positions: too few even for forward
     (256, 256, 3, 1, 56, True, True),      # large weights, but 3,136 positions
     (16, 32, 3, 2, 32, True, False),       # strided: dx by the im2col route
     (3, 16, 17, 1, 32, False, False),      # a kernel wider than 16
