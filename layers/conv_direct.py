@@ -102,7 +102,8 @@ def forward(layer, x, y):
     """y = conv(x, W) + b into ``y`` (channel-major, ``layout.rows`` views its memory); x in
     any layout whose (H, W) planes are dense (``planes``)."""
     lib = library(x.dtype)
-    wt = layer.workspace("Wt", (layer.in_ch, layer.k * layer.k, layer.out_ch), x.dtype, np)
+    wt = layer.workspace("direct Wt", (layer.in_ch, layer.k * layer.k, layer.out_ch),
+                         x.dtype, np)
     wt[...] = layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1).transpose(1, 2, 0)
     b = layer.params.get("b")
     size, dims = _sizes(lib, x.shape, layer)[0], _dims(x.shape, layer)
@@ -110,9 +111,9 @@ def forward(layer, x, y):
 
     def work(start, stop, worker):
         ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
-        lib.conv_forward(ckernels.pointer(xd), xn, xc, ckernels.pointer(wt), ckernels.pointer(b),
-                         ckernels.pointer(yd), *dims, _c_long(start), _c_long(stop),
-                         ckernels.pointer(ws))
+        lib.conv_forward(ckernels.pointer(xd), xn, xc, ckernels.pointer(wt),
+                         ckernels.pointer(b), ckernels.pointer(yd), *dims, _c_long(start),
+                         _c_long(stop), ckernels.pointer(ws))
 
     parallel.split_work(np, x.shape[0], work)
 
@@ -122,7 +123,7 @@ def backward(layer, x, dy, dx):
     None; dy and dx channel-major, x as in ``forward``."""
     lib = library(x.dtype)
     o, c, k = layer.out_ch, layer.in_ch, layer.k
-    wf = layer.workspace("Wf", (o, k * k, c), x.dtype, np)
+    wf = layer.workspace("direct Wf", (o, k * k, c), x.dtype, np)
     wf[...] = layer.params["W"].reshape(o, c, -1)[:, :, ::-1].transpose(0, 2, 1)
     _, per_sample, besides = _sizes(lib, x.shape, layer)
     m = max(1, layer.direct_chunk_bytes // (per_sample * x.dtype.itemsize))
@@ -136,9 +137,10 @@ def backward(layer, x, dy, dx):
         ws = ckernels.aligned(layer, ("direct", worker), mm * per_sample + besides, x.dtype)
         dw = layer.grads["W"] if worker == 0 else \
             layer.workspace(("dW", worker), layer.grads["W"].shape, x.dtype, np)
-        lib.conv_backward(ckernels.pointer(xd), xn, xc, ckernels.pointer(dyr), ckernels.pointer(wf),
-                          ckernels.pointer(dw), ckernels.pointer(dxd), *dims, _c_long(start),
-                          _c_long(stop), _c_long(mm), ckernels.pointer(ws))
+        lib.conv_backward(ckernels.pointer(xd), xn, xc, ckernels.pointer(dyr),
+                          ckernels.pointer(wf), ckernels.pointer(dw), ckernels.pointer(dxd),
+                          *dims, _c_long(start), _c_long(stop), _c_long(mm),
+                          ckernels.pointer(ws))
         l = dy.shape[2] * dy.shape[3]
         db = layer.workspace(("db", worker), (o,), x.dtype, np) if bias else None
         if bias:
