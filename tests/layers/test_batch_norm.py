@@ -256,20 +256,3 @@ def test_fused_relu_equals_the_relu_after_it(shape, train):
 def test_fused_relu_gradient():
     x = np.random.default_rng(12).standard_normal((4, 3, 5, 5)) + 0.2
     check_backward(Sequential(make(3), ReLU(inplace=True)), x)
-
-
-def test_c_passes_equal_numpy(passes):
-    """The C passes against NumPy's, float32 (vector partial sums in both)."""
-    if passes == "numpy":
-        pytest.skip("compares the two ways")
-    rng = np.random.default_rng(13)
-    x = (rng.standard_normal((8, 16, 9, 9)) * 3 + 1).astype(np.float32)
-    dy = rng.standard_normal(x.shape).astype(np.float32)
-    out = []
-    for c in (True, False):
-        layer = make(16, np.float32)
-        layer.c_passes = c
-        out.append((layer.forward(x.copy()), layer.backward(dy.copy()),
-                    layer.grads["gamma"].copy(), layer.state["running_var"].copy()))
-    for a, b in zip(*out):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
