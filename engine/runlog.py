@@ -89,8 +89,8 @@ class RunLog:
 
     def write_metadata(self, model, description, ranks, steps_per_epoch, extra=None):
         """``ranks``: {"roles", "hosts", "threads"}, each a sequence with one entry per rank;
-        ``extra``: more entries (the MPI library's CUDA-awareness on a GPU, the convolution's
-        C kernels on the CPU)."""
+        ``extra``: more entries (the MPI library's CUDA-awareness on a GPU, the C kernels in
+        use on the CPU)."""
         meta = {"config": json.loads(json.dumps(self.cfg, default=str)),
                 "config_yaml": dump(self.cfg), "versions": versions(),
                 "mpi": self._mpi_library(), "ranks": self.world.size,

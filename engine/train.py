@@ -201,7 +201,7 @@ class Run:
             self.display.message(f"CUDA-aware MPI: {'yes' if aware['answer'] else 'no'} "
                                  f"({aware['how']}): GPU buffers go to MPI {how}")
         if kernels:
-            self.display.message(f"convolutions: {kernels}")
+            self.display.message(f"CPU kernels: {kernels}")
         for note in self.data.notes:
             self.display.message(f"note: {note}")
 

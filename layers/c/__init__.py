@@ -112,12 +112,19 @@ def library(name, dtype):
     return ctypes.CDLL(str(out))
 
 
+KERNELS = {"conv": "direct convolution", "batch_norm": "BatchNorm"}   # file: what it does
+
+
 def status(dtype=np.float32):
-    """One line for the start line: whether the convolution's C kernels are in use."""
-    lib = library("conv", dtype)
-    if lib is not None:
-        return f"C kernels (direct convolution), built by {Path(compiler()).name}"
-    return "NumPy routes; C kernels " + _failure.get(("conv", np.dtype(dtype)), "off")
+    """One line for the start line: which C kernels are in use, or why none is."""
+    built = [what for name, what in KERNELS.items() if library(name, dtype) is not None]
+    missing = [_failure.get((name, np.dtype(dtype)), "off") for name in KERNELS
+               if library(name, dtype) is None]
+    if not missing:
+        return f"C kernels ({', '.join(built)}), built by {Path(compiler()).name}"
+    if not built:
+        return "NumPy routes; C kernels " + missing[0]
+    return f"C kernels ({', '.join(built)}); NumPy for the rest: " + "; ".join(missing)
 
 
 def aligned(layer, key, size, dtype):
