@@ -71,7 +71,7 @@ void bn_forward(const real *x, real *y, const real *scale, const real *offset, l
         if (relu)
             for (long i = 0; i < m; i++) {
                 real v = xc[i] * s + o;
-                yc[i] = v > 0 ? v : 0;
+                yc[i] = v <= 0 ? 0 : v;          /* NaN stays NaN, as np.maximum keeps it */
             }
         else
             for (long i = 0; i < m; i++) yc[i] = xc[i] * s + o;

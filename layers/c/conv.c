@@ -1,7 +1,7 @@
 /* Direct convolution on the CPU (layers/conv_direct.py has the equations and the layout).
 
-   Every array is channel-major: x (C, N, H, W), y and dy (O, N, OH, OW), dx (C, N, H, W).
-   One sample's input is laid out as "phase planes": the zero-padded input xpad split into its
+   y and dy (O, N, OH, OW) and dx (C, N, H, W) are channel-major; x is read through its sample
+   and channel strides (xn, xc; its (H, W) planes dense: C order, channel-major). One sample's input is laid out as "phase planes": the zero-padded input xpad split into its
    s*s sub-lattices, plane (a, b) holding xpad[s*r + a, s*u + b] for r < PH, u < PW, so that
    every tap (i, j) reads one plane at a fixed flat offset, off[t] = plane(i % s, j % s) +
    (i / s) * PW + j / s, from an output position q = oh * PW + ow (rows of PW: the columns

@@ -256,3 +256,13 @@ def test_fused_relu_equals_the_relu_after_it(shape, train):
 def test_fused_relu_gradient():
     x = np.random.default_rng(12).standard_normal((4, 3, 5, 5)) + 0.2
     check_backward(Sequential(make(3), ReLU(inplace=True)), x)
+
+
+def test_fused_relu_keeps_nan():
+    """A NaN in the input reaches the output through the fused ReLU (as np.maximum keeps it),
+    so the step's finiteness check sees it."""
+    x = np.random.default_rng(14).standard_normal((2, 3, 4, 4))
+    x[1, 2, 0, 0] = np.nan
+    net = Sequential(make(3), ReLU(inplace=True))
+    y = net.forward(x)
+    assert np.isnan(y[:, 2]).all() and np.isfinite(y[:, :2]).all()
