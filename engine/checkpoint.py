@@ -64,6 +64,7 @@ def rank_state(model, optimizer, rule, progress):
     arrays = {key: to_host(value) for key, value in arrays.items()}   # GPU arrays copied
     values = {"step": progress.step, "last_finite": progress.last_finite,
               "skipped": progress.skipped, "elapsed": progress.clock(),
+              "log_time": progress.log_clock() if progress.log_clock else progress.clock(),
               "validating": progress.validating,
               "optimizer": {"name": optimizer_state["name"], "steps": optimizer_state["steps"]},
               "dropout": [layer.rng.bit_generator.state for layer in model.leaves()
@@ -82,6 +83,7 @@ def restore(model, optimizer, rule, progress, arrays, values):
     progress.skipped = values["skipped"]
     # the run's clock goes on from the checkpoint (0 for checkpoints from before 2026-12-06)
     progress.elapsed = values.get("elapsed", 0.0)
+    progress.log_elapsed = values.get("log_time", progress.elapsed)
     progress.validating = values.get("validating", 0.0)
     dropouts = [layer for layer in model.leaves() if hasattr(layer, "reseed")]
     for layer, state in zip(dropouts, values["dropout"]):

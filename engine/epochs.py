@@ -45,6 +45,8 @@ class Progress:
         self.step, self.last_finite, self.skipped = 0, None, 0
         self.elapsed = self.validating = 0.0
         self.origin = None        # perf_counter() at the run's start, this session's count
+        self.log_clock = None     # the log's clock (a callable), which checkpoints keep too
+        self.log_elapsed = 0.0    # its reading at the checkpoint this session resumed from
 
     def clock(self):
         """Seconds of the run so far, earlier sessions included (for checkpoints)."""

@@ -129,6 +129,10 @@ class RunLog:
                                      "dur": (end - start) * 1e6, "pid": self.world.rank,
                                      "tid": 0})
 
+    def clock(self):
+        """Seconds on the log's clock (the ``time`` of a step's record)."""
+        return time.perf_counter() - self.origin
+
     def step(self, record):
         """Log a step's record with the seconds since the start and the phase times since
         the last logged step."""

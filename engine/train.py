@@ -15,6 +15,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 
 import numpy as np
 
@@ -233,8 +234,10 @@ class Run:
         self.rule.start(self.model)
         self.checkpoints = Checkpoints(self.cfg, self.world, self.rule, self.model,
                                        self.optimizer, self.progress, self.folder)
+        self.progress.log_clock = self.log.clock
         resumed = self.checkpoints.resume(self.display.message)
-        self.log.origin -= self.progress.elapsed        # a resumed run's clock goes on
+        if resumed:     # the log's clock goes on from its reading at the checkpoint, so that
+            self.log.origin = time.perf_counter() - self.progress.log_elapsed   # rows ascend
         watchdog = self._watchdog()
         self.rule.signals = self.signals
         try:
