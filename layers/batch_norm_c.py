@@ -13,14 +13,12 @@ Sums are float32 (double) vector partials over segments of whole samples, added 
 as on the NumPy route; a channel's statistics do not depend on the number of workers.
 Synchronized BatchNorm averages the same moments and sums over the workers.
 """
-import ctypes
-
 import numpy as np
 
 from layers import c as ckernels
 from layers import parallel
 
-_ptr = ckernels.pointer
+_ptr, _long = ckernels.pointer, ckernels.integer
 
 
 def library(dtype):
@@ -31,10 +29,6 @@ def library(dtype):
 def _split(layer, nbytes, fn):
     """``fn(c0, c1)`` over channel ranges, one per worker."""
     parallel.split_work(np, layer.ch, lambda c0, c1, worker: fn(c0, c1), nbytes)
-
-
-def _long(v):
-    return ctypes.c_long(int(v))
 
 
 def moments(layer, lib, xr, seg):

@@ -28,14 +28,12 @@ Why: the im2col route's GEMMs are (O, k*k*C) @ (k*k*C, positions); with O and C 
 Activations are channel-major (``layers/layout.py``) in and out; every worker takes a
 contiguous range of samples (``layers/parallel.py``) with its own workspace.
 """
-import ctypes
-
 import numpy as np
 
 from layers import c as ckernels
 from layers import layout, parallel
 
-_c_long = ctypes.c_long
+_c_long = ckernels.integer
 
 
 def library(dtype):
@@ -95,7 +93,7 @@ def planes(x):
     if w_stride != item or h_stride != x.shape[3] * item or n_stride <= 0 or c_stride <= 0 \
             or n_stride % item or c_stride % item:
         return None
-    return x, ctypes.c_long(n_stride // item), ctypes.c_long(c_stride // item)
+    return x, _c_long(n_stride // item), _c_long(c_stride // item)
 
 
 def forward(layer, x, y):

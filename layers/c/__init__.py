@@ -137,6 +137,11 @@ def aligned(layer, key, size, dtype):
     return buf[start:start + size]
 
 
+def integer(v):
+    """An integer kernel argument (C ``long``)."""
+    return ctypes.c_long(int(v))
+
+
 def pointer(a):
     """``a``'s data address for a kernel argument (None stays NULL)."""
     return None if a is None else ctypes.c_void_p(a.ctypes.data)
