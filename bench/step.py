@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from core.device import DeviceError, array_module  # noqa: E402
+from core.memory import keep_freed  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.optimizers import SGD  # noqa: E402
 from layers import parallel  # noqa: E402
@@ -117,6 +118,9 @@ def parse(argv):
     parser.add_argument("--width", type=float, help="width multiplier (models that have one)")
     parser.add_argument("--no-aux", action="store_true", help="googlenet without aux heads")
     parser.add_argument("--profile", action="store_true", help="per-layer-type time table")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="cpu: leave glibc's defaults (freed memory goes back to the kernel)"
+                             " instead of keep_freed_memory's settings")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--tf32", action="store_true", help="gpu: TF32 matrix products")
     parser.add_argument("--torch", action="store_true",
@@ -169,6 +173,7 @@ def main(argv=None):
         raise SystemExit("--profile waits for every layer, slowing the steps --torch times: "
                          "give one of them, not both")
     parallel.set_workers(args.threads)
+    heap = keep_freed(args.device == "cpu" and not args.malloc_defaults)
     try:
         xp = array_module(args.device, 0, args.tf32)
     except DeviceError as err:
@@ -193,7 +198,7 @@ def main(argv=None):
     times, gemm_rates = defaultdict(list), []
     steps = np.array(time_steps(model, x, labels, optimizer, args.steps, sync, times,
                                 (gemm, gemm_rates)))
-    report(args, model, times, steps, gemm_rates, gpu, xp)
+    report(args, model, times, steps, gemm_rates, gpu, xp, heap)
     if args.torch and gpu:
         race_on_gpu(args, model, x, labels, optimizer, classes, sync, xp)
     elif args.torch:
@@ -206,7 +211,7 @@ def main(argv=None):
             print(f"{kind:<22}{phase:<10}{per_step * 1e3:>10.1f}{seconds / total:>8.1%}")
 
 
-def report(args, model, times, steps, gemm_rates, gpu, xp):
+def report(args, model, times, steps, gemm_rates, gpu, xp, heap):
     """The step's phases, its GFLOP/s against the GEMM's, images/s and memory."""
     flops = model.step_flops
     ratio = float(np.median(flops / steps / 1e9 / np.array(gemm_rates)))
@@ -220,7 +225,7 @@ def report(args, model, times, steps, gemm_rates, gpu, xp):
             (", TF32" if args.tf32 else "")
     else:
         memory = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"
-        where = f"{args.threads} cores"
+        where = f"{args.threads} cores, {heap}"
     print(f"model {args.model} {args.image_size}x{args.image_size} batch {args.batch} "
           f"{args.dtype}, {where}, {model.num_params:,} parameters, "
           f"{flops / args.batch / 1e9:.3f} GFLOP/image/step")

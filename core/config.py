@@ -132,6 +132,7 @@ SCHEMA = {
     "device": Key("str", "cpu", choices=("cpu", "gpu")),   # gpu: CuPy, one GPU per worker
     "tf32": Key("bool", False),        # gpu: float32 matrix products in TF32
     "threads": Key("int", None, low=1, high=1024, nullable=True),   # null: all cores
+    "keep_freed_memory": Key("bool", True),   # cpu: freed memory reused, not mapped afresh
     "batch_size": Key("int", 128, low=1, high=65536),                     # per worker
     "accumulate": Key("int", 1, low=1, high=4096),   # micro-batches of batch_size per step
     "epochs": Key("number", 10, low=0, low_open=True, high=1e6),

@@ -23,6 +23,7 @@ import sync                               # noqa: F401  (registers every rule an
 from core.config import add_arguments, dump, load_config
 from core.device import array_module, feed, local_rank
 from core.errors import ConfigError
+from core.memory import keep_freed
 from core.models import build_model
 from core.optimizers import build_optimizer
 from core.schedules import build_schedule
@@ -101,6 +102,8 @@ class Run:
         self.cfg, self.world, self.out = cfg, world, out or sys.stdout
         self.signals = signals or StopSignals()   # the stop signals (train installs them)
         self.stopped = 0                  # the exit status a stop signal asked for (130, 143)
+        # before any large buffer: how freed memory is kept (core/memory.py), CPU runs only
+        self.heap = keep_freed(cfg["keep_freed_memory"]) if cfg["device"] == "cpu" else None
         built, problem = attempt(self._rule_and_data)
         agree(world, problem)
         self.rule, self.threads, self.xp, self.data = built
@@ -183,7 +186,8 @@ class Run:
         aware = self._cuda_aware()
         kernels = ckernels.status(self.cfg["dtype"]) if self.cfg["device"] == "cpu" else None
         if self.world.rank == 0:
-            extra = {"cuda_aware_mpi": aware} if aware else {"cpu_kernels": kernels}
+            extra = {"cuda_aware_mpi": aware} if aware else \
+                {"cpu_kernels": kernels, "cpu_memory": self.heap}
             self.log.write_metadata(self.model, self.data.description,
                                     {"roles": roles, "hosts": hosts, "threads": counts},
                                     self.progress.steps_per_epoch, extra)
@@ -202,7 +206,7 @@ class Run:
             self.display.message(f"CUDA-aware MPI: {'yes' if aware['answer'] else 'no'} "
                                  f"({aware['how']}): GPU buffers go to MPI {how}")
         if kernels:
-            self.display.message(f"CPU kernels: {kernels}")
+            self.display.message(f"CPU kernels: {kernels}; memory: {self.heap}")
         for note in self.data.notes:
             self.display.message(f"note: {note}")
 

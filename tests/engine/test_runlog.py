@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from core import memory
 from core.config import load_config
 from engine.progress import ProgressDisplay
 from engine.report import main as report
@@ -34,7 +35,8 @@ def test_a_two_rank_run_leaves_its_folder_readable(tmp_path):
     assert meta["config"]["batch_size"] == 16 and "Open MPI" in meta["mpi"]
     assert meta["versions"]["numpy"] == np.__version__ and meta["steps_per_epoch"] == 15
     kernels = ckernels.status(np.float32)            # the CPU kernels: the line and the file
-    assert meta["cpu_kernels"] == kernels and f"CPU kernels: {kernels}" in done.stdout
+    assert meta["cpu_kernels"] == kernels and f"CPU kernels: {kernels}; memory: " in done.stdout
+    assert meta["cpu_memory"] == memory.KEPT and f"memory: {memory.KEPT}" in done.stdout
     for rank in (0, 1):
         rows = [json.loads(line) for line in (run / f"log.rank{rank}.jsonl").open()]
         assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
