@@ -172,6 +172,7 @@ typedef struct {
     long cstride, cout;
     real *out;
     long out_stride;
+    long window;                /* the elements a wide tile reads of one input channel */
 } Product;
 
 /* tile_<ob>_<pb> for output channels [o, o + ob) at positions [q, q + pb VL) */
@@ -192,13 +193,27 @@ static void tiles(const Product *a, long q, int add, int wide)
         if (wide) CALL(1, 3); else CALL(1, 1);
 }
 
-/* out over positions [0, npos): PB vectors at a time, then one */
+#ifndef CHUNK_BYTES
+#define CHUNK_BYTES (24 << 10)
+#endif
+
+/* out over positions [0, npos): PB vectors at a time, then one; the input channels in chunks
+   whose reads by one tile fit in CHUNK_BYTES (a core's L1), each chunk's sums added to the
+   previous chunks', so that every output channel's tile finds its inputs in L1 */
 static void product(const Product *a, long npos, int add)
 {
-    for (long q = 0; q < npos; q += VL) {
-        int wide = q + PB * VL <= npos;
-        tiles(a, q, add, wide);
-        q += wide ? (PB - 1) * VL : 0;
+    long cb = CHUNK_BYTES / (a->window * (long)sizeof(real));
+    cb = cb < 1 ? 1 : cb;
+    for (long c0 = 0; c0 < a->cin; c0 += cb) {
+        Product part = *a;
+        part.in += c0 * a->plane;
+        part.wt += c0 * a->cstride;
+        part.cin = a->cin - c0 < cb ? a->cin - c0 : cb;
+        for (long q = 0; q < npos; q += VL) {
+            int wide = q + PB * VL <= npos;
+            tiles(&part, q, add || c0 > 0, wide);
+            q += wide ? (PB - 1) * VL : 0;
+        }
     }
 }
 
@@ -206,8 +221,9 @@ static void product(const Product *a, long npos, int add)
 static void forward_sample(const Geom *g, const real *x, const real *wt, const real *b, long n,
                            real *xbuf, real *ybuf, real *y)
 {
+    long reach = (g->k - 1) / g->s;             /* a tap's rows and columns past the first */
     Product a = {xbuf, g->cplane, g->c, g->k * g->k, g->off, wt, g->k * g->k * g->o, g->o,
-                 ybuf, g->npos};
+                 ybuf, g->npos, g->s * g->s * (PB * VL + reach * (g->pw + 1))};
     to_planes(g, x, n, xbuf);
     product(&a, g->npos, 0);
     for (long o = 0; o < g->o; o++) {
@@ -307,7 +323,7 @@ static void scatter_sample(const Geom *g, const real *dyb, const real *wf, real 
     memset(dxbuf, 0, sizeof(real) * g->xsize);
     for (long t = 0; t < kk; t++) {
         Product a = {dyb, g->npos, g->o, 1, &zero, wf + (kk - 1 - t) * g->c, kk * g->c, g->c,
-                     dxbuf + g->off[t], g->cplane};
+                     dxbuf + g->off[t], g->cplane, PB * VL};
         product(&a, g->npos, 1);
     }
     from_planes(g, dxbuf, n, dx);

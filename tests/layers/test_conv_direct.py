@@ -23,6 +23,17 @@ MORE = [
     (2, 3, 4, 4, 5, 3, 1, 3),
 ]
 
+# Shapes whose channels span several of the product's chunks (conv.c, CHUNK_BYTES: 24 KiB of
+# one tile's reads; in float64 34 channels of the first, 18 of the second, and 128 of the
+# scatter's dy channels in the third): the forward's input channels, the transposed dx's (the
+# second's O), the strided forward's, and the strided dx scatter's.
+WIDE = [
+    (1, 80, 30, 30, 10, 3, 1, 1),
+    (1, 10, 30, 30, 80, 3, 1, 1),
+    (2, 40, 30, 30, 6, 3, 2, 1),
+    (1, 6, 12, 12, 136, 3, 2, 1),
+]
+
 
 @pytest.fixture(autouse=True)
 def built():
@@ -71,7 +82,7 @@ def test_gradient(shape, chunk_bytes):
     check_backward(layer, x)
 
 
-@pytest.mark.parametrize("shape", SHAPES + MORE)
+@pytest.mark.parametrize("shape", SHAPES + MORE + WIDE)
 def test_equals_the_im2col_route(shape):
     """Forward, dx and the gradients equal the input-side im2col route's (float64)."""
     n, c, h, w, o, k, s, p = shape
