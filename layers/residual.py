@@ -8,13 +8,19 @@ Backward sends dy to both branches and adds what they return:
 Each branch may overwrite the dy it is given (the layer API), so the shortcut gets a copy. The
 sum and that copy live in buffers kept across steps, in the layout of the body's output and of
 dy (channel-major on the CPU, ``layers/layout.py``).
+
+An in-place ReLU after the block (``Sequential`` calls ``relu.fuse``) is fused into it on the
+CPU: the sum is rectified as it is made, and backward masks dy as it copies it
+(``layers/residual_cpu.py``); on the GPU the ReLU keeps its own kernels.
 """
-from layers import layout
-from layers.backend import array_module
+from layers import layout, residual_cpu
+from layers.backend import array_module, uses_kernels
 from layers.base import Layer
 
 
 class Residual(Layer):
+    fuse_relu = False       # an in-place ReLU follows (set by Sequential: ``relu.fuse``)
+
     def __init__(self, body, shortcut=None):
         super().__init__()
         self.body, self.shortcut = body, shortcut
@@ -28,15 +34,28 @@ class Residual(Layer):
         if y.shape != s.shape:
             raise ValueError(f"{self.name}: the body gives {y.shape}, the shortcut {s.shape}; "
                              f"they must agree to be added")
-        self.save(True if train else None)
         out = self._like(y, "sum")
-        array_module(y).add(y, s, out=out)
+        self.save(out if train else None)          # backward's mask, where fused: out > 0
+        xp = array_module(y)
+        if self.rectifies(xp):
+            return residual_cpu.add_relu(y, s, out)
+        xp.add(y, s, out=out)
         return out
 
+    def rectifies(self, xp):
+        """Whether this block applies the fused ReLU (forward, and its mask in backward) for
+        arrays of ``xp``: with ``fuse_relu``, on the CPU."""
+        return self.fuse_relu and not uses_kernels(xp)
+
+    masks = rectifies
+
     def backward(self, dy):
-        self.saved()
+        out = self.saved()
         copy = self._like(dy, "dy")
-        copy[...] = dy
+        if self.masks(array_module(dy)):
+            residual_cpu.mask_and_copy(self, dy, out, copy)
+        else:
+            copy[...] = dy
         dx = self.body.backward(dy)
         dx += copy if self.shortcut is None else self.shortcut.backward(copy)
         return dx
