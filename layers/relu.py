@@ -33,6 +33,20 @@ def flat_pair(a, b):
     return None if fa is None or fb is None else (fa, fb)
 
 
+def mask_blocks(layer, df, yf, start, stop, worker, copy=None):
+    """df[start:stop] *= (yf[start:stop] > 0) in place (1-D NumPy arrays), in blocks of BLOCK
+    with ``layer``'s mask workspace for ``worker``; each masked block also into ``copy`` when
+    given, while it is in cache."""
+    mask = layer.workspace(("mask", worker), (BLOCK,), np.bool_, np)
+    for b0 in range(start, stop, BLOCK):
+        b1 = min(b0 + BLOCK, stop)
+        m, d = mask[:b1 - b0], df[b0:b1]
+        np.greater(yf[b0:b1], 0, out=m)
+        d *= m
+        if copy is not None:
+            copy[b0:b1] = d
+
+
 def fuse(before, after):
     """Let ``before`` (a layer with ``fuse_relu``: Conv2D, BatchNorm2D) rectify its own output
     when ``after`` is an in-place ReLU, which nothing but ``after`` reads."""
@@ -81,13 +95,6 @@ class ReLU(Layer):
             dy *= y > 0
             return dy
         df, yf = flat
-
-        def run(start, stop, worker):
-            mask = self.workspace(("mask", worker), (BLOCK,), np.bool_, xp)
-            for b0 in range(start, stop, BLOCK):
-                b1 = min(b0 + BLOCK, stop)
-                m, d = mask[:b1 - b0], df[b0:b1]
-                xp.greater(yf[b0:b1], 0, out=m)
-                d *= m
-        parallel.split_work(xp, df.size, run, dy.nbytes)
+        parallel.split_work(xp, df.size, lambda start, stop, worker: mask_blocks(
+            self, df, yf, start, stop, worker), dy.nbytes)
         return dy

@@ -11,7 +11,7 @@ calls. NaN stays NaN, as through ``np.maximum``.
 import numpy as np
 
 from layers import parallel
-from layers.relu import BLOCK, flat_pair
+from layers.relu import BLOCK, flat_pair, mask_blocks
 
 
 def add_relu(y, s, out):
@@ -39,13 +39,5 @@ def mask_and_copy(layer, dy, out, copy):
         copy[...] = dy
         return
     (df, of), (cf, _) = first, second
-
-    def run(start, stop, worker):
-        mask = layer.workspace(("mask", worker), (BLOCK,), np.bool_, np)
-        for b0 in range(start, stop, BLOCK):
-            b1 = min(b0 + BLOCK, stop)
-            m, d = mask[:b1 - b0], df[b0:b1]
-            np.greater(of[b0:b1], 0, out=m)
-            d *= m
-            cf[b0:b1] = d
-    parallel.split_work(np, df.size, run, dy.nbytes)
+    parallel.split_work(np, df.size, lambda start, stop, worker: mask_blocks(
+        layer, df, of, start, stop, worker, cf), dy.nbytes)
