@@ -59,7 +59,7 @@ def _sizes(lib, x_shape, layer):
 # Where "auto" takes this route, from bench/README.md's per-layer table (2 workers, float32):
 # direct wins while a layer's weights stay within a core's cache or its images are large, and
 # its backward while the weight gradient's sums run over enough positions (per sample).
-AUTO_WEIGHTS = {"forward": 1 << 18, "backward": 1 << 17}   # elements of one group's W
+AUTO_WEIGHTS = {"forward": 1 << 20, "backward": 1 << 17}   # elements of one group's W
 AUTO_LARGE = 2048                       # positions per sample that lift the weight bounds
 AUTO_POSITIONS = {"forward": 64, "backward": 256}   # the fewest output positions per sample
 MODES = ("auto", "always", "never")

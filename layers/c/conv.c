@@ -155,12 +155,20 @@ AI void tile_##OB##_##PB(const real *in, long plane, long cin, long kk, const lo
         }                                                                                  \
 }
 TILE(8, 3)
+TILE(8, 2)
 TILE(8, 1)
+TILE(6, 4)
+TILE(4, 5)
+TILE(4, 4)
 TILE(4, 3)
+TILE(4, 2)
 TILE(4, 1)
+TILE(1, 5)
+TILE(1, 4)
 TILE(1, 3)
+TILE(1, 2)
 TILE(1, 1)
-#define PB 3        /* vectors of positions in a wide tile */
+#define PB 3        /* vectors of positions in a wide tile (4 or 5 where that many are left) */
 
 /* A product's operands: in (cin channels, plane apart, read at off[t] + q), the weights
    (wt[c * cstride + t * cout + o]) and out (cout channels, out_stride apart). */
@@ -180,26 +188,36 @@ typedef struct {
     tile_##OB##_##PB_(a->in + q, a->plane, a->cin, a->kk, a->off, a->wt + o, a->cstride,  \
                       a->cout, a->out + o * a->out_stride + q, a->out_stride, add)
 
-/* the tiles over every output channel (8 at a time, then 4, then 1) at the positions
-   [q, q + PB VL) (wide) or [q, q + VL) */
-static void tiles(const Product *a, long q, int add, int wide)
+/* tiles of OB output channels, then 4, then 1, PB_ vectors wide, over every output channel */
+#define LADDER(OB, PB_)                                                                    \
+    do {                                                                                   \
+        long o = 0;                                                                        \
+        for (; o + OB <= a->cout; o += OB) CALL(OB, PB_);                                  \
+        for (; o + 4 <= a->cout; o += 4) CALL(4, PB_);                                     \
+        for (; o < a->cout; o++) CALL(1, PB_);                                             \
+    } while (0)
+
+/* the tiles over every output channel at the positions [q, q + pb VL): 8 channels by 3, 2 or
+   1 vectors, 6 by 4 or 4 by 5 (a whole 7x7 or 8x8 image's rows in one tile), in registers */
+static void tiles(const Product *a, long q, int add, long pb)
 {
-    long o = 0;
-    for (; o + 8 <= a->cout; o += 8)
-        if (wide) CALL(8, 3); else CALL(8, 1);
-    for (; o + 4 <= a->cout; o += 4)
-        if (wide) CALL(4, 3); else CALL(4, 1);
-    for (; o < a->cout; o++)
-        if (wide) CALL(1, 3); else CALL(1, 1);
+    switch (pb) {
+    case 5: LADDER(4, 5); break;
+    case 4: LADDER(6, 4); break;
+    case 3: LADDER(8, 3); break;
+    case 2: LADDER(8, 2); break;
+    default: LADDER(8, 1);
+    }
 }
 
 #ifndef CHUNK_BYTES
 #define CHUNK_BYTES (24 << 10)
 #endif
 
-/* out over positions [0, npos): PB vectors at a time, then one; the input channels in chunks
-   whose reads by one tile fit in CHUNK_BYTES (a core's L1), each chunk's sums added to the
-   previous chunks', so that every output channel's tile finds its inputs in L1 */
+/* out over positions [0, npos): PB vectors at a time (the last 4 or 5 in one tile); the input
+   channels in chunks whose reads by one tile fit in CHUNK_BYTES (a core's L1), each chunk's
+   sums added to the previous chunks', so that every output channel's tile finds its inputs in
+   L1 */
 static void product(const Product *a, long npos, int add)
 {
     long cb = CHUNK_BYTES / (a->window * (long)sizeof(real));
@@ -209,10 +227,10 @@ static void product(const Product *a, long npos, int add)
         part.in += c0 * a->plane;
         part.wt += c0 * a->cstride;
         part.cin = a->cin - c0 < cb ? a->cin - c0 : cb;
-        for (long q = 0; q < npos; q += VL) {
-            int wide = q + PB * VL <= npos;
-            tiles(&part, q, add || c0 > 0, wide);
-            q += wide ? (PB - 1) * VL : 0;
+        for (long q = 0; q < npos;) {          /* npos: whole vectors */
+            long left = (npos - q) / VL, pb = left == 4 || left == 5 ? left : left < PB ? left : PB;
+            tiles(&part, q, add || c0 > 0, pb);
+            q += pb * VL;
         }
     }
 }

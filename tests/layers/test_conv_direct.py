@@ -21,6 +21,11 @@ MORE = [
     (1, 3, 10, 10, 8, 3, 3, 2),
     (2, 2, 5, 5, 3, 2, 1, 0),
     (2, 3, 4, 4, 5, 3, 1, 3),
+    # 13 output channels through every tile of conv.c's ladders (in float64: 4 by 5 vectors
+    # after 3; 8, 4 and 1 channels by 2 vectors; by 1 vector)
+    (2, 3, 7, 7, 13, 3, 1, 1),
+    (2, 2, 6, 6, 13, 1, 2, 0),
+    (1, 2, 7, 5, 13, 4, 3, 1),
 ]
 
 # Shapes whose channels span several of the product's chunks (conv.c, CHUNK_BYTES: 24 KiB of
@@ -202,6 +207,8 @@ def test_switched_off_per_layer():
     (16, 16, 3, 1, 32, True, True),        # CIFAR ResNet stage 1
     (64, 64, 3, 1, 8, True, False),        # 64 positions: too few for backward
     (512, 512, 3, 1, 7, False, False),     # weights beyond the cache, few positions
+    (256, 256, 3, 1, 14, True, False),     # forward within its weight bound, backward not
+    (512, 512, 3, 1, 28, False, False),    # beyond both weight bounds, 784 positions
     (160, 96, 3, 1, 7, False, False),      # 49 positions: too few even for forward
     (256, 256, 3, 1, 56, True, True),      # large weights, but 3,136 positions
     (16, 32, 3, 2, 32, True, False),       # strided: dx by the im2col route
