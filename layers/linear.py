@@ -3,7 +3,9 @@
 Backward: dW = dy^T x, db = sum_n dy, dx = dy W.
 
 On the CPU the products are split over ``parallel.workers()`` threads (BLAS runs one thread
-per call there): forward and dx by samples, dW and db by output features.
+per call there): dW and db by output features; forward and dx by samples, or, where W is larger
+than x (a classifier's first layer at a small batch), by the features of W's rows (forward) and
+columns (dx), so that the workers read W once between them rather than once each.
 """
 from layers import parallel
 from layers.backend import array_module
@@ -32,7 +34,15 @@ class Linear(Layer):
             xp.matmul(x[n0:n1], w.T, out=y[n0:n1])
             if self.bias:
                 y[n0:n1] += self.params["b"]
-        parallel.split_work(xp, x.shape[0], rows, w.nbytes)
+
+        def features(o0, o1, worker):
+            xp.matmul(x, w[o0:o1].T, out=y[:, o0:o1])
+            if self.bias:
+                y[:, o0:o1] += self.params["b"][o0:o1]
+        if self._by_features(x):
+            parallel.split_work(xp, self.out_f, features, w.nbytes)
+        else:
+            parallel.split_work(xp, x.shape[0], rows, w.nbytes)
         self.forward_flops = 2 * x.shape[0] * self.in_f * self.out_f
         return y
 
@@ -52,5 +62,15 @@ class Linear(Layer):
 
         def samples(n0, n1, worker):
             xp.matmul(dy[n0:n1], w, out=dx[n0:n1])
-        parallel.split_work(xp, x.shape[0], samples, w.nbytes)
+
+        def inputs(i0, i1, worker):
+            xp.matmul(dy, w[:, i0:i1], out=dx[:, i0:i1])
+        if self._by_features(x):
+            parallel.split_work(xp, self.in_f, inputs, w.nbytes)
+        else:
+            parallel.split_work(xp, x.shape[0], samples, w.nbytes)
         return dx
+
+    def _by_features(self, x):
+        """Whether the forward and dx split W's features rather than the samples (above)."""
+        return self.params["W"].nbytes > x.nbytes

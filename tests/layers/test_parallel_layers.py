@@ -1,6 +1,7 @@
 """The threaded CPU paths (layers.parallel) give the same forward and backward results as one
 worker: BatchNorm2D (channel ranges), ReLU, MaxPool2D, AvgPool2D, LRN and Concat (sample or
-plane ranges), including batches smaller than the number of workers and odd sizes."""
+plane ranges), Linear (samples, or W's features), including batches smaller than the number of
+workers and odd sizes."""
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ from layers import batch_norm_c, layout, parallel
 from layers.avg_pool import AvgPool2D
 from layers.batch_norm import BatchNorm2D
 from layers.concat import Concat
+from layers.linear import Linear
 from layers.lrn import LRN
 from layers.max_pool import MaxPool2D
 from layers.relu import ReLU
@@ -74,6 +76,24 @@ def test_relu(shape, workers, calls):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_norm(shape, workers, dtype, calls):
     check_same(lambda: BatchNorm2D(shape[1]), shape, calls, workers, dtype)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("shape, fout, by_features", [
+    ((3, 40), 31, True),         # W (31 x 40) larger than x: forward and dx by W's features
+    ((50, 6), 5, False),         # x larger than W: by samples
+])
+def test_linear(shape, fout, by_features, workers, calls):
+    """Equal to rounding (BLAS blocks a product's edges differently by its size, so a split's
+    last bits may differ: one worker's own result is not bit for bit a fixed point here)."""
+    assert Linear(shape[1], fout).build(np.float64)._by_features(np.empty(shape)) == by_features
+    rng = np.random.default_rng(4)
+    x, dy = rng.standard_normal(shape), rng.standard_normal((shape[0], fout))
+    one = run(lambda: Linear(shape[1], fout), x, dy, 1)
+    many = run(lambda: Linear(shape[1], fout), x, dy, workers)
+    assert calls, "the threaded path was not taken"
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
 
 
 def test_batch_norm_small_block_and_2d_input(calls, monkeypatch):
