@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from layers import layout, parallel
+from layers import layout, max_pool_c, parallel
 from layers.window import pool_phases
 
 
@@ -98,7 +98,10 @@ def _running_max(flat, taps, used, run_max, argmax, idx_dtype):
 
 
 def backward(layer, saved, dy):
-    """dx in the input's layout: dy added at each window's argmax of a zero-padded plane."""
+    """dx in the input's layout: dy added at each window's argmax of a zero-padded plane (in
+    C, ``layers/max_pool_c.py``, where its library is built)."""
+    if max_pool_c.takes(layer, dy.dtype):
+        return max_pool_c.backward(layer, saved, dy)
     (n, c, h, w), (oh, ow, hp, wp) = saved.x_shape, saved.geometry
     k, s, p = layer.k, layer.stride, layer.pad
     planes, area = n * c, hp * wp

@@ -112,7 +112,8 @@ def library(name, dtype):
     return ctypes.CDLL(str(out))
 
 
-KERNELS = {"conv": "direct convolution", "batch_norm": "BatchNorm"}   # file: what it does
+KERNELS = {"conv": "direct convolution", "batch_norm": "BatchNorm",    # file: what it does
+           "max_pool": "MaxPool's backward"}
 
 
 def status(dtype=np.float32):

@@ -29,7 +29,8 @@ def test_built_once_into_the_cache(fresh):
     assert (fresh / built[0]).stat().st_mtime_ns == stamp          # loaded, not rebuilt
     assert ckernels.library("conv", np.float64) is not None
     assert len(list(fresh.iterdir())) == 2                         # no temporary files left
-    assert ckernels.status().startswith("C kernels (direct convolution, BatchNorm), built by ")
+    assert ckernels.status().startswith(
+        "C kernels (direct convolution, BatchNorm, MaxPool's backward), built by ")
 
 
 def test_switched_off(fresh, monkeypatch):

@@ -211,3 +211,30 @@ def test_max_tie_across_rows_goes_to_the_first_in_row_order():
     expected = np.zeros_like(x)
     expected[:, :, 0, 2] = 1.5
     np.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("layout_", ["C order", "channel-major"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_max_backward_in_c_equals_the_numpy_route(shape, layout_, monkeypatch):
+    """layers/c/max_pool.c against np.add.at, bit for bit: ties (values drawn from 3), overlapping
+    windows, padding, a plane of -inf (every window's argmax at tap 0, padding where pad > 0),
+    both layouts, float32."""
+    from layers import c as ckernels, layout, max_pool_c
+    if not ckernels.enabled():
+        pytest.skip("PT_C_KERNELS=0: the C kernels are off")
+    n, c, h, w, k, s, p = shape
+    x = np.random.default_rng(8).integers(0, 3, (n, c, h, w)).astype(np.float32)
+    x[0, 0] = -np.inf
+    if layout_ == "channel-major":
+        x = layout.to_channel_major(x)
+    results = []
+    for c_pass in (True, False):
+        monkeypatch.setattr(max_pool_c, "takes", lambda layer, dtype, on=c_pass:
+                            on and max_pool_c.library(dtype) is not None)
+        layer = MaxPool2D(k, s, p)
+        assert max_pool_c.takes(layer, x.dtype) == c_pass, ckernels.status(x.dtype)
+        y = layer.forward(x.copy(order="K"))
+        dy = np.random.default_rng(9).standard_normal(y.shape).astype(np.float32)
+        results.append(layer.backward(dy))
+    np.testing.assert_array_equal(*results)
+    assert layout.is_channel_major(results[0]) == layout.is_channel_major(x)

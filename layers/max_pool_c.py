@@ -1,0 +1,40 @@
+"""MaxPool2D's backward on the CPU through its C pass (``layers/c/max_pool.c``):
+
+    dx = 0;  dx[r s + i - p, q s + j - p] += dy[r, q]   at each window's argmax tap (i, j)
+
+over whole planes in memory order (so a channel-major dy gives a channel-major dx), the planes
+split over ``parallel.workers()`` threads. The NumPy route does the same with ``np.add.at``
+into a zero-padded plane, in the same order of additions, so the two agree bit for bit.
+"""
+import numpy as np
+
+from layers import c as ckernels
+from layers import layout, parallel
+
+_ptr, _long = ckernels.pointer, ckernels.integer
+
+
+def library(dtype):
+    """The library for ``dtype``, or None (``layers.c.library``)."""
+    return ckernels.library("max_pool", dtype)
+
+
+def takes(layer, dtype):
+    """Whether the C pass runs: its library built for ``dtype``, and int8 argmax taps."""
+    return layer.idx_dtype == np.int8 and library(dtype) is not None
+
+
+def backward(layer, saved, dy):
+    """dx in the input's layout (``max_pool_cpu.backward``'s contract)."""
+    (n, c, h, w), (oh, ow, _, _) = saved.x_shape, saved.geometry
+    lib = library(dy.dtype)
+    dy = layout.to_channel_major(dy) if saved.channel_major else np.ascontiguousarray(dy)
+    dx = layout.empty_as(saved.x_shape, dy.dtype, saved.channel_major, np)
+    dys, dxs = layout.planes(dy), layout.planes(dx)
+    dims = [_long(v) for v in (oh, ow, h, w, layer.k, layer.stride, layer.pad)]
+
+    def run(start, stop, worker):
+        lib.max_pool_backward(_ptr(dys), _ptr(saved.idx), _ptr(dxs), *dims, _long(start),
+                              _long(stop))
+    parallel.split_work(np, n * c, run, dx.nbytes)
+    return dx
