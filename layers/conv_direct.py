@@ -8,10 +8,11 @@ xpad[s*r + a, s*u + b], r < PH = ceil((H + 2p)/s), u < PW = ceil((W + 2p)/s)), e
     y[o, q]   = b[o] + sum_{c, i, j} W[o, c, i, j] * planes[c, q + off[i, j]]
 
 (positions with ow >= OW are scratch, computed and dropped). So the forward is, for a tile of
-8 output channels by 3 vectors of positions held in registers, a sum over (c, i, j) of
-broadcast weight times a vector loaded at a shifted address; the sum over c runs in chunks of
-channels whose reads by one tile fit in a core's L1 (24 KiB), each chunk added to the last. Backward, with dY the rows of dy
-widened to PW with zeros in the scratch columns:
+8 output channels by 3 vectors of positions held in registers (6 by 4 or 4 by 5 for the last
+4 or 5 vectors: a 7x7 or 8x8 image in one tile), a sum over (c, i, j) of broadcast weight
+times a vector loaded at a shifted address; the sum over c runs in chunks of channels whose
+reads by one tile fit in a core's L1 (24 KiB), each chunk added to the last. Backward, with dY
+the rows of dy widened to PW with zeros in the scratch columns:
 
     dW[o, c, i, j] = sum_{n, q} dY[o, q] * planes[c, q + off[i, j]]
     dx = the transposed convolution: with stride 1 and p <= k-1, the forward again on dy

@@ -10,10 +10,10 @@ channel-major activations of ``layers/layout.py``, and the channel slices of tho
 and, in backward, swept in cache-sized tiles so that the (y > 0) mask stays in cache. Other
 views take one NumPy call.
 
-An in-place ReLU right after a Conv2D or a BatchNorm2D in a ``Sequential`` is fused into that
-layer (``fuse``): on the kernel route into the convolution's bias pass (the ReLU's forward
-then only keeps y, already max(x, 0)); on the CPU into BatchNorm's passes, forward and backward
-(the ReLU then passes x and dy on).
+An in-place ReLU right after a Conv2D, a BatchNorm2D or a Residual in a ``Sequential`` is
+fused into that layer (``fuse``): on the kernel route into the convolution's bias pass (the
+ReLU's forward then only keeps y, already max(x, 0)); on the CPU into BatchNorm's passes and
+the residual add, forward and backward (the ReLU then passes x and dy on).
 """
 import numpy as np
 
