@@ -9,7 +9,7 @@ into a zero-padded plane, in the same order of additions, so the two agree bit f
 import numpy as np
 
 from layers import c as ckernels
-from layers import layout, parallel
+from layers import parallel
 
 _ptr, _long = ckernels.pointer, ckernels.integer
 
@@ -24,17 +24,14 @@ def takes(layer, dtype):
     return layer.idx_dtype == np.int8 and library(dtype) is not None
 
 
-def backward(layer, saved, dy):
-    """dx in the input's layout (``max_pool_cpu.backward``'s contract)."""
+def scatter(layer, saved, dys, dxs):
+    """dxs (planes, H, W) from dys (planes, OH, OW) and the argmax taps ``saved.idx``, planes
+    in memory order (``max_pool_cpu.backward`` lays them out in the input's layout)."""
     (n, c, h, w), (oh, ow, _, _) = saved.x_shape, saved.geometry
-    lib = library(dy.dtype)
-    dy = layout.to_channel_major(dy) if saved.channel_major else np.ascontiguousarray(dy)
-    dx = layout.empty_as(saved.x_shape, dy.dtype, saved.channel_major, np)
-    dys, dxs = layout.planes(dy), layout.planes(dx)
+    lib = library(dys.dtype)
     dims = [_long(v) for v in (oh, ow, h, w, layer.k, layer.stride, layer.pad)]
 
     def run(start, stop, worker):
         lib.max_pool_backward(_ptr(dys), _ptr(saved.idx), _ptr(dxs), *dims, _long(start),
                               _long(stop))
-    parallel.split_work(np, n * c, run, dx.nbytes)
-    return dx
+    parallel.split_work(np, n * c, run, dxs.nbytes)

@@ -100,8 +100,6 @@ def _running_max(flat, taps, used, run_max, argmax, idx_dtype):
 def backward(layer, saved, dy):
     """dx in the input's layout: dy added at each window's argmax of a zero-padded plane (in
     C, ``layers/max_pool_c.py``, where its library is built)."""
-    if max_pool_c.takes(layer, dy.dtype):
-        return max_pool_c.backward(layer, saved, dy)
     (n, c, h, w), (oh, ow, hp, wp) = saved.x_shape, saved.geometry
     k, s, p = layer.k, layer.stride, layer.pad
     planes, area = n * c, hp * wp
@@ -112,6 +110,9 @@ def backward(layer, saved, dy):
     dys = layout.planes(dy)                  # the planes in forward's order
     dx = layout.empty_as(saved.x_shape, dy.dtype, saved.channel_major, np)
     dxs = layout.planes(dx)
+    if max_pool_c.takes(layer, dy.dtype):
+        max_pool_c.scatter(layer, saved, dys, dxs)
+        return dx
 
     def run(start, stop, worker):
         base = layer.workspace(("base", worker), (cp, oh, ow), itype, np)
