@@ -58,11 +58,10 @@ def _sizes(lib, x_shape, layer):
 
 
 # Where "auto" takes this route, from bench/README.md's per-layer table (2 workers, float32):
-# direct wins while a layer's weights stay within a core's cache or its images are large, and
-# its backward while the weight gradient's sums run over enough positions (per sample).
-AUTO_WEIGHTS = {"forward": 1 << 20, "backward": 1 << 17}   # elements of one group's W
-AUTO_LARGE = 2048                       # positions per sample that lift the weight bounds
-AUTO_POSITIONS = {"forward": 64, "backward": 256}   # the fewest output positions per sample
+# everywhere but layers with both large weights and few positions (ResNet-50's last stage:
+# its GEMMs there run as fast, and dW's sums run over 49 positions per sample).
+AUTO_WEIGHTS = 1 << 20                  # elements of one group's W ...
+AUTO_POSITIONS = 64                     # ... beyond which fewer output positions per sample
 MODES = ("auto", "always", "never")
 
 
@@ -71,7 +70,7 @@ def takes(layer, x, phase="forward"):
     ``x``: a kernel other than 1x1 stride 1, of side <= 16, with the C library built for x's
     dtype, and ``layer.direct``: "always", or "auto" within the bounds above (in backward only
     for stride 1, or a first layer that needs no dx: a strided layer's dx comes out of a
-    scatter that runs at about half the im2col route's speed)."""
+    scatter that is slower than the im2col route's col2im on all but the smallest layers)."""
     if layer.direct not in MODES:
         raise ValueError(f"{layer.name}: direct must be one of {', '.join(MODES)}, "
                          f"got {layer.direct!r}")
@@ -81,10 +80,21 @@ def takes(layer, x, phase="forward"):
     if layer.direct == "always":
         return True
     _, o, oh, ow = layer.out_shape(x.shape)
-    positions, weights = oh * ow, o * layer.in_ch * layer.k * layer.k
-    fits = (weights <= AUTO_WEIGHTS[phase] or positions >= AUTO_LARGE) and \
-        positions >= AUTO_POSITIONS[phase]
+    weights = o * layer.in_ch * layer.k * layer.k
+    fits = weights <= AUTO_WEIGHTS or oh * ow >= AUTO_POSITIONS
     return fits and (phase == "forward" or layer.stride == 1 or not layer.needs_input_grad)
+
+
+def _vectors(layer, key, w, dtype):
+    """``w`` (..., m) copied into ``layer``'s aligned workspace ``key`` with its last axis
+    padded with zeros to whole 64-byte vectors (the kernels load m's values a vector at a
+    time)."""
+    lanes = ckernels.ALIGN // np.dtype(dtype).itemsize
+    shape = w.shape[:-1] + (-(-w.shape[-1] // lanes) * lanes,)
+    out = ckernels.aligned(layer, key, int(np.prod(shape)), dtype).reshape(shape)
+    out[..., w.shape[-1]:] = 0
+    out[..., :w.shape[-1]] = w
+    return out
 
 
 def planes(x):
@@ -102,9 +112,8 @@ def forward(layer, x, y):
     """y = conv(x, W) + b into ``y`` (channel-major, ``layout.rows`` views its memory); x in
     any layout whose (H, W) planes are dense (``planes``)."""
     lib = library(x.dtype)
-    wt = layer.workspace("direct Wt", (layer.in_ch, layer.k * layer.k, layer.out_ch),
-                         x.dtype, np)
-    wt[...] = layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1).transpose(1, 2, 0)
+    wt = _vectors(layer, "direct Wt", layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1)
+                  .transpose(1, 2, 0), x.dtype)
     b = layer.params.get("b")
     size, dims = _sizes(lib, x.shape, layer)[0], _dims(x.shape, layer)
     (xd, xn, xc), yd = planes(x), layout.rows(y)
@@ -123,8 +132,8 @@ def backward(layer, x, dy, dx):
     None; dy and dx channel-major, x as in ``forward``."""
     lib = library(x.dtype)
     o, c, k = layer.out_ch, layer.in_ch, layer.k
-    wf = layer.workspace("direct Wf", (o, k * k, c), x.dtype, np)
-    wf[...] = layer.params["W"].reshape(o, c, -1)[:, :, ::-1].transpose(0, 2, 1)
+    wf = _vectors(layer, "direct Wf", layer.params["W"].reshape(o, c, -1)[:, :, ::-1]
+                  .transpose(0, 2, 1), x.dtype)
     _, per_sample, besides = _sizes(lib, x.shape, layer)
     m = max(1, layer.direct_chunk_bytes // (per_sample * x.dtype.itemsize))
     dims = _dims(x.shape, layer)

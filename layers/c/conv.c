@@ -18,33 +18,18 @@ typedef real vru __attribute__((vector_size(64), aligned(sizeof(real))));
 #define VL ((long)(64 / sizeof(real)))
 #define KMAX 16                                  /* the largest kernel side taken here */
 #define AI static inline __attribute__((always_inline))
+/* no predictive commoning: GCC would carry a row's broadcast values over to the next
+   position in scalar registers and on the stack, instead of reloading them (2x slower) */
+#define NOPC __attribute__((optimize("no-predictive-commoning")))
 
 AI vr ld(const real *p) { return *(const vru *)p; }
 AI void st(real *p, vr v) { *(vru *)p = v; }
-
-typedef real vh __attribute__((vector_size(32)));
-typedef real vq __attribute__((vector_size(16)));
-
-/* the sum of v's lanes, halving the vector (the adds of a tree, not a chain of VL) */
-AI real hsum(vr v)
-{
-    vh a, b;
-    vq c, d;
-    memcpy(&a, &v, 32);
-    memcpy(&b, (char *)&v + 32, 32);
-    a += b;
-    memcpy(&c, &a, 16);
-    memcpy(&d, (char *)&a + 16, 16);
-    c += d;
-    real sum = 0;
-    for (unsigned l = 0; l < 16 / sizeof(real); l++) sum += c[l];
-    return sum;
-}
 
 typedef struct {
     long n, c, h, w, o, k, s, p;                 /* the layer and its batch */
     long xn, xc;                                 /* x's sample and channel strides (elements) */
     long oh, ow, ph, pw, plane, cplane, npos;    /* phase geometry, as above */
+    long opad, ysize;                            /* o rounded up to whole vectors; ybuf's size */
     long xsize, dysize;                          /* one sample's xbuf and dyb, slack included */
     long off[KMAX * KMAX];
 } Geom;
@@ -67,6 +52,8 @@ static void geometry(Geom *g, long n, long c, long h, long w, long o, long k, lo
     /* a tile reads up to npos + the largest offset past its channel's start */
     g->xsize = (c * g->cplane + g->npos + g->off[k * k - 1] + 2 * VL - 1) / VL * VL;
     g->dysize = o * g->npos;
+    g->opad = (o + VL - 1) / VL * VL;
+    g->ysize = g->oh * g->ow * g->opad;
 }
 
 /* where image row h's pixels of column phase b lie in the planes: *dst, the plane offset of
@@ -235,25 +222,126 @@ static void product(const Product *a, long npos, int add)
     }
 }
 
-/* sample n of y = conv(x, W) + b (b may be NULL), through xbuf (planes) and ybuf (rows) */
-static void forward_sample(const Geom *g, const real *x, const real *wt, const real *b, long n,
-                           real *xbuf, real *ybuf, real *y)
+/* The forward's kernel: vectors along output channels. acc[v][u] = the sum over in-channels
+   c < cin and taps t < kk of w[(c * kk + t) * opad + v * VL + lane] times the one value
+   in[c * plane + off[t] + u] (a broadcast: any offset, no unaligned vector load), for OV
+   vectors of output channels at UW consecutive positions of an output row; stored into
+   (add == 0) or added to (add == 1) out[u * opad + v * VL], positions-major. */
+#define CTILE(OV, UW)                                                                      \
+static void ctile_##OV##_##UW(const real *in, long plane, long cin, long kk,               \
+                              const long *off, const real *w, long opad, real *out, int add) \
+{                                                                                          \
+    vr acc[OV][UW];                                                                        \
+    for (int v = 0; v < OV; v++)                                                           \
+        for (int u = 0; u < UW; u++) acc[v][u] = (vr){0};                                  \
+    for (long c = 0; c < cin; c++) {                                                       \
+        const real *ic = in + c * plane, *wc = w + c * kk * opad;                          \
+        for (long t = 0; t < kk; t++) {                                                    \
+            vr wv[OV];                                                                     \
+            for (int v = 0; v < OV; v++) wv[v] = *(const vr *)(wc + t * opad + v * VL);    \
+            for (int u = 0; u < UW; u++) {                                                 \
+                vr xv = ic[off[t] + u] - (vr){0};      /* a splat (x - 0 is x, -0 too) */   \
+                for (int v = 0; v < OV; v++) acc[v][u] += wv[v] * xv;                      \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
+    for (int u = 0; u < UW; u++)                                                           \
+        for (int v = 0; v < OV; v++) {                                                     \
+            vr *dst = (vr *)(out + u * opad + v * VL);                                     \
+            *dst = add ? *dst + acc[v][u] : acc[v][u];                                     \
+        }                                                                                  \
+}
+#define UW_1(OV) CTILE(OV, 1) CTILE(OV, 2) CTILE(OV, 3) CTILE(OV, 4) CTILE(OV, 5)            \
+                 CTILE(OV, 6) CTILE(OV, 7)
+#define UW_2(OV) UW_1(OV) CTILE(OV, 8) CTILE(OV, 9)
+#define UW_3(OV) UW_2(OV) CTILE(OV, 10) CTILE(OV, 11) CTILE(OV, 12) CTILE(OV, 13) CTILE(OV, 14)
+#define UW_4(OV) UW_3(OV) CTILE(OV, 15) CTILE(OV, 16) CTILE(OV, 17) CTILE(OV, 18)            \
+    CTILE(OV, 19) CTILE(OV, 20) CTILE(OV, 21) CTILE(OV, 22) CTILE(OV, 23) CTILE(OV, 24)      \
+    CTILE(OV, 25) CTILE(OV, 26) CTILE(OV, 27) CTILE(OV, 28)
+UW_4(1)
+UW_3(2)
+UW_2(3)
+UW_1(4)
+typedef void (*ctile_fn)(const real *, long, long, long, const long *, const real *, long,
+                         real *, int);
+#define T(OV, UW) ctile_##OV##_##UW
+#define ROW_1(OV) T(OV, 1), T(OV, 2), T(OV, 3), T(OV, 4), T(OV, 5), T(OV, 6), T(OV, 7)
+#define ROW_2(OV) ROW_1(OV), T(OV, 8), T(OV, 9)
+#define ROW_3(OV) ROW_2(OV), T(OV, 10), T(OV, 11), T(OV, 12), T(OV, 13), T(OV, 14)
+#define ROW_4(OV) ROW_3(OV), T(OV, 15), T(OV, 16), T(OV, 17), T(OV, 18), T(OV, 19),       \
+    T(OV, 20), T(OV, 21), T(OV, 22), T(OV, 23), T(OV, 24), T(OV, 25), T(OV, 26), T(OV, 27), \
+    T(OV, 28)
+#define OVMAX 4
+/* ctiles[OV - 1][UW - 1]; a tile holds OV * UW <= 28 of the 32 vector registers */
+static const ctile_fn ctiles[OVMAX][28] = {{ROW_4(1)}, {ROW_3(2)}, {ROW_2(3)}, {ROW_1(4)}};
+static const long uwmax[OVMAX] = {28, 14, 9, 7};
+
+/* the output-channel vectors per tile for rows of ow positions among nov vectors: the most
+   accumulators per tile on average (ties to more vectors: fewer broadcasts per product) */
+static long pick_ov(long nov, long ow)
 {
-    long reach = (g->k - 1) / g->s;             /* a tap's rows and columns past the first */
-    Product a = {xbuf, g->cplane, g->c, g->k * g->k, g->off, wt, g->k * g->k * g->o, g->o,
-                 ybuf, g->npos, g->s * g->s * (PB * VL + reach * (g->pw + 1))};
-    to_planes(g, x, n, xbuf);
-    product(&a, g->npos, 0);
-    for (long o = 0; o < g->o; o++) {
-        real bo = b ? b[o] : 0;
-        real *dst = y + (o * g->n + n) * g->oh * g->ow;
-        const real *src = ybuf + o * g->npos;
-        for (long r = 0; r < g->oh; r++)
-            for (long u = 0; u < g->ow; u++) dst[r * g->ow + u] = src[r * g->pw + u] + bo;
+    long best = 1, score = 0;
+    for (long ov = 1; ov <= OVMAX && ov <= nov; ov++) {
+        long pieces = (ow + uwmax[ov - 1] - 1) / uwmax[ov - 1];
+        long s = ov * ow / pieces;
+        if (s >= score) { best = ov; score = s; }
+    }
+    return best;
+}
+
+/* ybuf (positions-major, opad apart) = conv(planes in xbuf, wt[c][t][opad]): the in-channels
+   in chunks whose weights for one tile fit in CHUNK_BYTES (a core's L1), each chunk added to
+   the last; within one, tiles of ov vectors of output channels (fewer for the last) by rows
+   cut into pieces of at most uwmax[ov - 1] positions */
+static void cproduct(const Geom *g, const real *xbuf, const real *wt, real *ybuf)
+{
+    long kk = g->k * g->k, nov = g->opad / VL, ov = pick_ov(nov, g->ow);
+    long pieces = (g->ow + uwmax[ov - 1] - 1) / uwmax[ov - 1];
+    long cb = CHUNK_BYTES / (kk * ov * VL * (long)sizeof(real));
+    cb = cb < 1 ? 1 : cb;
+    for (long c0 = 0; c0 < g->c; c0 += cb) {
+        long cn = g->c - c0 < cb ? g->c - c0 : cb;
+        for (long v0 = 0; v0 < nov; v0 += ov) {
+            long vn = nov - v0 < ov ? nov - v0 : ov;
+            const real *w = wt + c0 * kk * g->opad + v0 * VL;
+            for (long r = 0; r < g->oh; r++)
+                for (long i = 0, u0 = 0; i < pieces; i++) {
+                    long uw = g->ow / pieces + (i < g->ow % pieces);
+                    ctiles[vn - 1][uw - 1](xbuf + c0 * g->cplane + r * g->pw + u0, g->cplane,
+                                           cn, kk, g->off, w, g->opad,
+                                           ybuf + (r * g->ow + u0) * g->opad + v0 * VL, c0 > 0);
+                    u0 += uw;
+                }
+        }
     }
 }
 
-/* samples [n0, n1): y = conv(x, W) + b; wt[c][t][o] = W[o][c][t]; b may be NULL; x's
+/* sample n of y (channel-major) = ybuf (positions-major) + b (b may be NULL), in blocks of
+   VL positions (their rows of ybuf stay in L1 while every channel is copied out) */
+static void from_positions(const Geom *g, const real *ybuf, const real *b, long n, real *y)
+{
+    long ohw = g->oh * g->ow;
+    for (long q0 = 0; q0 < ohw; q0 += VL) {
+        long qn = ohw - q0 < VL ? ohw - q0 : VL;
+        for (long o = 0; o < g->o; o++) {
+            real bo = b ? b[o] : 0, *dst = y + (o * g->n + n) * ohw + q0;
+            const real *src = ybuf + q0 * g->opad + o;
+            for (long q = 0; q < qn; q++) dst[q] = src[q * g->opad] + bo;
+        }
+    }
+}
+
+/* sample n of y = conv(x, W) + b (b may be NULL), through xbuf (planes) and ybuf */
+static void forward_sample(const Geom *g, const real *x, const real *wt, const real *b, long n,
+                           real *xbuf, real *ybuf, real *y)
+{
+    to_planes(g, x, n, xbuf);
+    cproduct(g, xbuf, wt, ybuf);
+    from_positions(g, ybuf, b, n, y);
+}
+
+/* samples [n0, n1): y = conv(x, W) + b; wt[c][t][o] = W[o][c][t] for o < O, zeros on to
+   opad (O rounded up to whole vectors), 64-byte aligned; b may be NULL; x's
    (H, W) planes dense, xn and xc apart (elements); work: conv_sizes' forward elements */
 void conv_forward(const real *x, long xn, long xc, const real *wt, const real *b, real *y,
                   long n, long c, long h, long w, long o, long k, long s, long p,
@@ -267,80 +355,119 @@ void conv_forward(const real *x, long xn, long xc, const real *wt, const real *b
         forward_sample(&g, x, wt, b, i, work, work + g.xsize, y);
 }
 
-/* dw[o][c][t0 + j * ts] += sum over the m samples i and positions q of
-   dyb_i[o][q] * xbuf_i[c][off[t0] + j + q] (xbuf_i = xbuf + i * xsize, dyb_i = dyb + i * dysize)
-   for OB channels o and TB taps of one row of the kernel that share a phase plane, ts apart
-   (consecutive in the plane) */
-#define WTILE(OB, TB)                                                                      \
-AI void wtile_##OB##_##TB(const Geom *g, const real *xbuf, const real *dyb, long m,       \
-                          long c, long o, long t0, long ts, real *dw)                      \
+/* sample n of dy as positions-major rows, dyt[q * opad + o] = dy[o, n, q] (zeros for o >= O),
+   in blocks of VL positions (their rows of dyt stay in L1 while every channel is copied in) */
+static void to_positions(const Geom *g, const real *dy, long n, real *dyt)
+{
+    long ohw = g->oh * g->ow;
+    for (long q0 = 0; q0 < ohw; q0 += VL) {
+        long qn = ohw - q0 < VL ? ohw - q0 : VL;
+        for (long o = 0; o < g->opad; o++) {
+            real *dst = dyt + q0 * g->opad + o;
+            const real *src = dy + (o * g->n + n) * ohw + q0;
+            for (long q = 0; q < qn; q++) dst[q * g->opad] = o < g->o ? src[q] : 0;
+        }
+    }
+}
+
+/* The weight gradient's kernel, vectors along output channels as in the forward's:
+   acc[v][b][j] = the sum over m samples i, output rows r and columns u of
+   dyt_i[(r * ow + u) * opad + v * VL + lane] times the one value x_i[b * cplane + r * pw + u + j]
+   (x_i = x + i * xsize: the planes from some channel and tap on, dyt_i = dyt + i * ytsize),
+   for OV vectors of output channels, CB input channels and TB taps that are consecutive in
+   one plane; stored to out[((v * CB + b) * TB + j) * VL]. */
+#define DTILE(OV, CB, TB)                                                                  \
+NOPC static void dtile_##OV##_##CB##_##TB(const Geom *g, const real *x, const real *dyt, long m, \
+                                     long ytsize, real *out)                               \
 {                                                                                          \
-    vr acc[OB][TB];                                                                        \
-    for (int a = 0; a < OB; a++)                                                           \
-        for (int j = 0; j < TB; j++) acc[a][j] = (vr){0};                                  \
-    for (long i = 0; i < m; i++) {                                                         \
-        const real *xc = xbuf + i * g->xsize + c * g->cplane + g->off[t0];                 \
-        const real *dc = dyb + i * g->dysize + o * g->npos;                                \
-        for (long q = 0; q < g->npos; q += VL) {                                           \
-            vr xv[TB];                                                                     \
-            for (int j = 0; j < TB; j++) xv[j] = ld(xc + j + q);                           \
-            for (int a = 0; a < OB; a++) {                                                 \
-                vr d = ld(dc + a * g->npos + q);                                           \
-                for (int j = 0; j < TB; j++) acc[a][j] += d * xv[j];                       \
+    vr acc[OV][CB][TB];                                                                    \
+    for (int v = 0; v < OV; v++)                                                           \
+        for (int b = 0; b < CB; b++)                                                       \
+            for (int j = 0; j < TB; j++) acc[v][b][j] = (vr){0};                           \
+    for (long i = 0; i < m; i++)                                                           \
+        for (long r = 0; r < g->oh; r++) {                                                 \
+            const real *xr = x + i * g->xsize + r * g->pw;                                 \
+            const real *dr = dyt + i * ytsize + r * g->ow * g->opad;                       \
+            for (long u = 0; u < g->ow; u++) {                                             \
+                vr d[OV];                                                                  \
+                for (int v = 0; v < OV; v++) d[v] = *(const vr *)(dr + u * g->opad + v * VL); \
+                for (int b = 0; b < CB; b++)                                               \
+                    for (int j = 0; j < TB; j++) {                                         \
+                        vr xv = xr[b * g->cplane + u + j] - (vr){0};                       \
+                        for (int v = 0; v < OV; v++) acc[v][b][j] += d[v] * xv;            \
+                    }                                                                      \
             }                                                                              \
         }                                                                                  \
-    }                                                                                      \
-    long kk = g->k * g->k;                                                                 \
-    for (int a = 0; a < OB; a++)                                                           \
-        for (int j = 0; j < TB; j++)                                                       \
-            dw[((o + a) * g->c + c) * kk + t0 + j * ts] += hsum(acc[a][j]);                \
+    for (int v = 0; v < OV; v++)                                                           \
+        for (int b = 0; b < CB; b++)                                                       \
+            for (int j = 0; j < TB; j++)                                                   \
+                *(vr *)(out + ((v * CB + b) * TB + j) * VL) = acc[v][b][j];                \
 }
-WTILE(8, 3)
-WTILE(8, 2)
-WTILE(8, 1)
-WTILE(1, 3)
-WTILE(1, 2)
-WTILE(1, 1)
+#define CB_4(OV, TB) DTILE(OV, 1, TB) DTILE(OV, 2, TB) DTILE(OV, 3, TB) DTILE(OV, 4, TB)
+#define CB_6(OV, TB) CB_4(OV, TB) DTILE(OV, 5, TB) DTILE(OV, 6, TB)
+#define CB_8(OV, TB) CB_6(OV, TB) DTILE(OV, 7, TB) DTILE(OV, 8, TB)
+CB_8(1, 1) CB_8(1, 2) CB_8(1, 3)
+CB_8(2, 1) CB_6(2, 2) CB_4(2, 3)
+typedef void (*dtile_fn)(const Geom *, const real *, const real *, long, long, real *);
+#define D(OV, CB, TB) dtile_##OV##_##CB##_##TB
+#define DCB_4(OV, TB) D(OV, 1, TB), D(OV, 2, TB), D(OV, 3, TB), D(OV, 4, TB)
+#define DCB_6(OV, TB) DCB_4(OV, TB), D(OV, 5, TB), D(OV, 6, TB)
+#define DCB_8(OV, TB) DCB_6(OV, TB), D(OV, 7, TB), D(OV, 8, TB)
+/* dtiles[OV - 1][TB - 1][CB - 1], cbmax[OV - 1][TB - 1]: OV * CB * TB <= 24 accumulators, CB
+   <= 8 (a register for each channel's row) */
+static const dtile_fn dtiles[2][3][8] = {{{DCB_8(1, 1)}, {DCB_8(1, 2)}, {DCB_8(1, 3)}},
+                                         {{DCB_8(2, 1)}, {DCB_6(2, 2)}, {DCB_4(2, 3)}}};
+static const long cbmax[2][3] = {{8, 8, 8}, {8, 6, 4}};
 
-/* the wtiles of OB (8 or 1) channels from o for every tap of input channel c */
-static void wtiles(const Geom *g, const real *xbuf, const real *dyb, long m, long c, long o,
-                   int ob, real *dw)
+/* the tiles of vn vectors of output channels from v0 (vn <= 2) for the taps t, t + ts, ...
+   (tb of them, consecutive in one plane) of every input channel, added into dw */
+static void dtiles_taps(const Geom *g, const real *xbuf, const real *dyt, long m, long ytsize,
+                        long v0, long vn, long t, long ts, long tb, real *dw)
 {
-    long k = g->k, s = g->s;
-    for (long i = 0; i < k; i++)
-        for (long b = 0; b < s && b < k; b++)
-            for (long j = b; j < k;) {          /* taps j, j + s, ...: one plane, adjacent */
-                long t = i * k + j, left = (k - 1 - j) / s + 1;
-                int tb = left >= 3 ? 3 : (int)left;
-                if (ob == 8 && tb == 3) wtile_8_3(g, xbuf, dyb, m, c, o, t, s, dw);
-                else if (ob == 8 && tb == 2) wtile_8_2(g, xbuf, dyb, m, c, o, t, s, dw);
-                else if (ob == 8) wtile_8_1(g, xbuf, dyb, m, c, o, t, s, dw);
-                else if (tb == 3) wtile_1_3(g, xbuf, dyb, m, c, o, t, s, dw);
-                else if (tb == 2) wtile_1_2(g, xbuf, dyb, m, c, o, t, s, dw);
-                else wtile_1_1(g, xbuf, dyb, m, c, o, t, s, dw);
-                j += tb * s;
-            }
+    long kk = g->k * g->k;
+    for (long c0 = 0, cb; c0 < g->c; c0 += cb) {
+        real out[24 * VL] __attribute__((aligned(64)));
+        cb = g->c - c0 < cbmax[vn - 1][tb - 1] ? g->c - c0 : cbmax[vn - 1][tb - 1];
+        dtiles[vn - 1][tb - 1][cb - 1](g, xbuf + c0 * g->cplane + g->off[t], dyt + v0 * VL, m,
+                                       ytsize, out);
+        for (long v = 0; v < vn; v++)
+            for (long l = 0, o = (v0 + v) * VL; l < VL && o < g->o; l++, o++)
+                for (long b = 0; b < cb; b++)
+                    for (long j = 0; j < tb; j++)
+                        dw[(o * g->c + c0 + b) * kk + t + j * ts] +=
+                            out[((v * cb + b) * tb + j) * VL + l];
+    }
 }
 
-/* dw += the weight gradient of m samples (dw (O, C, k, k), this worker's partial) */
-static void weight_grad(const Geom *g, const real *xbuf, const real *dyb, long m, real *dw)
+/* dw += the weight gradient of m samples (dw (O, C, k, k), this worker's partial): for
+   output channels two vectors at a time, every kernel row's taps in groups of up to 3 that
+   share a plane (j, j + s, ...: consecutive in it) */
+static void weight_grad(const Geom *g, const real *xbuf, const real *dyt, long m, long ytsize,
+                        real *dw)
 {
-    for (long c = 0; c < g->c; c++)
-        for (long o = 0; o < g->o; o += (o + 8 <= g->o ? 8 : 1))
-            wtiles(g, xbuf, dyb, m, c, o, o + 8 <= g->o ? 8 : 1, dw);
+    long k = g->k, s = g->s, nov = g->opad / VL;
+    for (long v0 = 0; v0 < nov; v0 += 2)
+        for (long i = 0; i < k; i++)
+            for (long b = 0; b < s && b < k; b++)
+                for (long j = b; j < k;) {
+                    long left = (k - 1 - j) / s + 1, tb = left >= 3 ? 3 : left;
+                    dtiles_taps(g, xbuf, dyt, m, ytsize, v0, nov - v0 < 2 ? 1 : 2, i * k + j,
+                                s, tb, dw);
+                    j += tb * s;
+                }
 }
 
 /* one sample's dx for a strided layer: every tap's sum over o of W[o][c][t] * dyb[o][q]
    added into the planes at off[t] + q (the adjoint of the forward's reads; taps outer, so
    that no add reads a vector that the previous add has just written shifted), then the
-   planes' pixels copied out. wf[o][t][c] = W[o][c][kk - 1 - t]. */
+   planes' pixels copied out. wf as in conv_backward. */
 static void scatter_sample(const Geom *g, const real *dyb, const real *wf, real *dxbuf, long n,
                            real *dx)
 {
-    long kk = g->k * g->k, zero = 0;
+    long kk = g->k * g->k, zero = 0, cpad = (g->c + VL - 1) / VL * VL;
     memset(dxbuf, 0, sizeof(real) * g->xsize);
     for (long t = 0; t < kk; t++) {
-        Product a = {dyb, g->npos, g->o, 1, &zero, wf + (kk - 1 - t) * g->c, kk * g->c, g->c,
+        Product a = {dyb, g->npos, g->o, 1, &zero, wf + (kk - 1 - t) * cpad, kk * cpad, g->c,
                      dxbuf + g->off[t], g->cplane, PB * VL};
         product(&a, g->npos, 1);
     }
@@ -362,7 +489,8 @@ static void transposed(const Geom *g, Geom *t)
 }
 
 /* samples [n0, n1), m at a time: dw (this worker's partial, overwritten) and, unless dx is
-   NULL, dx (channel-major); x as in conv_forward; wf[o][t][c] = W[o][c][kk - 1 - t]; work:
+   NULL, dx (channel-major); x as in conv_forward; wf[o][t][c] = W[o][c][kk - 1 - t] for
+   c < C, zeros on to C rounded up to whole vectors, 64-byte aligned; work:
    conv_sizes' backward elements */
 void conv_backward(const real *x, long xn, long xc, const real *dy, const real *wf, real *dw,
                    real *dx, long n, long c, long h, long w, long o, long k, long s, long p,
@@ -373,20 +501,22 @@ void conv_backward(const real *x, long xn, long xc, const real *dy, const real *
     transposed(&g, &gt);
     g.xn = xn;
     g.xc = xc;
-    real *xbuf = work, *dyb = work + m * g.xsize, *tbuf = dyb + m * g.dysize;
+    real *xbuf = work, *dyt = work + m * g.xsize, *tbuf = dyt + m * g.ysize;
     memset(dw, 0, sizeof(real) * o * c * k * k);
     for (long i0 = n0; i0 < n1; i0 += m) {
         long mm = n1 - i0 < m ? n1 - i0 : m;
         for (long i = 0; i < mm; i++) {
             to_planes(&g, x, i0 + i, xbuf + i * g.xsize);
-            to_rows(&g, dy, i0 + i, dyb + i * g.dysize);
+            to_positions(&g, dy, i0 + i, dyt + i * g.ysize);
         }
-        weight_grad(&g, xbuf, dyb, mm, dw);
+        weight_grad(&g, xbuf, dyt, mm, g.ysize, dw);
         for (long i = 0; dx && i < mm; i++)
             if (transposes(&g))
                 forward_sample(&gt, dy, wf, NULL, i0 + i, tbuf, tbuf + gt.xsize, dx);
-            else
-                scatter_sample(&g, dyb + i * g.dysize, wf, xbuf + i * g.xsize, i0 + i, dx);
+            else {
+                to_rows(&g, dy, i0 + i, tbuf);
+                scatter_sample(&g, tbuf, wf, xbuf + i * g.xsize, i0 + i, dx);
+            }
     }
 }
 
@@ -397,7 +527,7 @@ void conv_sizes(long c, long h, long w, long o, long k, long s, long p, long *ou
     Geom g, gt;
     geometry(&g, 1, c, h, w, o, k, s, p);
     transposed(&g, &gt);
-    out[0] = g.xsize + g.dysize;
-    out[1] = g.xsize + g.dysize;
-    out[2] = transposes(&g) ? gt.xsize + gt.dysize : 0;
+    out[0] = g.xsize + g.ysize;
+    out[1] = g.xsize + g.ysize;
+    out[2] = transposes(&g) ? gt.xsize + gt.ysize : g.dysize;
 }

@@ -10,9 +10,10 @@ from layers.window import conv_out_size
 from tests.gradient_check import check_backward
 from tests.layers.test_conv import GROUPED, SHAPES, conv_loops, make
 
-# (N, C, H, W, O, k, stride, pad) beyond SHAPES: more channels than a tile (4 outputs, 8 for
-# dW) with leftovers, kernels of 5, 7 and 11 (tap runs of 3, 2 and 1 in dW), stride 4, a row
-# width whose positions are not a whole number of vectors, and pad > k - 1.
+# (N, C, H, W, O, k, stride, pad) beyond SHAPES: output channels that are not a whole number of
+# vectors, kernels of 5, 7 and 11 (dW's taps in runs of 3, 2 and 1), stride 4, rows that are
+# not a whole number of vectors, pad > k - 1, and 13 channels through the strided dx
+# scatter's tiles (8, 4 and 1 channels by 1 to 5 vectors of positions).
 MORE = [
     (3, 5, 9, 9, 13, 3, 1, 1),
     (2, 9, 6, 11, 10, 5, 1, 2),
@@ -21,21 +22,33 @@ MORE = [
     (1, 3, 10, 10, 8, 3, 3, 2),
     (2, 2, 5, 5, 3, 2, 1, 0),
     (2, 3, 4, 4, 5, 3, 1, 3),
-    # 13 output channels through every tile of conv.c's ladders (in float64: 4 by 5 vectors
-    # after 3; 8, 4 and 1 channels by 2 vectors; by 1 vector)
     (2, 3, 7, 7, 13, 3, 1, 1),
-    (2, 2, 6, 6, 13, 1, 2, 0),
-    (1, 2, 7, 5, 13, 4, 3, 1),
+    (2, 13, 6, 6, 5, 1, 2, 0),
+    (1, 13, 7, 5, 4, 4, 3, 1),
 ]
 
-# Shapes whose channels span several of the product's chunks (conv.c, CHUNK_BYTES: 24 KiB of
-# one tile's reads; in float64 34 channels of the first, 18 of the second, and 128 of the
-# scatter's dy channels in the third): the forward's input channels, the transposed dx's (the
-# second's O), the strided forward's, and the strided dx scatter's.
+# The forward's and dW's tiles, vectors along output channels (conv.c's ctile and dtile). In
+# float64 (8 lanes): 9 vectors of outputs as 4, 4 and 1 by rows of 30 in five pieces of 6,
+# with dW's pairs and a single and 11 channels as 4 + 4 + 3 and 8 + 3; 7x7 rows as 4 + 1
+# vectors by 7, 25 channels over three of the forward's chunks; 3 vectors by 9 and 8 positions
+# with dW's 5 taps a row as 3 + 2; a strided layer's planes with runs of 2 and 1. In float32
+# (16 lanes) 5, 3, 2 and 3 vectors.
+VECTORS = [
+    (1, 11, 9, 30, 70, 3, 1, 1),
+    (2, 25, 7, 7, 40, 3, 1, 1),
+    (1, 5, 12, 17, 24, 5, 1, 2),
+    (2, 6, 9, 9, 33, 3, 2, 1),
+]
+
+# Shapes whose channels span several chunks (conv.c, CHUNK_BYTES: 24 KiB of one tile's
+# weights in the forward, of its reads in the scatter; in float64 21 input channels of the
+# first, 21 of the second's O, 42 of the third's and 128 of the scatter's dy channels in the
+# fourth): the forward's input channels, the transposed dx's, the strided forward's, and the
+# strided dx scatter's.
 WIDE = [
     (1, 80, 30, 30, 10, 3, 1, 1),
     (1, 10, 30, 30, 80, 3, 1, 1),
-    (2, 40, 30, 30, 6, 3, 2, 1),
+    (2, 50, 30, 30, 6, 3, 2, 1),
     (1, 6, 12, 12, 136, 3, 2, 1),
 ]
 
@@ -87,7 +100,7 @@ def test_gradient(shape, chunk_bytes):
     check_backward(layer, x)
 
 
-@pytest.mark.parametrize("shape", SHAPES + MORE + WIDE)
+@pytest.mark.parametrize("shape", SHAPES + MORE + VECTORS + WIDE)
 def test_equals_the_im2col_route(shape):
     """Forward, dx and the gradients equal the input-side im2col route's (float64)."""
     n, c, h, w, o, k, s, p = shape
@@ -102,11 +115,14 @@ def test_equals_the_im2col_route(shape):
         np.testing.assert_allclose(layer.grads[name], ref.grads[name], rtol=1e-12, atol=1e-12)
 
 
-def test_float32_against_float64():
-    """The float32 library (16-lane vectors) against the float64 one, ResNet-like sizes."""
-    x = np.random.default_rng(24).standard_normal((4, 16, 16, 16))
-    l64 = direct(16, 24, 3, 1, 1, np.float64)
-    l32 = direct(16, 24, 3, 1, 1, np.float32)
+@pytest.mark.parametrize("shape", [(4, 16, 16, 16, 24, 3, 1, 1)] + VECTORS)
+def test_float32_against_float64(shape):
+    """The float32 library (16-lane vectors) against the float64 one: a ResNet-like layer and
+    the tile shapes."""
+    n, c, h, w, o, k, s, p = shape
+    x = np.random.default_rng(24).standard_normal((n, c, h, w))
+    l64 = direct(c, o, k, s, p, np.float64)
+    l32 = direct(c, o, k, s, p, np.float32)
     for name in l64.params:
         l32.params[name][...] = l64.params[name]
     dy = dy_for(l64, x, 25)
@@ -205,12 +221,11 @@ def test_switched_off_per_layer():
 
 @pytest.mark.parametrize("c, o, k, s, size, forward, backward", [
     (16, 16, 3, 1, 32, True, True),        # CIFAR ResNet stage 1
-    (64, 64, 3, 1, 8, True, False),        # 64 positions: too few for backward
-    (512, 512, 3, 1, 7, False, False),     # weights beyond the cache, few positions
-    (256, 256, 3, 1, 14, True, False),     # forward within its weight bound, backward not
-    (512, 512, 3, 1, 28, False, False),    # beyond both weight bounds, 784 positions
-    (160, 96, 3, 1, 7, False, False),      # 49 positions: too few even for forward
-    (256, 256, 3, 1, 56, True, True),      # large weights, but 3,136 positions
+    (64, 64, 3, 1, 8, True, True),         # CIFAR ResNet stage 3: 64 positions
+    (512, 512, 3, 1, 7, False, False),     # weights beyond the bound, 49 positions
+    (512, 512, 3, 1, 8, True, True),       # ... but 64 positions
+    (160, 96, 3, 1, 7, True, True),        # 49 positions, weights within the bound
+    (256, 256, 3, 1, 56, True, True),      # large weights, 3,136 positions
     (16, 32, 3, 2, 32, True, False),       # strided: dx by the im2col route
     (3, 16, 17, 1, 32, False, False),      # a kernel wider than 16
 ])
