@@ -7,25 +7,31 @@ xpad[s*r + a, s*u + b], r < PH = ceil((H + 2p)/s), u < PW = ceil((W + 2p)/s)), e
     off[i, j] = plane(i mod s, j mod s) + (i div s)*PW + (j div s)
     y[o, q]   = b[o] + sum_{c, i, j} W[o, c, i, j] * planes[c, q + off[i, j]]
 
-(positions with ow >= OW are scratch, computed and dropped). So the forward is, for a tile of
-8 output channels by 3 vectors of positions held in registers (6 by 4 or 4 by 5 for the last
-4 or 5 vectors: a 7x7 or 8x8 image in one tile), a sum over (c, i, j) of broadcast weight
-times a vector loaded at a shifted address; the sum over c runs in chunks of channels whose
-reads by one tile fit in a core's L1 (24 KiB), each chunk added to the last. Backward, with dY
-the rows of dy widened to PW with zeros in the scratch columns:
+The vectors run along output channels (VL = 16 floats or 8 doubles, W stored as
+Wt[c, i, j, o] with o padded to whole vectors): a tile of OV vectors of output channels by UW
+positions of one output row (OV*UW <= 28 registers) sums, over (c, i, j), the weight vector
+times one input value broadcast to every lane. Loads of the weights are aligned, the inputs
+are single values at any offset, so rows need no padding to whole vectors. OV (1-4) is picked
+per layer for the most accumulators per tile on its rows; the sum over c runs in chunks
+whose weights for one tile fit in a core's L1 (24 KiB), each chunk added to the last. The
+tiles write y positions-major (q, o), copied out to channel-major at the end of each sample.
+Backward, with dY[q, o] = dy positions-major:
 
-    dW[o, c, i, j] = sum_{n, q} dY[o, q] * planes[c, q + off[i, j]]
+    dW[o, c, i, j] = sum_{n, q} dY[q, o] * planes[c, q + off[i, j]]
     dx = the transposed convolution: with stride 1 and p <= k-1, the forward again on dy
          padded by k-1-p, with the flipped kernel Wf[o, c, i, j] = W[o, c, k-1-i, k-1-j] (in
-         and out channels swapped); otherwise every tap's sum over o of W[o, c, i, j] * dY[o, q]
+         and out channels swapped); otherwise every tap's sum over o of W[o, c, i, j] * dy[o, q]
          added into a plane at q + off[i, j], then the planes' pixels copied out.
 
-dW sums over 8 output channels by up to 3 taps that share a plane (consecutive there) per
-tile, over the positions of m samples (``Conv2D.direct_chunk_bytes`` bounds their planes and
-rows), each worker into its own partial; the partials are added in worker order.
+dW's tiles hold 1 or 2 vectors of output channels by up to 8 input channels by up to 3 taps
+that share a plane (consecutive there), at most 24 accumulators, and run over the positions of
+m samples (``Conv2D.direct_chunk_bytes`` bounds their planes and dY), each worker into its
+own partial; the partials are added in worker order. The strided dx's scatter keeps vectors
+along positions (8 channels by 3 vectors of positions per tile).
 
 Why: the im2col route's GEMMs are (O, k*k*C) @ (k*k*C, positions); with O and C of 16-64
-(CIFAR ResNets) OpenBLAS spends more on packing col than on the products (bench/README.md).
+(CIFAR ResNets) OpenBLAS spends more on packing col than on the products, and on larger layers
+the broadcast tiles reach the GEMMs' rate without col (bench/README.md).
 
 Activations are channel-major (``layers/layout.py``) in and out; every worker takes a
 contiguous range of samples (``layers/parallel.py``) with its own workspace.

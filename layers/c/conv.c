@@ -1,15 +1,17 @@
 /* Direct convolution on the CPU (layers/conv_direct.py has the equations and the layout).
 
    y and dy (O, N, OH, OW) and dx (C, N, H, W) are channel-major; x is read through its sample
-   and channel strides (xn, xc; its (H, W) planes dense: C order, channel-major). One sample's input is laid out as "phase planes": the zero-padded input xpad split into its
+   and channel strides (xn, xc; its (H, W) planes dense: C order, channel-major). One
+   sample's input is laid out as "phase planes": the zero-padded input xpad split into its
    s*s sub-lattices, plane (a, b) holding xpad[s*r + a, s*u + b] for r < PH, u < PW, so that
    every tap (i, j) reads one plane at a fixed flat offset, off[t] = plane(i % s, j % s) +
    (i / s) * PW + j / s, from an output position q = oh * PW + ow (rows of PW: the columns
    ow >= OW are scratch, never copied out, and read as zeros on the way back). With stride 1
    there is one plane, the padded input.
 
-   The products are vectors of VL outputs (64 bytes: 16 floats or 8 doubles) at consecutive
-   positions, a tile of OB channels by PB vectors held in registers. */
+   The forward's and dW's products are vectors of VL output channels (64 bytes: 16 floats or
+   8 doubles) times one input value broadcast (ctile, dtile); the strided dx's scatter keeps
+   vectors of VL consecutive positions times one weight broadcast (tile). */
 #include <stddef.h>
 #include <string.h>
 
@@ -289,31 +291,51 @@ static long pick_ov(long nov, long ow)
     return best;
 }
 
-/* ybuf (positions-major, opad apart) = conv(planes in xbuf, wt[c][t][opad]): the in-channels
-   in chunks whose weights for one tile fit in CHUNK_BYTES (a core's L1), each chunk added to
-   the last; within one, tiles of ov vectors of output channels (fewer for the last) by rows
-   cut into pieces of at most uwmax[ov - 1] positions */
+#ifndef BAND_BYTES
+#define BAND_BYTES (512 << 10)
+#endif
+#define BAND_POSITIONS 1024
+
+/* the output rows of m samples whose planes and positions-major outputs take about
+   BAND_BYTES (a core's L2), but at least BAND_POSITIONS positions (each band costs a pass over
+   the weights, or the tiles' sums added into dW): the band of rows every tile sweeps before
+   the next */
+static long band_rows(const Geom *g, long m)
+{
+    long row = m * (g->xsize + g->ysize) / g->oh * (long)sizeof(real);
+    long rows = BAND_BYTES / (row > 0 ? row : 1);
+    long least = (BAND_POSITIONS + m * g->ow - 1) / (m * g->ow);
+    return rows > least ? rows : least;
+}
+
+/* ybuf (positions-major, opad apart) = conv(planes in xbuf, wt[c][t][opad]) over bands of
+   output rows (band_rows); in a band, the in-channels in chunks whose weights for one tile fit
+   in CHUNK_BYTES (a core's L1), each chunk added to the last; within one, tiles of ov vectors
+   of output channels (fewer for the last) by rows cut into pieces of at most uwmax[ov - 1]
+   positions */
 static void cproduct(const Geom *g, const real *xbuf, const real *wt, real *ybuf)
 {
     long kk = g->k * g->k, nov = g->opad / VL, ov = pick_ov(nov, g->ow);
-    long pieces = (g->ow + uwmax[ov - 1] - 1) / uwmax[ov - 1];
+    long pieces = (g->ow + uwmax[ov - 1] - 1) / uwmax[ov - 1], band = band_rows(g, 1);
     long cb = CHUNK_BYTES / (kk * ov * VL * (long)sizeof(real));
     cb = cb < 1 ? 1 : cb;
-    for (long c0 = 0; c0 < g->c; c0 += cb) {
-        long cn = g->c - c0 < cb ? g->c - c0 : cb;
-        for (long v0 = 0; v0 < nov; v0 += ov) {
-            long vn = nov - v0 < ov ? nov - v0 : ov;
-            const real *w = wt + c0 * kk * g->opad + v0 * VL;
-            for (long r = 0; r < g->oh; r++)
-                for (long i = 0, u0 = 0; i < pieces; i++) {
-                    long uw = g->ow / pieces + (i < g->ow % pieces);
-                    ctiles[vn - 1][uw - 1](xbuf + c0 * g->cplane + r * g->pw + u0, g->cplane,
-                                           cn, kk, g->off, w, g->opad,
-                                           ybuf + (r * g->ow + u0) * g->opad + v0 * VL, c0 > 0);
-                    u0 += uw;
-                }
+    for (long r0 = 0; r0 < g->oh; r0 += band)
+        for (long c0 = 0; c0 < g->c; c0 += cb) {
+            long cn = g->c - c0 < cb ? g->c - c0 : cb;
+            for (long v0 = 0; v0 < nov; v0 += ov) {
+                long vn = nov - v0 < ov ? nov - v0 : ov;
+                const real *w = wt + c0 * kk * g->opad + v0 * VL;
+                for (long r = r0; r < r0 + band && r < g->oh; r++)
+                    for (long i = 0, u0 = 0; i < pieces; i++) {
+                        long uw = g->ow / pieces + (i < g->ow % pieces);
+                        ctiles[vn - 1][uw - 1](xbuf + c0 * g->cplane + r * g->pw + u0,
+                                               g->cplane, cn, kk, g->off, w, g->opad,
+                                               ybuf + (r * g->ow + u0) * g->opad + v0 * VL,
+                                               c0 > 0);
+                        u0 += uw;
+                    }
+            }
         }
-    }
 }
 
 /* sample n of y (channel-major) = ybuf (positions-major) + b (b may be NULL), in blocks of
@@ -371,21 +393,21 @@ static void to_positions(const Geom *g, const real *dy, long n, real *dyt)
 }
 
 /* The weight gradient's kernel, vectors along output channels as in the forward's:
-   acc[v][b][j] = the sum over m samples i, output rows r and columns u of
+   acc[v][b][j] = the sum over m samples i, output rows r0 <= r < r1 and columns u of
    dyt_i[(r * ow + u) * opad + v * VL + lane] times the one value x_i[b * cplane + r * pw + u + j]
    (x_i = x + i * xsize: the planes from some channel and tap on, dyt_i = dyt + i * ytsize),
    for OV vectors of output channels, CB input channels and TB taps that are consecutive in
    one plane; stored to out[((v * CB + b) * TB + j) * VL]. */
 #define DTILE(OV, CB, TB)                                                                  \
 NOPC static void dtile_##OV##_##CB##_##TB(const Geom *g, const real *x, const real *dyt, long m, \
-                                     long ytsize, real *out)                               \
+                                          long ytsize, long r0, long r1, real *out)        \
 {                                                                                          \
     vr acc[OV][CB][TB];                                                                    \
     for (int v = 0; v < OV; v++)                                                           \
         for (int b = 0; b < CB; b++)                                                       \
             for (int j = 0; j < TB; j++) acc[v][b][j] = (vr){0};                           \
     for (long i = 0; i < m; i++)                                                           \
-        for (long r = 0; r < g->oh; r++) {                                                 \
+        for (long r = r0; r < r1; r++) {                                                   \
             const real *xr = x + i * g->xsize + r * g->pw;                                 \
             const real *dr = dyt + i * ytsize + r * g->ow * g->opad;                       \
             for (long u = 0; u < g->ow; u++) {                                             \
@@ -408,7 +430,8 @@ NOPC static void dtile_##OV##_##CB##_##TB(const Geom *g, const real *x, const re
 #define CB_8(OV, TB) CB_6(OV, TB) DTILE(OV, 7, TB) DTILE(OV, 8, TB)
 CB_8(1, 1) CB_8(1, 2) CB_8(1, 3)
 CB_8(2, 1) CB_6(2, 2) CB_4(2, 3)
-typedef void (*dtile_fn)(const Geom *, const real *, const real *, long, long, real *);
+typedef void (*dtile_fn)(const Geom *, const real *, const real *, long, long, long, long,
+                         real *);
 #define D(OV, CB, TB) dtile_##OV##_##CB##_##TB
 #define DCB_4(OV, TB) D(OV, 1, TB), D(OV, 2, TB), D(OV, 3, TB), D(OV, 4, TB)
 #define DCB_6(OV, TB) DCB_4(OV, TB), D(OV, 5, TB), D(OV, 6, TB)
@@ -419,17 +442,24 @@ static const dtile_fn dtiles[2][3][8] = {{{DCB_8(1, 1)}, {DCB_8(1, 2)}, {DCB_8(1
                                          {{DCB_8(2, 1)}, {DCB_6(2, 2)}, {DCB_4(2, 3)}}};
 static const long cbmax[2][3] = {{8, 8, 8}, {8, 6, 4}};
 
+/* what dW's tiles sweep: the planes and dY of m samples (dyt_i = dyt + i * ytsize), rows
+   [r0, r1) of their outputs */
+typedef struct {
+    const real *xbuf, *dyt;
+    long m, ytsize, r0, r1;
+} Sweep;
+
 /* the tiles of vn vectors of output channels from v0 (vn <= 2) for the taps t, t + ts, ...
    (tb of them, consecutive in one plane) of every input channel, added into dw */
-static void dtiles_taps(const Geom *g, const real *xbuf, const real *dyt, long m, long ytsize,
-                        long v0, long vn, long t, long ts, long tb, real *dw)
+static void dtiles_taps(const Geom *g, const Sweep *a, long v0, long vn, long t, long ts,
+                        long tb, real *dw)
 {
     long kk = g->k * g->k;
     for (long c0 = 0, cb; c0 < g->c; c0 += cb) {
         real out[24 * VL] __attribute__((aligned(64)));
         cb = g->c - c0 < cbmax[vn - 1][tb - 1] ? g->c - c0 : cbmax[vn - 1][tb - 1];
-        dtiles[vn - 1][tb - 1][cb - 1](g, xbuf + c0 * g->cplane + g->off[t], dyt + v0 * VL, m,
-                                       ytsize, out);
+        dtiles[vn - 1][tb - 1][cb - 1](g, a->xbuf + c0 * g->cplane + g->off[t],
+                                       a->dyt + v0 * VL, a->m, a->ytsize, a->r0, a->r1, out);
         for (long v = 0; v < vn; v++)
             for (long l = 0, o = (v0 + v) * VL; l < VL && o < g->o; l++, o++)
                 for (long b = 0; b < cb; b++)
@@ -439,22 +469,24 @@ static void dtiles_taps(const Geom *g, const real *xbuf, const real *dyt, long m
     }
 }
 
-/* dw += the weight gradient of m samples (dw (O, C, k, k), this worker's partial): for
-   output channels two vectors at a time, every kernel row's taps in groups of up to 3 that
-   share a plane (j, j + s, ...: consecutive in it) */
+/* dw += the weight gradient of m samples (dw (O, C, k, k), this worker's partial): over bands
+   of output rows (band_rows), for output channels two vectors at a time, every kernel row's
+   taps in groups of up to 3 that share a plane (j, j + s, ...: consecutive in it) */
 static void weight_grad(const Geom *g, const real *xbuf, const real *dyt, long m, long ytsize,
                         real *dw)
 {
-    long k = g->k, s = g->s, nov = g->opad / VL;
-    for (long v0 = 0; v0 < nov; v0 += 2)
-        for (long i = 0; i < k; i++)
-            for (long b = 0; b < s && b < k; b++)
-                for (long j = b; j < k;) {
-                    long left = (k - 1 - j) / s + 1, tb = left >= 3 ? 3 : left;
-                    dtiles_taps(g, xbuf, dyt, m, ytsize, v0, nov - v0 < 2 ? 1 : 2, i * k + j,
-                                s, tb, dw);
-                    j += tb * s;
-                }
+    long k = g->k, s = g->s, nov = g->opad / VL, band = band_rows(g, m);
+    for (long r0 = 0; r0 < g->oh; r0 += band) {
+        Sweep a = {xbuf, dyt, m, ytsize, r0, r0 + band < g->oh ? r0 + band : g->oh};
+        for (long v0 = 0; v0 < nov; v0 += 2)
+            for (long i = 0; i < k; i++)
+                for (long b = 0; b < s && b < k; b++)
+                    for (long j = b; j < k;) {
+                        long left = (k - 1 - j) / s + 1, tb = left >= 3 ? 3 : left;
+                        dtiles_taps(g, &a, v0, nov - v0 < 2 ? 1 : 2, i * k + j, s, tb, dw);
+                        j += tb * s;
+                    }
+    }
 }
 
 /* one sample's dx for a strided layer: every tap's sum over o of W[o][c][t] * dyb[o][q]

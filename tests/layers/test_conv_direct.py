@@ -44,12 +44,14 @@ VECTORS = [
 # weights in the forward, of its reads in the scatter; in float64 21 input channels of the
 # first, 21 of the second's O, 42 of the third's and 128 of the scatter's dy channels in the
 # fourth): the forward's input channels, the transposed dx's, the strided forward's, and the
-# strided dx scatter's.
+# strided dx scatter's. The last's sample is large enough for bands of rows (band_rows:
+# 3 MB of planes and outputs in float64, in bands of 16 of its 96 rows).
 WIDE = [
     (1, 80, 30, 30, 10, 3, 1, 1),
     (1, 10, 30, 30, 80, 3, 1, 1),
     (2, 50, 30, 30, 6, 3, 2, 1),
     (1, 6, 12, 12, 136, 3, 2, 1),
+    (1, 16, 96, 96, 24, 3, 1, 1),
 ]
 
 
