@@ -308,16 +308,20 @@ static long band_rows(const Geom *g, long m)
     return rows > least ? rows : least;
 }
 
+#ifndef WCHUNK_BYTES
+#define WCHUNK_BYTES (96 << 10)
+#endif
+
 /* ybuf (positions-major, opad apart) = conv(planes in xbuf, wt[c][t][opad]) over bands of
-   output rows (band_rows); in a band, the in-channels in chunks whose weights for one tile fit
-   in CHUNK_BYTES (a core's L1), each chunk added to the last; within one, tiles of ov vectors
-   of output channels (fewer for the last) by rows cut into pieces of at most uwmax[ov - 1]
-   positions */
+   output rows (band_rows); in a band, the in-channels in chunks whose weights for one tile
+   take WCHUNK_BYTES (read from L2: smaller chunks, within L1, measured slower, each chunk's
+   sums being added to the last's), tiles of ov vectors of output channels (fewer for the
+   last) by rows cut into pieces of at most uwmax[ov - 1] positions */
 static void cproduct(const Geom *g, const real *xbuf, const real *wt, real *ybuf)
 {
     long kk = g->k * g->k, nov = g->opad / VL, ov = pick_ov(nov, g->ow);
     long pieces = (g->ow + uwmax[ov - 1] - 1) / uwmax[ov - 1], band = band_rows(g, 1);
-    long cb = CHUNK_BYTES / (kk * ov * VL * (long)sizeof(real));
+    long cb = WCHUNK_BYTES / (kk * ov * VL * (long)sizeof(real));
     cb = cb < 1 ? 1 : cb;
     for (long r0 = 0; r0 < g->oh; r0 += band)
         for (long c0 = 0; c0 < g->c; c0 += cb) {

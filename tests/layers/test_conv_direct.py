@@ -30,9 +30,8 @@ MORE = [
 # The forward's and dW's tiles, vectors along output channels (conv.c's ctile and dtile). In
 # float64 (8 lanes): 9 vectors of outputs as 4, 4 and 1 by rows of 30 in five pieces of 6,
 # with dW's pairs and a single and 11 channels as 4 + 4 + 3 and 8 + 3; 7x7 rows as 4 + 1
-# vectors by 7, 25 channels over three of the forward's chunks; 3 vectors by 9 and 8 positions
-# with dW's 5 taps a row as 3 + 2; a strided layer's planes with runs of 2 and 1. In float32
-# (16 lanes) 5, 3, 2 and 3 vectors.
+# vectors by 7; 3 vectors by 9 and 8 positions with dW's 5 taps a row as 3 + 2; a strided
+# layer's planes with runs of 2 and 1. In float32 (16 lanes) 5, 3, 2 and 3 vectors.
 VECTORS = [
     (1, 11, 9, 30, 70, 3, 1, 1),
     (2, 25, 7, 7, 40, 3, 1, 1),
@@ -40,16 +39,16 @@ VECTORS = [
     (2, 6, 9, 9, 33, 3, 2, 1),
 ]
 
-# Shapes whose channels span several chunks (conv.c, CHUNK_BYTES: 24 KiB of one tile's
-# weights in the forward, of its reads in the scatter; in float64 21 input channels of the
-# first, 21 of the second's O, 42 of the third's and 128 of the scatter's dy channels in the
-# fourth): the forward's input channels, the transposed dx's, the strided forward's, and the
-# strided dx scatter's. The last's sample is large enough for bands of rows (band_rows:
-# 3 MB of planes and outputs in float64, in bands of 16 of its 96 rows).
+# Shapes whose channels span several chunks (conv.c: WCHUNK_BYTES, 96 KiB of one forward
+# tile's weights, 42 input channels of 4 vectors of outputs by 3x3; CHUNK_BYTES, 24 KiB of
+# the scatter's reads by one tile, 128 of its dy channels in float64): the forward's input
+# channels, the transposed dx's (its O), the strided forward's, and the strided dx scatter's.
+# The last's sample is large enough for bands of rows (band_rows: 3 MB of planes and outputs
+# in float64, in bands of 16 of its 96 rows).
 WIDE = [
-    (1, 80, 30, 30, 10, 3, 1, 1),
-    (1, 10, 30, 30, 80, 3, 1, 1),
-    (2, 50, 30, 30, 6, 3, 2, 1),
+    (1, 50, 20, 20, 40, 3, 1, 1),
+    (1, 40, 20, 20, 100, 3, 1, 1),
+    (2, 50, 20, 20, 40, 3, 2, 1),
     (1, 6, 12, 12, 136, 3, 2, 1),
     (1, 16, 96, 96, 24, 3, 1, 1),
 ]
