@@ -69,10 +69,35 @@ static long phase_run(const Geom *g, long h, long b, long *w0, long *dst)
     return *w0 < g->w ? (g->w - 1 - *w0) / s + 1 : 0;
 }
 
+/* to_planes for stride 1: the padded input, each element written once (the padding as runs
+   of zeros between the rows), in loops GCC keeps inline (its memcpy and memset calls per row
+   cost more on small images) */
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+static void to_padded(const Geom *g, const real *x, long n, real *xbuf)
+{
+    long p = g->p, pw = g->pw, w = g->w;
+    for (long c = 0; c < g->c; c++) {
+        const real *src = x + c * g->xc + n * g->xn;
+        real *dst = xbuf + c * g->cplane;
+        for (long u = 0; u < p * pw + p; u++) dst[u] = 0;
+        for (long h = 0; h < g->h; h++) {
+            real *row = dst + (h + p) * pw + p;
+            for (long u = 0; u < w; u++) row[u] = src[h * w + u];
+            for (long u = w; u < w + 2 * p; u++) row[u] = 0;
+        }
+        for (long u = (g->h + p) * pw; u < g->cplane; u++) dst[u] = 0;
+    }
+    memset(xbuf + g->c * g->cplane, 0, sizeof(real) * (g->xsize - g->c * g->cplane));
+}
+
 /* sample n of x (strides xn, xc) as phase planes in xbuf (zeros where xpad is padding) */
 static void to_planes(const Geom *g, const real *x, long n, real *xbuf)
 {
     long s = g->s;
+    if (s == 1) {
+        to_padded(g, x, n, xbuf);
+        return;
+    }
     memset(xbuf, 0, sizeof(real) * g->xsize);
     for (long c = 0; c < g->c; c++)
         for (long h = 0; h < g->h; h++)
@@ -80,10 +105,7 @@ static void to_planes(const Geom *g, const real *x, long n, real *xbuf)
                 long w0, at, count = phase_run(g, h, b, &w0, &at);
                 const real *src = x + c * g->xc + n * g->xn + h * g->w + w0;
                 real *dst = xbuf + c * g->cplane + at;
-                if (s == 1)
-                    memcpy(dst, src, sizeof(real) * count);
-                else
-                    for (long u = 0; u < count; u++) dst[u] = src[u * s];
+                for (long u = 0; u < count; u++) dst[u] = src[u * s];
             }
 }
 
