@@ -68,15 +68,18 @@ def _sizes(lib, x_shape, layer):
 # its GEMMs there run as fast, and dW's sums run over 49 positions per sample).
 AUTO_WEIGHTS = 1 << 20                  # elements of one group's W ...
 AUTO_POSITIONS = 64                     # ... beyond which fewer output positions per sample
+# A strided layer's dx comes out of a scatter (vectors along positions), which beats the
+# im2col route's col2im up to about this many weights (ResNet-50's 256-channel stride-2
+# layer is past it).
+AUTO_SCATTER_WEIGHTS = 1 << 18
 MODES = ("auto", "always", "never")
 
 
 def takes(layer, x, phase="forward"):
     """Whether ``layer`` takes this route for ``phase`` ("forward" or "backward") on input
     ``x``: a kernel other than 1x1 stride 1, of side <= 16, with the C library built for x's
-    dtype, and ``layer.direct``: "always", or "auto" within the bounds above (in backward only
-    for stride 1, or a first layer that needs no dx: a strided layer's dx comes out of a
-    scatter that is slower than the im2col route's col2im on all but the smallest layers)."""
+    dtype, and ``layer.direct``: "always", or "auto" within the bounds above (in backward, for
+    a strided layer that needs dx, within ``AUTO_SCATTER_WEIGHTS`` too)."""
     if layer.direct not in MODES:
         raise ValueError(f"{layer.name}: direct must be one of {', '.join(MODES)}, "
                          f"got {layer.direct!r}")
@@ -88,7 +91,8 @@ def takes(layer, x, phase="forward"):
     _, o, oh, ow = layer.out_shape(x.shape)
     weights = o * layer.in_ch * layer.k * layer.k
     fits = weights <= AUTO_WEIGHTS or oh * ow >= AUTO_POSITIONS
-    return fits and (phase == "forward" or layer.stride == 1 or not layer.needs_input_grad)
+    return fits and (phase == "forward" or layer.stride == 1 or not layer.needs_input_grad
+                     or weights <= AUTO_SCATTER_WEIGHTS)
 
 
 def _vectors(layer, key, w, dtype):

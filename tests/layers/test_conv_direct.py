@@ -227,7 +227,8 @@ def test_switched_off_per_layer():
     (512, 512, 3, 1, 8, True, True),       # ... but 64 positions
     (160, 96, 3, 1, 7, True, True),        # 49 positions, weights within the bound
     (256, 256, 3, 1, 56, True, True),      # large weights, 3,136 positions
-    (16, 32, 3, 2, 32, True, False),       # strided: dx by the im2col route
+    (16, 32, 3, 2, 32, True, True),        # strided, small: dx by the scatter
+    (256, 256, 3, 2, 28, True, False),     # strided, large: dx by the im2col route ...
     (3, 16, 17, 1, 32, False, False),      # a kernel wider than 16
 ])
 def test_auto_bounds(c, o, k, s, size, forward, backward):
@@ -236,5 +237,5 @@ def test_auto_bounds(c, o, k, s, size, forward, backward):
     assert conv_direct.takes(layer, x, "forward") == forward
     assert conv_direct.takes(layer, x, "backward") == backward
     if s > 1 and forward:
-        layer.needs_input_grad = False     # a first layer: dW only, which is fast here
+        layer.needs_input_grad = False     # ... unless it is a first layer: dW only
         assert conv_direct.takes(layer, x, "backward")
