@@ -13,8 +13,9 @@ positions of one output row (OV*UW <= 28 registers) sums, over (c, i, j), the we
 times one input value broadcast to every lane. Loads of the weights are aligned, the inputs
 are single values at any offset, so rows need no padding to whole vectors. OV (1-4) is picked
 per layer for the most accumulators per tile on its rows; the sum over c runs in chunks
-whose weights for one tile fit in a core's L1 (24 KiB), each chunk added to the last. The
-tiles write y positions-major (q, o), copied out to channel-major at the end of each sample.
+whose weights for one tile take 96 KiB (from L2), each chunk added to the last. The tiles
+write y positions-major (q, o), copied out to channel-major at the end of each sample; a
+large image is swept in bands of output rows that fit in L2 (at least 1,024 positions each).
 Backward, with dY[q, o] = dy positions-major:
 
     dW[o, c, i, j] = sum_{n, q} dY[q, o] * planes[c, q + off[i, j]]
@@ -25,8 +26,8 @@ Backward, with dY[q, o] = dy positions-major:
 
 dW's tiles hold 1 or 2 vectors of output channels by up to 8 input channels by up to 3 taps
 that share a plane (consecutive there), at most 24 accumulators, and run over the positions of
-m samples (``Conv2D.direct_chunk_bytes`` bounds their planes and dY), each worker into its
-own partial; the partials are added in worker order. The strided dx's scatter keeps vectors
+m samples (``Conv2D.direct_chunk_bytes`` bounds their planes and dY; a large sample in bands
+of rows as above), each worker into its own partial; the partials are added in worker order. The strided dx's scatter keeps vectors
 along positions (8 channels by 3 vectors of positions per tile).
 
 Why: the im2col route's GEMMs are (O, k*k*C) @ (k*k*C, positions); with O and C of 16-64

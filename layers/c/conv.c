@@ -421,12 +421,12 @@ static void to_positions(const Geom *g, const real *dy, long n, real *dyt)
 /* The weight gradient's kernel, vectors along output channels as in the forward's:
    acc[v][b][j] = the sum over m samples i, output rows r0 <= r < r1 and columns u of
    dyt_i[(r * ow + u) * opad + v * VL + lane] times the one value x_i[b * cplane + r * pw + u + j]
-   (x_i = x + i * xsize: the planes from some channel and tap on, dyt_i = dyt + i * ytsize),
+   (x_i = x + i * xsize: the planes from some channel and tap on, dyt_i = dyt + i * ysize),
    for OV vectors of output channels, CB input channels and TB taps that are consecutive in
    one plane; stored to out[((v * CB + b) * TB + j) * VL]. */
 #define DTILE(OV, CB, TB)                                                                  \
 NOPC static void dtile_##OV##_##CB##_##TB(const Geom *g, const real *x, const real *dyt, long m, \
-                                          long ytsize, long r0, long r1, real *out)        \
+                                          long r0, long r1, real *out)                     \
 {                                                                                          \
     vr acc[OV][CB][TB];                                                                    \
     for (int v = 0; v < OV; v++)                                                           \
@@ -435,7 +435,7 @@ NOPC static void dtile_##OV##_##CB##_##TB(const Geom *g, const real *x, const re
     for (long i = 0; i < m; i++)                                                           \
         for (long r = r0; r < r1; r++) {                                                   \
             const real *xr = x + i * g->xsize + r * g->pw;                                 \
-            const real *dr = dyt + i * ytsize + r * g->ow * g->opad;                       \
+            const real *dr = dyt + i * g->ysize + r * g->ow * g->opad;                     \
             for (long u = 0; u < g->ow; u++) {                                             \
                 vr d[OV];                                                                  \
                 for (int v = 0; v < OV; v++) d[v] = *(const vr *)(dr + u * g->opad + v * VL); \
@@ -456,8 +456,7 @@ NOPC static void dtile_##OV##_##CB##_##TB(const Geom *g, const real *x, const re
 #define CB_8(OV, TB) CB_6(OV, TB) DTILE(OV, 7, TB) DTILE(OV, 8, TB)
 CB_8(1, 1) CB_8(1, 2) CB_8(1, 3)
 CB_8(2, 1) CB_6(2, 2) CB_4(2, 3)
-typedef void (*dtile_fn)(const Geom *, const real *, const real *, long, long, long, long,
-                         real *);
+typedef void (*dtile_fn)(const Geom *, const real *, const real *, long, long, long, real *);
 #define D(OV, CB, TB) dtile_##OV##_##CB##_##TB
 #define DCB_4(OV, TB) D(OV, 1, TB), D(OV, 2, TB), D(OV, 3, TB), D(OV, 4, TB)
 #define DCB_6(OV, TB) DCB_4(OV, TB), D(OV, 5, TB), D(OV, 6, TB)
@@ -468,11 +467,11 @@ static const dtile_fn dtiles[2][3][8] = {{{DCB_8(1, 1)}, {DCB_8(1, 2)}, {DCB_8(1
                                          {{DCB_8(2, 1)}, {DCB_6(2, 2)}, {DCB_4(2, 3)}}};
 static const long cbmax[2][3] = {{8, 8, 8}, {8, 6, 4}};
 
-/* what dW's tiles sweep: the planes and dY of m samples (dyt_i = dyt + i * ytsize), rows
+/* what dW's tiles sweep: the planes and dY of m samples (dyt_i = dyt + i * ysize), rows
    [r0, r1) of their outputs */
 typedef struct {
     const real *xbuf, *dyt;
-    long m, ytsize, r0, r1;
+    long m, r0, r1;
 } Sweep;
 
 /* the tiles of vn vectors of output channels from v0 (vn <= 2) for the taps t, t + ts, ...
@@ -485,7 +484,7 @@ static void dtiles_taps(const Geom *g, const Sweep *a, long v0, long vn, long t,
         real out[24 * VL] __attribute__((aligned(64)));
         cb = g->c - c0 < cbmax[vn - 1][tb - 1] ? g->c - c0 : cbmax[vn - 1][tb - 1];
         dtiles[vn - 1][tb - 1][cb - 1](g, a->xbuf + c0 * g->cplane + g->off[t],
-                                       a->dyt + v0 * VL, a->m, a->ytsize, a->r0, a->r1, out);
+                                       a->dyt + v0 * VL, a->m, a->r0, a->r1, out);
         for (long v = 0; v < vn; v++)
             for (long l = 0, o = (v0 + v) * VL; l < VL && o < g->o; l++, o++)
                 for (long b = 0; b < cb; b++)
@@ -498,12 +497,11 @@ static void dtiles_taps(const Geom *g, const Sweep *a, long v0, long vn, long t,
 /* dw += the weight gradient of m samples (dw (O, C, k, k), this worker's partial): over bands
    of output rows (band_rows), for output channels two vectors at a time, every kernel row's
    taps in groups of up to 3 that share a plane (j, j + s, ...: consecutive in it) */
-static void weight_grad(const Geom *g, const real *xbuf, const real *dyt, long m, long ytsize,
-                        real *dw)
+static void weight_grad(const Geom *g, const real *xbuf, const real *dyt, long m, real *dw)
 {
     long k = g->k, s = g->s, nov = g->opad / VL, band = band_rows(g, m);
     for (long r0 = 0; r0 < g->oh; r0 += band) {
-        Sweep a = {xbuf, dyt, m, ytsize, r0, r0 + band < g->oh ? r0 + band : g->oh};
+        Sweep a = {xbuf, dyt, m, r0, r0 + band < g->oh ? r0 + band : g->oh};
         for (long v0 = 0; v0 < nov; v0 += 2)
             for (long i = 0; i < k; i++)
                 for (long b = 0; b < s && b < k; b++)
@@ -567,7 +565,7 @@ void conv_backward(const real *x, long xn, long xc, const real *dy, const real *
             to_planes(&g, x, i0 + i, xbuf + i * g.xsize);
             to_positions(&g, dy, i0 + i, dyt + i * g.ysize);
         }
-        weight_grad(&g, xbuf, dyt, mm, g.ysize, dw);
+        weight_grad(&g, xbuf, dyt, mm, dw);
         for (long i = 0; dx && i < mm; i++)
             if (transposes(&g))
                 forward_sample(&gt, dy, wf, NULL, i0 + i, tbuf, tbuf + gt.xsize, dx);
