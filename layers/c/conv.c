@@ -300,14 +300,19 @@ typedef void (*ctile_fn)(const real *, long, long, long, const long *, const rea
 static const ctile_fn ctiles[OVMAX][28] = {{ROW_4(1)}, {ROW_3(2)}, {ROW_2(3)}, {ROW_1(4)}};
 static const long uwmax[OVMAX] = {28, 14, 9, 7};
 
+/* the pieces a row of ow positions is cut into for tiles of ov vectors */
+static long row_pieces(long ow, long ov)
+{
+    return (ow + uwmax[ov - 1] - 1) / uwmax[ov - 1];
+}
+
 /* the output-channel vectors per tile for rows of ow positions among nov vectors: the most
    accumulators per tile on average (ties to more vectors: fewer broadcasts per product) */
 static long pick_ov(long nov, long ow)
 {
     long best = 1, score = 0;
     for (long ov = 1; ov <= OVMAX && ov <= nov; ov++) {
-        long pieces = (ow + uwmax[ov - 1] - 1) / uwmax[ov - 1];
-        long s = ov * ow / pieces;
+        long s = ov * ow / row_pieces(ow, ov);
         if (s >= score) { best = ov; score = s; }
     }
     return best;
@@ -342,7 +347,7 @@ static long band_rows(const Geom *g, long m)
 static void cproduct(const Geom *g, const real *xbuf, const real *wt, real *ybuf)
 {
     long kk = g->k * g->k, nov = g->opad / VL, ov = pick_ov(nov, g->ow);
-    long pieces = (g->ow + uwmax[ov - 1] - 1) / uwmax[ov - 1], band = band_rows(g, 1);
+    long pieces = row_pieces(g->ow, ov), band = band_rows(g, 1);
     long cb = WCHUNK_BYTES / (kk * ov * VL * (long)sizeof(real));
     cb = cb < 1 ? 1 : cb;
     for (long r0 = 0; r0 < g->oh; r0 += band)
