@@ -49,6 +49,7 @@ class Conv2D(RoutedLayer):
     cpu_route, gpu_route = conv_cpu, conv_gpu
 
     direct = "auto"
+    winograd = "auto"
     direct_chunk_bytes = 1 << 20
     chunk_bytes = 8 << 20
     worker_chunk_bytes = 4 << 20
@@ -159,4 +160,5 @@ class Conv2D(RoutedLayer):
                     self.grads[name][rows]
             conv.needs_input_grad, conv.fuse_relu = self.needs_input_grad, self.fuse_relu
             conv.direct, conv.direct_chunk_bytes = self.direct, self.direct_chunk_bytes
+            conv.winograd = self.winograd
         return self.group_convs

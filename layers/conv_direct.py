@@ -55,12 +55,15 @@ def _dims(x_shape, layer):
     return [_c_long(v) for v in (n, c, h, w, layer.out_ch, layer.k, layer.stride, layer.pad)]
 
 
-def _sizes(lib, x_shape, layer):
+def _sizes(lib, x, layer):
     """(forward workspace, backward's per sample of a chunk, backward's besides), elements."""
-    _, c, h, w = x_shape
+    _, c, h, w = x.shape
     out = np.zeros(3, np.int64)
     lib.conv_sizes(*[_c_long(v) for v in (c, h, w, layer.out_ch, layer.k, layer.stride,
-                                          layer.pad)], ckernels.pointer(out))
+                                          layer.pad, winograd(layer),
+                                          winograd(layer, "input"),
+                                          winograd(layer, "weights"))],
+                   ckernels.pointer(out))
     return [int(v) for v in out]
 
 
@@ -73,6 +76,9 @@ AUTO_POSITIONS = 64                     # ... beyond which fewer output position
 # im2col route's col2im up to about this many weights (ResNet-50's 256-channel stride-2
 # layer is past it).
 AUTO_SCATTER_WEIGHTS = 1 << 18
+# Winograd's products are 1x1 convolutions over the tiles, with the input channels as their
+# sum; below this many the transforms cost more than they save.
+AUTO_WINO_CHANNELS = 64
 MODES = ("auto", "always", "never")
 
 
@@ -94,6 +100,43 @@ def takes(layer, x, phase="forward"):
     fits = weights <= AUTO_WEIGHTS or oh * ow >= AUTO_POSITIONS
     return fits and (phase == "forward" or layer.stride == 1 or not layer.needs_input_grad
                      or weights <= AUTO_SCATTER_WEIGHTS)
+
+
+def winograd(layer, phase="forward"):
+    """Whether the direct route computes ``phase``'s product by Winograd's F(2x2, 3x3):
+    "forward" y, "input" dx (the transposed convolution; only where the layer needs dx) or
+    "weights" dW. A 3x3 layer of stride 1 and pad <= 2, and ``layer.winograd`` "always", or
+    "auto" with at least ``AUTO_WINO_CHANNELS`` channels summed over (C forward, O for dx)
+    and, for dW, on both sides."""
+    if layer.winograd not in MODES:
+        raise ValueError(f"{layer.name}: winograd must be one of {', '.join(MODES)}, "
+                         f"got {layer.winograd!r}")
+    if layer.winograd == "never" or layer.k != 3 or layer.stride != 1 or layer.pad > 2 or \
+            phase == "input" and not layer.needs_input_grad:
+        return False
+    c, o = layer.in_ch // layer.groups, layer.out_ch // layer.groups
+    summed = {"forward": c, "input": o, "weights": min(c, o)}[phase]
+    return layer.winograd == "always" or summed >= AUTO_WINO_CHANNELS
+
+
+def _wino_weights(layer, key, dtype, flip):
+    """``layer``'s Winograd weights U[xi][i][outpad] in its workspace ``key``: the forward's
+    (i over C, out over O), or with ``flip`` the transposed convolution's (i over O, out over
+    C, the kernel flipped); computed by the workers over ranges of i."""
+    lib = library(dtype)
+    w = np.ascontiguousarray(layer.params["W"], dtype=dtype)
+    o, c = w.shape[:2]
+    nin, nout, so, si = (o, c, 9, 9 * c) if flip else (c, o, 9 * c, 9)
+    lanes = ckernels.ALIGN // np.dtype(dtype).itemsize
+    outpad = -(-nout // lanes) * lanes
+    u = ckernels.aligned(layer, key, 16 * nin * outpad, dtype)
+
+    def work(start, stop, worker):
+        lib.conv_wino_weights(ckernels.pointer(w), *[_c_long(v) for v in (
+            so, si, nin, nout, outpad, flip, start, stop)], ckernels.pointer(u))
+
+    parallel.split_work(np, nin, work)
+    return u
 
 
 def _vectors(layer, key, w, dtype):
@@ -123,17 +166,28 @@ def forward(layer, x, y):
     """y = conv(x, W) + b into ``y`` (channel-major, ``layout.rows`` views its memory); x in
     any layout whose (H, W) planes are dense (``planes``)."""
     lib = library(x.dtype)
-    wt = _vectors(layer, "direct Wt", layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1)
-                  .transpose(1, 2, 0), x.dtype)
     b = layer.params.get("b")
-    size, dims = _sizes(lib, x.shape, layer)[0], _dims(x.shape, layer)
+    size, dims = _sizes(lib, x, layer)[0], _dims(x.shape, layer)
     (xd, xn, xc), yd = planes(x), layout.rows(y)
+    if winograd(layer):
+        u = _wino_weights(layer, "winograd U", x.dtype, 0)
+        dims = dims[:5] + dims[7:]                  # n, c, h, w, o, p: k = 3, s = 1
 
-    def work(start, stop, worker):
-        ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
-        lib.conv_forward(ckernels.pointer(xd), xn, xc, ckernels.pointer(wt),
-                         ckernels.pointer(b), ckernels.pointer(yd), *dims, _c_long(start),
-                         _c_long(stop), ckernels.pointer(ws))
+        def work(start, stop, worker):
+            ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
+            lib.conv_forward_wino(ckernels.pointer(xd), xn, xc, ckernels.pointer(u),
+                                  ckernels.pointer(b), ckernels.pointer(yd), *dims,
+                                  _c_long(start), _c_long(stop), ckernels.pointer(ws))
+    else:
+        wt = _vectors(layer, "direct Wt", layer.params["W"].reshape(layer.out_ch, layer.in_ch,
+                                                                    -1).transpose(1, 2, 0),
+                      x.dtype)
+
+        def work(start, stop, worker):
+            ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
+            lib.conv_forward(ckernels.pointer(xd), xn, xc, ckernels.pointer(wt),
+                             ckernels.pointer(b), ckernels.pointer(yd), *dims, _c_long(start),
+                             _c_long(stop), ckernels.pointer(ws))
 
     parallel.split_work(np, x.shape[0], work)
 
@@ -145,8 +199,10 @@ def backward(layer, x, dy, dx):
     o, c, k = layer.out_ch, layer.in_ch, layer.k
     wf = _vectors(layer, "direct Wf", layer.params["W"].reshape(o, c, -1)[:, :, ::-1]
                   .transpose(0, 2, 1), x.dtype)
-    _, per_sample, besides = _sizes(lib, x.shape, layer)
-    m = max(1, layer.direct_chunk_bytes // (per_sample * x.dtype.itemsize))
+    uf = _wino_weights(layer, "winograd Uf", x.dtype, 1) \
+        if dx is not None and winograd(layer, "input") else None
+    _, per_sample, besides = _sizes(lib, x, layer)
+    m = max(1, layer.direct_chunk_bytes // max(1, per_sample * x.dtype.itemsize))
     dims = _dims(x.shape, layer)
     (xd, xn, xc), dyr = planes(x), layout.rows(dy)
     dxd = layout.rows(dx) if dx is not None else None
@@ -158,7 +214,9 @@ def backward(layer, x, dy, dx):
         dw = layer.grads["W"] if worker == 0 else \
             layer.workspace(("dW", worker), layer.grads["W"].shape, x.dtype, np)
         lib.conv_backward(ckernels.pointer(xd), xn, xc, ckernels.pointer(dyr),
-                          ckernels.pointer(wf), ckernels.pointer(dw), ckernels.pointer(dxd),
+                          ckernels.pointer(wf), ckernels.pointer(uf),
+                          _c_long(winograd(layer, "weights")), ckernels.pointer(dw),
+                          ckernels.pointer(dxd),
                           *dims, _c_long(start), _c_long(stop), _c_long(mm),
                           ckernels.pointer(ws))
         l = dy.shape[2] * dy.shape[3]

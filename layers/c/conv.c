@@ -71,7 +71,8 @@ static long phase_run(const Geom *g, long h, long b, long *w0, long *dst)
 
 /* to_planes for stride 1: the padded input, each element written once (the padding as runs
    of zeros between the rows), in loops GCC keeps inline (its memcpy and memset calls per row
-   cost more on small images) */
+   cost more on small images); rows of pw >= w + 2p and planes of cplane >= (h + 2p) * pw
+   (Winograd's tiles pad right and bottom to whole tiles) */
 __attribute__((optimize("no-tree-loop-distribute-patterns")))
 static void to_padded(const Geom *g, const real *x, long n, real *xbuf)
 {
@@ -83,7 +84,7 @@ static void to_padded(const Geom *g, const real *x, long n, real *xbuf)
         for (long h = 0; h < g->h; h++) {
             real *row = dst + (h + p) * pw + p;
             for (long u = 0; u < w; u++) row[u] = src[h * w + u];
-            for (long u = w; u < w + 2 * p; u++) row[u] = 0;
+            for (long u = w; u < pw; u++) row[u] = 0;      /* right pad, next row's left */
         }
         for (long u = (g->h + p) * pw; u < g->cplane; u++) dst[u] = 0;
     }
@@ -408,6 +409,226 @@ void conv_forward(const real *x, long xn, long xc, const real *wt, const real *b
         forward_sample(&g, x, wt, b, i, work, work + g.xsize, y);
 }
 
+/* Winograd's F(2x2, 3x3) for 3x3 stride-1 layers (Lavin and Gray 2016; the equations in
+   layers/conv_direct.py): every 2x2 block of outputs ("tile") from a 4x4 block of the padded
+   input, in 16 products over the channels (xi = 4a + b), each a 1x1 convolution over a band of
+   tiles that cproduct (forward) and weight_grad (dW) run as one row of positions. Small
+   images go in groups of m samples, their rows of tiles one under the other, so that a band
+   holds enough tiles to reuse each weight it reads. */
+#ifndef WINO_BAND_BYTES
+#define WINO_BAND_BYTES (1 << 20)
+#endif
+#ifndef WINO_BAND_TILES
+#define WINO_BAND_TILES 128
+#endif
+#ifndef WINO_DW_TILES
+#define WINO_DW_TILES 512
+#endif
+
+typedef struct {
+    Geom gp;                    /* one sample's padded input, its rows and planes whole tiles
+                                   + 2 */
+    long th, tw;                /* tiles down and across a sample */
+    long m, band;               /* samples per group; rows of tiles per band (of a group's
+                                   m * th) */
+    long vsize, msize;          /* one product's input (V) and output (M) for a whole band */
+} Wino;
+
+/* the tiles, groups and bands of g for bands of at least `least` tiles: their V and M take
+   about WINO_BAND_BYTES (L2), but every band reads all of U */
+static void wino_geometry(const Geom *g, long least, Wino *wi)
+{
+    Geom g1;
+    wi->gp = *g;
+    wi->th = (g->oh + 1) / 2;
+    wi->tw = (g->ow + 1) / 2;
+    wi->gp.pw = 2 * wi->tw + 2;
+    wi->gp.ph = 2 * wi->th + 2;
+    wi->gp.plane = wi->gp.cplane = wi->gp.ph * wi->gp.pw;
+    wi->gp.xsize = (g->c * wi->gp.cplane + VL - 1) / VL * VL;
+    wi->m = (least + wi->th * wi->tw - 1) / (wi->th * wi->tw);
+    long row = 16 * wi->tw * (g->c + g->opad) * (long)sizeof(real);
+    long rows = WINO_BAND_BYTES / row, fewest = (least + wi->tw - 1) / wi->tw;
+    rows = rows > fewest ? rows : fewest;
+    wi->band = rows < wi->m * wi->th ? rows : wi->m * wi->th;
+    geometry(&g1, 1, g->c, 1, wi->band * wi->tw, g->o, 1, 1, 0);
+    wi->vsize = g1.xsize;
+    wi->msize = g1.ysize;
+}
+
+/* the 4x4 input blocks' transform, B^T d B, for n tiles a row apart across (d: the blocks'
+   top row, out: their tiles in V, vs apart per xi); T a real or a vector of VL tiles, read
+   by LD(p) at p, every other column (the blocks' columns j from p + j) */
+#define WINO_IN(T, LD, ST)                                                                 \
+    do {                                                                                   \
+        T dd[4][4], t[4][4];                                                               \
+        for (int i = 0; i < 4; i++)                                                        \
+            for (int j = 0; j < 4; j++) dd[i][j] = LD(d + i * pw + j);                     \
+        for (int j = 0; j < 4; j++) {                                                      \
+            t[0][j] = dd[0][j] - dd[2][j]; t[1][j] = dd[1][j] + dd[2][j];                  \
+            t[2][j] = dd[2][j] - dd[1][j]; t[3][j] = dd[1][j] - dd[3][j];                  \
+        }                                                                                  \
+        for (int a = 0; a < 4; a++) {                                                      \
+            ST(out + (4 * a + 0) * vs, t[a][0] - t[a][2]);                                 \
+            ST(out + (4 * a + 1) * vs, t[a][1] + t[a][2]);                                 \
+            ST(out + (4 * a + 2) * vs, t[a][2] - t[a][1]);                                 \
+            ST(out + (4 * a + 3) * vs, t[a][1] - t[a][3]);                                 \
+        }                                                                                  \
+    } while (0)
+#define SCALAR_LD(p) (*(p))
+#define SCALAR_ST(p, v) (*(p) = (v))
+
+typedef __typeof__(_Generic((real)0, float: (int __attribute__((vector_size(64)))){0},
+                            default: (long __attribute__((vector_size(64)))){0})) vi;
+
+/* VL values from p, every other one (p[0], p[2], ..., from two vectors) */
+AI vr every_other(const real *p)
+{
+    vi ev;
+    for (int l = 0; l < VL; l++) ev[l] = 2 * l;
+    return __builtin_shuffle(ld(p), ld(p + VL), ev);
+}
+
+/* v[xi][c][t] = (B^T d B)[xi] for the tiles t of a group's tile rows [r0, r0 + rows), d the
+   4x4 block of channel c's padded plane at (2 ty, 2 tx) of its sample (xbuf: the group's
+   samples, gp.xsize apart); vs apart per xi. VL tiles at a time, their columns by shuffles. */
+static void wino_input(const Wino *wi, const real *xbuf, long r0, long rows, long vs, real *v)
+{
+    long pw = wi->gp.pw, tb = rows * wi->tw;
+    for (long c = 0; c < wi->gp.c; c++)
+        for (long r = 0; r < rows; r++) {
+            long i = (r0 + r) / wi->th, ty = (r0 + r) % wi->th, tx = 0;
+            const real *row = xbuf + i * wi->gp.xsize + c * wi->gp.cplane + 2 * ty * pw;
+            real *first = v + c * tb + r * wi->tw;
+            for (; tx + VL <= wi->tw; tx += VL) {
+                const real *d = row + 2 * tx;
+                real *out = first + tx;
+                WINO_IN(vr, every_other, st);
+            }
+            for (; tx < wi->tw; tx++) {
+                const real *d = row + 2 * tx;
+                real *out = first + tx;
+                WINO_IN(real, SCALAR_LD, SCALAR_ST);
+            }
+        }
+}
+
+/* the outputs of a group's tile rows [r0, r0 + rows) into ybuf (its samples positions-major,
+   ysize apart) = A^T m A, m[xi] = the products' M[xi][t] (ms apart per xi), a vector of
+   output channels at a time */
+static void wino_output(const Geom *g, const Wino *wi, const real *m, long r0, long rows,
+                        long ms, real *ybuf)
+{
+    long opad = g->opad;
+    for (long r = 0; r < rows; r++)
+        for (long tx = 0; tx < wi->tw; tx++) {
+            long t = r * wi->tw + tx, oh = 2 * ((r0 + r) % wi->th), ow = 2 * tx;
+            real *yi = ybuf + (r0 + r) / wi->th * g->ysize;
+            for (long o = 0; o < opad; o += VL) {
+                const real *mt = m + t * opad + o;
+                vr s[2][4], y[2][2];
+                for (int b = 0; b < 4; b++) {
+                    vr m0 = ld(mt + b * ms), m1 = ld(mt + (4 + b) * ms);
+                    vr m2 = ld(mt + (8 + b) * ms), m3 = ld(mt + (12 + b) * ms);
+                    s[0][b] = m0 + m1 + m2;
+                    s[1][b] = m1 - m2 - m3;
+                }
+                for (int a = 0; a < 2; a++) {
+                    y[a][0] = s[a][0] + s[a][1] + s[a][2];
+                    y[a][1] = s[a][1] - s[a][2] - s[a][3];
+                }
+                for (int a = 0; a < 2 && oh + a < g->oh; a++)
+                    for (int b = 0; b < 2 && ow + b < g->ow; b++)
+                        st(yi + ((oh + a) * g->ow + ow + b) * opad + o, y[a][b]);
+            }
+        }
+}
+
+/* the band of a group's tile rows from r0 (at most wi->band, fewer for the last of mm
+   samples) and its products' geometry (1x1 over its tiles) */
+static long wino_band(const Geom *g, const Wino *wi, long r0, long mm, Geom *g1)
+{
+    long rows = mm * wi->th - r0 < wi->band ? mm * wi->th - r0 : wi->band;
+    geometry(g1, 1, g->c, 1, rows * wi->tw, g->o, 1, 1, 0);
+    return rows;
+}
+
+/* samples [n0, n1) of y = conv(x, W) + b by Winograd (g: 3x3, stride 1; x as g->xn, g->xc
+   say), u as conv_wino_weights gives it, b may be NULL; work: wino_size elements */
+static void wino_forward(const Geom *g, const real *x, const real *u, const real *b, long n0,
+                         long n1, real *work, real *y)
+{
+    Wino wi;
+    wino_geometry(g, WINO_BAND_TILES, &wi);
+    real *xbuf = work, *ybuf = xbuf + wi.m * wi.gp.xsize, *v = ybuf + wi.m * g->ysize;
+    real *m = v + 16 * wi.vsize;
+    for (long i0 = n0; i0 < n1; i0 += wi.m) {
+        long mm = n1 - i0 < wi.m ? n1 - i0 : wi.m;
+        for (long i = 0; i < mm; i++)
+            to_padded(&wi.gp, x, i0 + i, xbuf + i * wi.gp.xsize);
+        for (long r0 = 0, rows; r0 < mm * wi.th; r0 += rows) {
+            Geom g1;
+            rows = wino_band(g, &wi, r0, mm, &g1);
+            wino_input(&wi, xbuf, r0, rows, wi.vsize, v);
+            for (long xi = 0; xi < 16; xi++)
+                cproduct(&g1, v + xi * wi.vsize, u + xi * g->c * g->opad, m + xi * wi.msize);
+            wino_output(g, &wi, m, r0, rows, wi.msize, ybuf);
+        }
+        for (long i = 0; i < mm; i++)
+            from_positions(g, ybuf + i * g->ysize, b, i0 + i, y);
+    }
+}
+
+/* wino_forward's workspace (elements) */
+static long wino_size(const Geom *g)
+{
+    Wino wi;
+    wino_geometry(g, WINO_BAND_TILES, &wi);
+    return wi.m * (wi.gp.xsize + g->ysize) + 16 * (wi.vsize + wi.msize);
+}
+
+/* u[xi][i][outpad] = (G k G^T)[xi], for the input channels i in [i0, i1) of a 3x3 convolution
+   with nin input and nout output channels whose kernel k[a][b] for (out, in) is
+   w[out * so + in * si + 3a + b] (flip: w[... + 8 - 3a - b]); zeros for out >= nout */
+void conv_wino_weights(const real *w, long so, long si, long nin, long nout, long outpad,
+                       long flip, long i0, long i1, real *u)
+{
+    for (long i = i0; i < i1; i++)
+        for (long o = 0; o < outpad; o++) {
+            real k[3][3], t[4][3];
+            for (int a = 0; a < 3; a++)
+                for (int b = 0; b < 3; b++)
+                    k[a][b] = o < nout ? w[o * so + i * si + (flip ? 8 - 3 * a - b : 3 * a + b)]
+                                       : 0;
+            for (int b = 0; b < 3; b++) {
+                t[0][b] = k[0][b];
+                t[1][b] = (k[0][b] + k[1][b] + k[2][b]) / 2;
+                t[2][b] = (k[0][b] - k[1][b] + k[2][b]) / 2;
+                t[3][b] = k[2][b];
+            }
+            for (int a = 0; a < 4; a++) {
+                real *dst = u + (4 * a * nin + i) * outpad + o;
+                dst[0] = t[a][0];
+                dst[nin * outpad] = (t[a][0] + t[a][1] + t[a][2]) / 2;
+                dst[2 * nin * outpad] = (t[a][0] - t[a][1] + t[a][2]) / 2;
+                dst[3 * nin * outpad] = t[a][2];
+            }
+        }
+}
+
+/* samples [n0, n1): y = conv(x, W) + b by Winograd, for k = 3, s = 1; u from
+   conv_wino_weights (nin = c, nout = o), the rest as in conv_forward */
+void conv_forward_wino(const real *x, long xn, long xc, const real *u, const real *b, real *y,
+                       long n, long c, long h, long w, long o, long p, long n0, long n1,
+                       real *work)
+{
+    Geom g;
+    geometry(&g, n, c, h, w, o, 3, 1, p);
+    g.xn = xn;
+    g.xc = xc;
+    wino_forward(&g, x, u, b, n0, n1, work, y);
+}
+
 /* sample n of dy as positions-major rows, dyt[q * opad + o] = dy[o, n, q] (zeros for o >= O),
    in blocks of VL positions (their rows of dyt stay in L1 while every channel is copied in) */
 static void to_positions(const Geom *g, const real *dy, long n, real *dyt)
@@ -518,6 +739,99 @@ static void weight_grad(const Geom *g, const real *xbuf, const real *dyt, long m
     }
 }
 
+/* dm[xi][t][opad] = (A D A^T)[xi] for the tiles of a group's tile rows [r0, r0 + rows), D
+   the 2x2 block of dY at (2 ty, 2 tx) of its sample (dyt: the group's samples positions-major,
+   ysize apart), zeros past OH and OW; ms apart per xi (the adjoint of wino_output) */
+static void wino_dy(const Geom *g, const Wino *wi, const real *dyt, long r0, long rows,
+                    long ms, real *dm)
+{
+    long opad = g->opad;
+    for (long r = 0; r < rows; r++)
+        for (long tx = 0; tx < wi->tw; tx++) {
+            long t = r * wi->tw + tx, oh = 2 * ((r0 + r) % wi->th), ow = 2 * tx;
+            int down = oh + 1 < g->oh, across = ow + 1 < g->ow;
+            const real *d = dyt + (r0 + r) / wi->th * g->ysize + (oh * g->ow + ow) * opad;
+            for (long o = 0; o < opad; o += VL) {
+                vr y[2][2], z[4][2];
+                y[0][0] = ld(d + o);
+                y[0][1] = across ? ld(d + opad + o) : (vr){0};
+                y[1][0] = down ? ld(d + g->ow * opad + o) : (vr){0};
+                y[1][1] = down && across ? ld(d + (g->ow + 1) * opad + o) : (vr){0};
+                for (int b = 0; b < 2; b++) {
+                    z[0][b] = y[0][b];
+                    z[1][b] = y[0][b] + y[1][b];
+                    z[2][b] = y[0][b] - y[1][b];
+                    z[3][b] = -y[1][b];
+                }
+                real *out = dm + t * opad + o;
+                for (int a = 0; a < 4; a++) {
+                    st(out + (4 * a + 0) * ms, z[a][0]);
+                    st(out + (4 * a + 1) * ms, z[a][0] + z[a][1]);
+                    st(out + (4 * a + 2) * ms, z[a][0] - z[a][1]);
+                    st(out + (4 * a + 3) * ms, -z[a][1]);
+                }
+            }
+        }
+}
+
+/* dw[o][c][3][3] = G^T D G, D[a][b] = du[4a + b][o][c] (the adjoint of conv_wino_weights) */
+static void wino_dw_out(const real *du, long o, long c, real *dw)
+{
+    long oc = o * c;
+    for (long i = 0; i < oc; i++) {
+        real d[4][4], p[3][4];
+        for (int x = 0; x < 16; x++) d[x / 4][x % 4] = du[x * oc + i];
+        for (int b = 0; b < 4; b++) {
+            p[0][b] = d[0][b] + (d[1][b] + d[2][b]) / 2;
+            p[1][b] = (d[1][b] - d[2][b]) / 2;
+            p[2][b] = (d[1][b] + d[2][b]) / 2 + d[3][b];
+        }
+        for (int a = 0; a < 3; a++) {
+            dw[i * 9 + 3 * a] = p[a][0] + (p[a][1] + p[a][2]) / 2;
+            dw[i * 9 + 3 * a + 1] = (p[a][1] - p[a][2]) / 2;
+            dw[i * 9 + 3 * a + 2] = (p[a][1] + p[a][2]) / 2 + p[a][3];
+        }
+    }
+}
+
+/* dw = the weight gradient of samples [n0, n1) by Winograd: dU[xi][o][c] = the sum over the
+   tiles t of dM[xi][t][o] * V[xi][c][t], 16 products that weight_grad runs as 1x1 layers
+   over bands of tiles, then dw = G^T dU G; work: wino_dw_size elements */
+static void wino_weight_grad(const Geom *g, const real *x, const real *dy, long n0, long n1,
+                             real *work, real *dw)
+{
+    Wino wi;
+    wino_geometry(g, WINO_DW_TILES, &wi);
+    real *xbuf = work, *dyt = xbuf + wi.m * wi.gp.xsize, *v = dyt + wi.m * g->ysize;
+    real *dm = v + 16 * wi.vsize, *du = dm + 16 * wi.msize;
+    memset(du, 0, sizeof(real) * 16 * g->o * g->c);
+    for (long i0 = n0; i0 < n1; i0 += wi.m) {
+        long mm = n1 - i0 < wi.m ? n1 - i0 : wi.m;
+        for (long i = 0; i < mm; i++) {
+            to_padded(&wi.gp, x, i0 + i, xbuf + i * wi.gp.xsize);
+            to_positions(g, dy, i0 + i, dyt + i * g->ysize);
+        }
+        for (long r0 = 0, rows; r0 < mm * wi.th; r0 += rows) {
+            Geom g1;
+            rows = wino_band(g, &wi, r0, mm, &g1);
+            wino_input(&wi, xbuf, r0, rows, wi.vsize, v);
+            wino_dy(g, &wi, dyt, r0, rows, wi.msize, dm);
+            for (long xi = 0; xi < 16; xi++)
+                weight_grad(&g1, v + xi * wi.vsize, dm + xi * wi.msize, 1,
+                            du + xi * g->o * g->c);
+        }
+    }
+    wino_dw_out(du, g->o, g->c, dw);
+}
+
+/* wino_weight_grad's workspace (elements) */
+static long wino_dw_size(const Geom *g)
+{
+    Wino wi;
+    wino_geometry(g, WINO_DW_TILES, &wi);
+    return wi.m * (wi.gp.xsize + g->ysize) + 16 * (wi.vsize + wi.msize + g->o * g->c);
+}
+
 /* one sample's dx for a strided layer: every tap's sum over o of W[o][c][t] * dyb[o][q]
    added into the planes at off[t] + q (the adjoint of the forward's reads; taps outer, so
    that no add reads a vector that the previous add has just written shifted), then the
@@ -549,29 +863,44 @@ static void transposed(const Geom *g, Geom *t)
     geometry(t, g->n, g->o, g->oh, g->ow, g->c, g->k, 1, transposes(g) ? g->k - 1 - g->p : 0);
 }
 
+/* dx's workspace (elements): the transposed convolution's (by Winograd if wino_dx), or the
+   scatter's rows of dy */
+static long dx_size(const Geom *g, long wino_dx)
+{
+    Geom gt;
+    transposed(g, &gt);
+    return !transposes(g) ? g->dysize : wino_dx ? wino_size(&gt) : gt.xsize + gt.ysize;
+}
+
 /* samples [n0, n1), m at a time: dw (this worker's partial, overwritten) and, unless dx is
    NULL, dx (channel-major); x as in conv_forward; wf[o][t][c] = W[o][c][kk - 1 - t] for
-   c < C, zeros on to C rounded up to whole vectors, 64-byte aligned; work:
-   conv_sizes' backward elements */
-void conv_backward(const real *x, long xn, long xc, const real *dy, const real *wf, real *dw,
-                   real *dx, long n, long c, long h, long w, long o, long k, long s, long p,
-                   long n0, long n1, long m, real *work)
+   c < C, zeros on to C rounded up to whole vectors, 64-byte aligned; uf: NULL, or the
+   transposed convolution's Winograd weights (conv_wino_weights: nin = o, nout = c, flipped),
+   which then gives dx; wino_dw: dw by Winograd (dx then needs uf); work: conv_sizes'
+   backward elements */
+void conv_backward(const real *x, long xn, long xc, const real *dy, const real *wf,
+                   const real *uf, long wino_dw, real *dw, real *dx, long n, long c, long h,
+                   long w, long o, long k, long s, long p, long n0, long n1, long m, real *work)
 {
     Geom g, gt;
     geometry(&g, n, c, h, w, o, k, s, p);
     transposed(&g, &gt);
     g.xn = xn;
     g.xc = xc;
-    real *xbuf = work, *dyt = work + m * g.xsize, *tbuf = dyt + m * g.ysize;
+    /* work: [m samples' planes and dyt, or wino_weight_grad's] [dx's] */
+    long first = wino_dw ? wino_dw_size(&g) : m * (g.xsize + g.ysize);
+    real *xbuf = work, *dyt = work + m * g.xsize, *tbuf = work + first;
     memset(dw, 0, sizeof(real) * o * c * k * k);
-    for (long i0 = n0; i0 < n1; i0 += m) {
+    if (wino_dw)
+        wino_weight_grad(&g, x, dy, n0, n1, work, dw);
+    for (long i0 = n0; i0 < n1 && !wino_dw; i0 += m) {
         long mm = n1 - i0 < m ? n1 - i0 : m;
         for (long i = 0; i < mm; i++) {
             to_planes(&g, x, i0 + i, xbuf + i * g.xsize);
             to_positions(&g, dy, i0 + i, dyt + i * g.ysize);
         }
         weight_grad(&g, xbuf, dyt, mm, dw);
-        for (long i = 0; dx && i < mm; i++)
+        for (long i = 0; dx && !uf && i < mm; i++)
             if (transposes(&g))
                 forward_sample(&gt, dy, wf, NULL, i0 + i, tbuf, tbuf + gt.xsize, dx);
             else {
@@ -579,16 +908,19 @@ void conv_backward(const real *x, long xn, long xc, const real *dy, const real *
                 scatter_sample(&g, tbuf, wf, xbuf + i * g.xsize, i0 + i, dx);
             }
     }
+    if (dx && uf)
+        wino_forward(&gt, dy, uf, NULL, n0, n1, tbuf, dx);
 }
 
-/* out[0]: the forward's workspace (elements); out[1]: the backward's per sample of m,
-   out[2]: the backward's besides. Workspaces start 64-byte aligned (every part then is). */
-void conv_sizes(long c, long h, long w, long o, long k, long s, long p, long *out)
+/* out[0]: the forward's workspace (elements; by Winograd if wino); out[1]: the backward's
+   per sample of m (none if wino_dw: dW by Winograd), out[2]: the backward's besides (dx by
+   Winograd if wino_dx). Workspaces start 64-byte aligned (every part then is). */
+void conv_sizes(long c, long h, long w, long o, long k, long s, long p, long wino,
+                long wino_dx, long wino_dw, long *out)
 {
-    Geom g, gt;
+    Geom g;
     geometry(&g, 1, c, h, w, o, k, s, p);
-    transposed(&g, &gt);
-    out[0] = g.xsize + g.ysize;
-    out[1] = g.xsize + g.ysize;
-    out[2] = transposes(&g) ? gt.xsize + gt.ysize : g.dysize;
+    out[0] = wino ? wino_size(&g) : g.xsize + g.ysize;
+    out[1] = wino_dw ? 0 : g.xsize + g.ysize;
+    out[2] = dx_size(&g, wino_dx) + (wino_dw ? wino_dw_size(&g) : 0);
 }

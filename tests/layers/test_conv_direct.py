@@ -239,3 +239,71 @@ def test_auto_bounds(c, o, k, s, size, forward, backward):
     if s > 1 and forward:
         layer.needs_input_grad = False     # ... unless it is a first layer: dW only
         assert conv_direct.takes(layer, x, "backward")
+
+
+# 3x3 stride-1 shapes for Winograd's F(2x2, 3x3) (conv.c: wino_*): odd outputs (partial
+# tiles down and across), pads 0 and 2 (the transposed convolution's 2 and 0), groups of
+# samples (small images: 16 or more samples for a band of 128 tiles, 64 for dW's 512); rows of
+# 20 tiles (the input transform's vectors of 16 or 8 tiles and a tail) and 75 of them in bands
+# (forward 12 or 24 rows, dW 26); 1,600 channels that span two chunks of the products' input
+# channels, forward and for dx.
+WINOGRAD = [
+    (2, 5, 9, 9, 13, 3, 1, 1),
+    (1, 40, 6, 13, 40, 3, 1, 2),
+    (2, 33, 7, 8, 17, 3, 1, 0),
+    (1, 16, 150, 40, 16, 3, 1, 1),
+    (1, 1600, 3, 3, 8, 3, 1, 1),
+    (1, 8, 3, 3, 1600, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
+@pytest.mark.parametrize("shape", WINOGRAD + VECTORS[:2])
+def test_winograd_equals_direct(shape, dtype, tol):
+    """Forward, dx and the gradients by Winograd equal the direct products' to ``tol`` of
+    their largest value (the weights' transforms held in the layer's workspaces show it was
+    taken)."""
+    n, c, h, w, o, k, s, p = shape
+    x = np.random.default_rng(40).standard_normal((n, c, h, w)).astype(dtype)
+    ref, layer = direct(c, o, k, s, p, dtype), direct(c, o, k, s, p, dtype)
+    ref.winograd, layer.winograd = "never", "always"
+    dy = dy_for(layer, x, 41).astype(dtype)
+    pairs = [(layer.forward(x), ref.forward(x)),
+             (layer.backward(dy.copy()), ref.backward(dy.copy()))]
+    for got, want in pairs + [(layer.grads[name], ref.grads[name]) for name in ref.grads]:
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert "winograd U" in layer._work and "winograd Uf" in layer._work
+    assert "winograd U" not in ref._work
+
+
+@pytest.mark.parametrize("shape", WINOGRAD[:3])
+def test_winograd_gradient(shape):
+    n, c, h, w, o, k, s, p = shape
+    x = np.random.default_rng(42).standard_normal((n, c, h, w))
+    layer = direct(c, o, k, s, p, np.float64)
+    layer.winograd = "always"
+    check_backward(layer, x)
+
+
+@pytest.mark.parametrize("c, o, k, s, p, forward, dx, dw", [
+    (64, 64, 3, 1, 1, True, True, True),
+    (32, 32, 3, 1, 1, False, False, False),   # too few channels: the transforms cost more
+    (64, 32, 3, 1, 1, True, False, False),    # dx sums over the 32 output channels
+    (32, 64, 3, 1, 1, False, True, False),
+    (64, 64, 3, 2, 1, False, False, False),   # strided
+    (64, 64, 5, 1, 2, False, False, False),   # not 3x3
+    (64, 64, 3, 1, 3, False, False, False),   # pad 3: dx by the scatter
+])
+def test_winograd_auto(c, o, k, s, p, forward, dx, dw):
+    layer = Conv2D(c, o, k, s, p)
+    assert [conv_direct.winograd(layer, phase) for phase in ("forward", "input", "weights")] \
+        == [forward, dx, dw]
+    layer.needs_input_grad = False
+    assert not conv_direct.winograd(layer, "input")
+    assert conv_direct.winograd(layer, "weights") == dw
+    layer.winograd = "never"
+    assert not conv_direct.winograd(layer)
+    layer.winograd = "sometimes"
+    with pytest.raises(ValueError, match="winograd must be one of auto, always, never, got "
+                                         "'sometimes'"):
+        conv_direct.winograd(layer)
