@@ -4,15 +4,21 @@
     python bench/conv.py                          # every shape, direct against im2col
     python bench/conv.py --shapes r20s3,r50l3 --routes auto
     python bench/conv.py --torch --peak           # and PyTorch's Conv2d, and the FMA peak
+    python bench/conv.py --routes always:never,always:always   # direct products or Winograd
 
 Routes are ``Conv2D.direct`` modes: ``always`` (the direct C kernels), ``never`` (im2col and
-GEMMs), ``auto``. Every round runs each route once, alternating, on ``--threads`` worker
+GEMMs), ``auto``, each optionally with a ``Conv2D.winograd`` mode after a colon (``always:never``:
+the direct products only; without one, ``auto``). Every round runs each route once, alternating, on ``--threads`` worker
 threads; a figure is the median over ``--rounds`` rounds. With ``--torch``, PyTorch's Conv2d
 (oneDNN, the same threads) runs the same shape in a process of its own with glibc keeping freed
-memory (``step.py``'s TORCH_ENV), right after ours. ``--peak`` builds and runs fma_peak.c:
+memory (``step.py``'s TORCH_ENV), right after ours; ours keeps freed memory too, as the engine
+does (``core/memory.py``). ``--peak`` builds and runs fma_peak.c:
 one core's float32 FMA rate, the ceiling of any kernel here.
 
-FLOPs: 2 per multiply-add of the forward; the backward counts twice that (dW and dx).
+FLOPs: 2 per multiply-add of the forward as the convolution defines it; the backward counts
+twice that (dW and dx). A route by Winograd's F(2x2, 3x3) counts the same, though its products
+take 2.25x fewer multiply-adds: its rates are the direct convolution's equivalent, and can pass
+the FMA peak.
 """
 import argparse
 import os
@@ -29,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.step import TORCH_ENV  # noqa: E402
+from core.memory import keep_freed  # noqa: E402
 from layers import c as ckernels  # noqa: E402
 from layers import parallel  # noqa: E402
 from layers.conv import Conv2D  # noqa: E402
@@ -63,7 +70,8 @@ def ours(shape, routes, rounds):
     times = {route: ([], []) for route in routes}
     for _ in range(rounds + 1):                        # the first round warms up
         for route in routes:
-            layer.direct = route
+            layer.direct, _, winograd = route.partition(":")
+            layer.winograd = winograd or "auto"
             start = time.perf_counter()
             layer.forward(x)
             middle = time.perf_counter()
@@ -112,7 +120,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES),
                         help=f"comma-separated, of: {', '.join(SHAPES)}")
-    parser.add_argument("--routes", default="always,never", help="Conv2D.direct modes")
+    parser.add_argument("--routes", default="always,never",
+                        help="Conv2D.direct modes, each with an optional :Conv2D.winograd mode")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--torch", action="store_true", help="PyTorch's Conv2d too")
@@ -127,6 +136,7 @@ def main(argv=None):
         raise SystemExit(f"--shapes: unknown {', '.join(unknown)}; known: {', '.join(SHAPES)}")
     if args.peak:
         print(f"FMA peak, one core: {peak()} GFLOP/s")
+    print(f"ours: {keep_freed()}")
     parallel.set_workers(args.threads)
     twin = subprocess.Popen([sys.executable, __file__, "--torch-worker", "--threads",
                              str(args.threads), "--rounds", str(args.rounds)],
@@ -136,8 +146,9 @@ def main(argv=None):
         raise SystemExit("the PyTorch worker did not start (is torch installed? pip install "
                          "-e '.[bench]')")
     columns = routes + (["pytorch"] if twin else [])
-    print(f"{'layer':<8}" + "".join(f"{name + ' fwd':>14}{name + ' bwd':>14}" for name in columns)
-          + "   GFLOP/s, medians of", args.rounds)
+    width = max(14, 6 + max(map(len, columns)))
+    print(f"{'layer':<8}" + "".join(f"{name + ' fwd':>{width}}{name + ' bwd':>{width}}"
+                                    for name in columns) + "   GFLOP/s, medians of", args.rounds)
     for name in names:
         shape = SHAPES[name]
         found = ours(shape, routes, args.rounds)
@@ -146,8 +157,9 @@ def main(argv=None):
             twin.stdin.flush()
             found["pytorch"] = tuple(map(float, twin.stdout.readline().split()))
         work = flops(shape)
-        print(f"{name:<8}" + "".join(f"{work / found[r][0] / 1e9:>14.0f}"
-                                     f"{2 * work / found[r][1] / 1e9:>14.0f}" for r in columns))
+        print(f"{name:<8}" + "".join(f"{work / found[r][0] / 1e9:>{width}.0f}"
+                                     f"{2 * work / found[r][1] / 1e9:>{width}.0f}"
+                                     for r in columns))
     if twin:
         twin.stdin.close()
         twin.wait(timeout=60)

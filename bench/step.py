@@ -22,7 +22,6 @@ it; ``Model.step_flops``). Element-wise layers are not counted.
 """
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from core.device import DeviceError, array_module  # noqa: E402
-from core.memory import keep_freed  # noqa: E402
+from core.memory import keep_freed, peak_rss  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.optimizers import SGD  # noqa: E402
 from layers import parallel  # noqa: E402
@@ -224,7 +223,7 @@ def report(args, model, times, steps, gemm_rates, gpu, xp, heap):
         where = (name.decode() if isinstance(name, bytes) else name) + \
             (", TF32" if args.tf32 else "")
     else:
-        memory = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"
+        memory = f"peak RSS {peak_rss() / 1e9:.2f} GB"
         where = f"{args.threads} cores, {heap}"
     print(f"model {args.model} {args.image_size}x{args.image_size} batch {args.batch} "
           f"{args.dtype}, {where}, {model.num_params:,} parameters, "
@@ -268,7 +267,7 @@ def race(args, model, x, labels, optimizer, classes):
     torch_rss = float(twin.stdout.readline())
     twin.wait(timeout=60)
     ours, theirs = np.array(ours), np.array(theirs)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    rss = peak_rss() / 1e9
     paired = theirs / ours
     print(f"pytorch {args.batch / np.median(theirs):.1f} img/s (step "
           f"{np.median(theirs) * 1e3:.0f} ms), ours {args.batch / np.median(ours):.1f} img/s "

@@ -304,8 +304,8 @@ class Twin:
         """Peak GPU memory PyTorch's allocator reserved, or this process's peak RSS, in GB."""
         if self.device == "cuda":
             return torch.cuda.max_memory_reserved() / 1e9
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        from core.memory import peak_rss
+        return peak_rss() / 1e9
 
 
 def serve(name, batch, image_size, num_classes, threads, options):
@@ -329,7 +329,9 @@ def serve(name, batch, image_size, num_classes, threads, options):
 
 if __name__ == "__main__":
     import ast
+    import os
     import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     if sys.argv[1:2] != ["--serve"] or len(sys.argv) != 8:
         raise SystemExit("usage: torch_models.py --serve MODEL BATCH SIZE CLASSES THREADS "
                          "OPTIONS (bench/step.py --torch starts it)")

@@ -20,6 +20,7 @@ the returned line says so.
 import ctypes
 import os
 import platform
+import resource
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4          # glibc's malloc.h
 ENVIRONMENT = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
@@ -41,3 +42,18 @@ def keep_freed(keep=True):
     if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, -1)):
         return "the C library's defaults (glibc refused mallopt)"
     return KEPT
+
+
+def peak_rss():
+    """This process's peak resident memory in bytes: VmHWM from /proc/self/status, which counts
+    this program's memory only (getrusage's ru_maxrss of a spawned process starts at its
+    parent's peak: PyTorch's twin started by a large benchmark would report the benchmark's),
+    else ru_maxrss (kilobytes on Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

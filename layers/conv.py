@@ -35,7 +35,9 @@ class Conv2D(RoutedLayer):
 
     CPU tuning, class attributes (may be set per instance; see ``layers/conv_cpu.py``):
     ``direct`` picks the direct route (``layers/conv_direct.py``, C kernels) per pass:
-    "auto" (where it measured faster), "always" or "never" (the im2col routes);
+    "auto" (where it measured faster), "always" or "never" (the im2col routes); ``winograd``
+    ("auto", "always", "never") lets the direct route compute a 3x3 stride-1 layer's forward,
+    dx and dW by Winograd's F(2x2, 3x3) (``conv_direct.winograd``: "auto" from 64 channels);
     ``direct_chunk_bytes`` bounds the samples whose planes its weight gradient sums at once.
     ``chunk_bytes`` bounds one chunk's col (a chunk holds at least one sample), and with several
     workers ``worker_chunk_bytes`` bounds each worker's too, so that each worker's col stays in

@@ -30,9 +30,32 @@ m samples (``Conv2D.direct_chunk_bytes`` bounds their planes and dY; a large sam
 of rows as above), each worker into its own partial; the partials are added in worker order. The strided dx's scatter keeps vectors
 along positions (8 channels by 3 vectors of positions per tile).
 
+A 3x3 stride-1 layer with pad <= 2 may go by Winograd's F(2x2, 3x3) (Lavin and Gray 2016;
+``Conv2D.winograd``, ``winograd`` below): the output in 2x2 tiles t, tile (ty, tx) from the 4x4
+block d[c, t] of channel c's padded input at (2 ty, 2 tx), xi = 4a + b over the 16 points:
+
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    U[xi, c, o] = (G W[o, c] G^T)[xi]            V[xi, c, t] = (B^T d[c, t] B)[xi]
+    M[xi, t, o] = sum_c V[xi, c, t] * U[xi, c, o]
+    y[o, t]     = A^T M[:, t, o] A + b[o]         (the 2x2 outputs of tile t; 4x4 -> 2x2)
+    dM[xi, t, o] = (A dy[o, t] A^T)[xi]          dU[xi, c, o] = sum_t V[xi, c, t] * dM[xi, t, o]
+    dW[o, c]    = G^T dU[:, c, o] G
+    dx          = the same forward on dy padded by 2 - p, with the flipped kernel
+
+Each of the 16 products is a 1x1 convolution over a band of tiles, run by the tiles above as
+one row of positions: 16 multiply-adds per input and output channel per tile where the direct
+products take 36 for its 4 outputs (2.25x fewer). The transforms cost about (C + O) per tile
+against the products' C * O, hence the channel bounds of "auto". Small images go in groups of
+samples so that a band holds at least 128 tiles (512 for dW's sums). In float32 the results
+differ from the direct products' by rounding, about 1e-6 of the largest output (tests compare
+the two).
+
 Why: the im2col route's GEMMs are (O, k*k*C) @ (k*k*C, positions); with O and C of 16-64
 (CIFAR ResNets) OpenBLAS spends more on packing col than on the products, and on larger layers
-the broadcast tiles reach the GEMMs' rate without col (bench/README.md).
+the broadcast tiles reach the GEMMs' rate without col; Winograd takes 3x3 layers of 64
+channels and more past both (bench/README.md).
 
 Activations are channel-major (``layers/layout.py``) in and out; every worker takes a
 contiguous range of samples (``layers/parallel.py``) with its own workspace.
@@ -60,9 +83,9 @@ def _sizes(lib, x, layer):
     _, c, h, w = x.shape
     out = np.zeros(3, np.int64)
     lib.conv_sizes(*[_c_long(v) for v in (c, h, w, layer.out_ch, layer.k, layer.stride,
-                                          layer.pad, winograd(layer),
-                                          winograd(layer, "input"),
-                                          winograd(layer, "weights"))],
+                                          layer.pad, winograd(layer, x),
+                                          winograd(layer, x, "input"),
+                                          winograd(layer, x, "weights"))],
                    ckernels.pointer(out))
     return [int(v) for v in out]
 
@@ -76,9 +99,13 @@ AUTO_POSITIONS = 64                     # ... beyond which fewer output position
 # im2col route's col2im up to about this many weights (ResNet-50's 256-channel stride-2
 # layer is past it).
 AUTO_SCATTER_WEIGHTS = 1 << 18
-# Winograd's products are 1x1 convolutions over the tiles, with the input channels as their
-# sum; below this many the transforms cost more than they save.
+# Winograd's products are 1x1 convolutions over the tiles, summing over the input channels;
+# below this many the transforms cost more than they save (bench/README.md).
 AUTO_WINO_CHANNELS = 64
+# dW's transforms (of x and of dy) cost more per product than the forward's: Winograd for dW
+# with this many channels on both sides, or output rows this wide (whole vectors of tiles).
+AUTO_WINO_DW_CHANNELS = 128
+AUTO_WINO_DW_WIDTH = 32
 MODES = ("auto", "always", "never")
 
 
@@ -102,21 +129,26 @@ def takes(layer, x, phase="forward"):
                      or weights <= AUTO_SCATTER_WEIGHTS)
 
 
-def winograd(layer, phase="forward"):
-    """Whether the direct route computes ``phase``'s product by Winograd's F(2x2, 3x3):
-    "forward" y, "input" dx (the transposed convolution; only where the layer needs dx) or
-    "weights" dW. A 3x3 layer of stride 1 and pad <= 2, and ``layer.winograd`` "always", or
-    "auto" with at least ``AUTO_WINO_CHANNELS`` channels summed over (C forward, O for dx)
-    and, for dW, on both sides."""
+def winograd(layer, x, phase="forward"):
+    """Whether the direct route computes ``phase``'s product on input ``x`` by Winograd's
+    F(2x2, 3x3): "forward" y, "input" dx (the transposed convolution; only where the layer
+    needs dx) or "weights" dW. A 3x3 layer of stride 1 and pad <= 2, and ``layer.winograd``
+    "always", or "auto" with at least ``AUTO_WINO_CHANNELS`` channels summed over (C forward,
+    O for dx); for dW, at least ``AUTO_WINO_DW_CHANNELS`` on both sides, or output rows of at
+    least ``AUTO_WINO_DW_WIDTH``."""
     if layer.winograd not in MODES:
         raise ValueError(f"{layer.name}: winograd must be one of {', '.join(MODES)}, "
                          f"got {layer.winograd!r}")
     if layer.winograd == "never" or layer.k != 3 or layer.stride != 1 or layer.pad > 2 or \
             phase == "input" and not layer.needs_input_grad:
         return False
+    if layer.winograd == "always":
+        return True
     c, o = layer.in_ch // layer.groups, layer.out_ch // layer.groups
-    summed = {"forward": c, "input": o, "weights": min(c, o)}[phase]
-    return layer.winograd == "always" or summed >= AUTO_WINO_CHANNELS
+    if phase == "weights":
+        return min(c, o) >= AUTO_WINO_DW_CHANNELS or \
+            x.shape[3] + 2 * layer.pad - 2 >= AUTO_WINO_DW_WIDTH
+    return (c if phase == "forward" else o) >= AUTO_WINO_CHANNELS
 
 
 def _wino_weights(layer, key, dtype, flip):
@@ -169,7 +201,7 @@ def forward(layer, x, y):
     b = layer.params.get("b")
     size, dims = _sizes(lib, x, layer)[0], _dims(x.shape, layer)
     (xd, xn, xc), yd = planes(x), layout.rows(y)
-    if winograd(layer):
+    if winograd(layer, x):
         u = _wino_weights(layer, "winograd U", x.dtype, 0)
         dims = dims[:5] + dims[7:]                  # n, c, h, w, o, p: k = 3, s = 1
 
@@ -200,7 +232,7 @@ def backward(layer, x, dy, dx):
     wf = _vectors(layer, "direct Wf", layer.params["W"].reshape(o, c, -1)[:, :, ::-1]
                   .transpose(0, 2, 1), x.dtype)
     uf = _wino_weights(layer, "winograd Uf", x.dtype, 1) \
-        if dx is not None and winograd(layer, "input") else None
+        if dx is not None and winograd(layer, x, "input") else None
     _, per_sample, besides = _sizes(lib, x, layer)
     m = max(1, layer.direct_chunk_bytes // max(1, per_sample * x.dtype.itemsize))
     dims = _dims(x.shape, layer)
@@ -215,7 +247,7 @@ def backward(layer, x, dy, dx):
             layer.workspace(("dW", worker), layer.grads["W"].shape, x.dtype, np)
         lib.conv_backward(ckernels.pointer(xd), xn, xc, ckernels.pointer(dyr),
                           ckernels.pointer(wf), ckernels.pointer(uf),
-                          _c_long(winograd(layer, "weights")), ckernels.pointer(dw),
+                          _c_long(winograd(layer, x, "weights")), ckernels.pointer(dw),
                           ckernels.pointer(dxd),
                           *dims, _c_long(start), _c_long(stop), _c_long(mm),
                           ckernels.pointer(ws))

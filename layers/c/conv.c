@@ -876,8 +876,8 @@ static long dx_size(const Geom *g, long wino_dx)
    NULL, dx (channel-major); x as in conv_forward; wf[o][t][c] = W[o][c][kk - 1 - t] for
    c < C, zeros on to C rounded up to whole vectors, 64-byte aligned; uf: NULL, or the
    transposed convolution's Winograd weights (conv_wino_weights: nin = o, nout = c, flipped),
-   which then gives dx; wino_dw: dw by Winograd (dx then needs uf); work: conv_sizes'
-   backward elements */
+   which then gives dx; wino_dw: dw by Winograd (pad <= 2: dx is not the scatter's); work:
+   conv_sizes' backward elements */
 void conv_backward(const real *x, long xn, long xc, const real *dy, const real *wf,
                    const real *uf, long wino_dw, real *dw, real *dx, long n, long c, long h,
                    long w, long o, long k, long s, long p, long n0, long n1, long m, real *work)
@@ -893,13 +893,14 @@ void conv_backward(const real *x, long xn, long xc, const real *dy, const real *
     memset(dw, 0, sizeof(real) * o * c * k * k);
     if (wino_dw)
         wino_weight_grad(&g, x, dy, n0, n1, work, dw);
-    for (long i0 = n0; i0 < n1 && !wino_dw; i0 += m) {
+    for (long i0 = n0; i0 < n1 && (!wino_dw || (dx && !uf)); i0 += m) {
         long mm = n1 - i0 < m ? n1 - i0 : m;
-        for (long i = 0; i < mm; i++) {
+        for (long i = 0; i < mm && !wino_dw; i++) {
             to_planes(&g, x, i0 + i, xbuf + i * g.xsize);
             to_positions(&g, dy, i0 + i, dyt + i * g.ysize);
         }
-        weight_grad(&g, xbuf, dyt, mm, dw);
+        if (!wino_dw)
+            weight_grad(&g, xbuf, dyt, mm, dw);
         for (long i = 0; dx && !uf && i < mm; i++)
             if (transposes(&g))
                 forward_sample(&gt, dy, wf, NULL, i0 + i, tbuf, tbuf + gt.xsize, dx);

@@ -14,10 +14,21 @@ def test_flops_count_two_per_multiply_add():
 def test_a_row_per_shape_with_every_route(capsys):
     conv.main(["--shapes", "r20s3", "--routes", "always,never", "--rounds", "1",
                "--threads", "1"])
-    header, row = capsys.readouterr().out.strip().splitlines()
+    _, header, row = capsys.readouterr().out.strip().splitlines()
     assert header.split()[:5] == ["layer", "always", "fwd", "always", "bwd"]
     name, *rates = row.split()
     assert name == "r20s3" and len(rates) == 4 and all(float(r) > 0 for r in rates)
+
+
+def test_winograd_modes_after_a_colon(capsys):
+    conv.main(["--shapes", "r20s3", "--routes", "always:never,always:always", "--rounds", "1",
+               "--threads", "1"])
+    _, header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:5] == ["layer", "always:never", "fwd", "always:never", "bwd"]
+    assert len(row.split()) == 5
+    with pytest.raises(ValueError, match="winograd must be one of auto, always, never, got "
+                                         "'sometimes'"):
+        conv.main(["--shapes", "r20s3", "--routes", "always:sometimes", "--rounds", "1"])
 
 
 def test_unknown_shapes_are_named():

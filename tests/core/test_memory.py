@@ -62,3 +62,25 @@ def test_the_users_glibc_settings_are_left_alone():
     line, held, after = probe(True, MALLOC_TRIM_THRESHOLD_="131072")
     assert line == "glibc's settings from the environment (MALLOC_TRIM_THRESHOLD_)"
     assert held - after >= 240                     # not ours: glibc still gives it back
+
+
+# A child started from this process after it held 512 MB: its getrusage peak and VmHWM.
+CHILD = """
+import resource
+from core.memory import peak_rss
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, peak_rss())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux's /proc only")
+def test_peak_rss_is_the_process_own():
+    """peak_rss counts the child's own memory, where getrusage counts the parent's 512 MB
+    (why bench/step.py's PyTorch twin reports its memory with it)."""
+    held = bytearray(512 << 20)
+    held[::4096] = b"\1" * len(held[::4096])     # resident
+    done = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    inherited, own = map(int, done.stdout.split())
+    assert inherited >= 512 << 20 > 4 * own
+    assert memory.peak_rss() >= 512 << 20

@@ -285,25 +285,44 @@ def test_winograd_gradient(shape):
     check_backward(layer, x)
 
 
-@pytest.mark.parametrize("c, o, k, s, p, forward, dx, dw", [
-    (64, 64, 3, 1, 1, True, True, True),
-    (32, 32, 3, 1, 1, False, False, False),   # too few channels: the transforms cost more
-    (64, 32, 3, 1, 1, True, False, False),    # dx sums over the 32 output channels
-    (32, 64, 3, 1, 1, False, True, False),
-    (64, 64, 3, 2, 1, False, False, False),   # strided
-    (64, 64, 5, 1, 2, False, False, False),   # not 3x3
-    (64, 64, 3, 1, 3, False, False, False),   # pad 3: dx by the scatter
+@pytest.mark.parametrize("c, o, k, s, p, size, forward, dx, dw", [
+    (64, 64, 3, 1, 1, 8, True, True, False),        # dW: too few channels on small rows
+    (128, 128, 3, 1, 1, 8, True, True, True),
+    (64, 64, 3, 1, 1, 32, True, True, True),        # ... or rows of 32
+    (16, 16, 3, 1, 1, 32, False, False, True),      # too few channels for y and dx
+    (64, 32, 3, 1, 1, 8, True, False, False),       # dx sums over the 32 output channels
+    (32, 64, 3, 1, 1, 8, False, True, False),
+    (64, 64, 3, 2, 1, 32, False, False, False),     # strided
+    (64, 64, 5, 1, 2, 32, False, False, False),     # not 3x3
+    (64, 64, 3, 1, 3, 32, False, False, False),     # pad 3: dx by the scatter
 ])
-def test_winograd_auto(c, o, k, s, p, forward, dx, dw):
+def test_winograd_auto(c, o, k, s, p, size, forward, dx, dw):
     layer = Conv2D(c, o, k, s, p)
-    assert [conv_direct.winograd(layer, phase) for phase in ("forward", "input", "weights")] \
+    x = np.empty((1, c, size, size), np.float32)
+    assert [conv_direct.winograd(layer, x, phase) for phase in ("forward", "input", "weights")] \
         == [forward, dx, dw]
     layer.needs_input_grad = False
-    assert not conv_direct.winograd(layer, "input")
-    assert conv_direct.winograd(layer, "weights") == dw
+    assert not conv_direct.winograd(layer, x, "input")
+    assert conv_direct.winograd(layer, x, "weights") == dw
     layer.winograd = "never"
-    assert not conv_direct.winograd(layer)
+    assert not conv_direct.winograd(layer, x)
     layer.winograd = "sometimes"
     with pytest.raises(ValueError, match="winograd must be one of auto, always, never, got "
                                          "'sometimes'"):
-        conv_direct.winograd(layer)
+        conv_direct.winograd(layer, x)
+
+
+@pytest.mark.parametrize("c, o, size, dx, dw", [(16, 16, 32, False, True),
+                                                 (16, 64, 8, True, False)])
+def test_winograd_for_one_of_dx_and_dw(c, o, size, dx, dw):
+    """auto's mixes, dW by Winograd with dx by the direct products and the reverse, against
+    the direct route."""
+    x = np.random.default_rng(43).standard_normal((2, c, size, size))
+    ref, layer = direct(c, o, 3, 1, 1, np.float64), direct(c, o, 3, 1, 1, np.float64)
+    ref.winograd = "never"
+    assert [conv_direct.winograd(layer, x, phase) for phase in ("input", "weights")] == [dx, dw]
+    dy = dy_for(ref, x, 44)
+    np.testing.assert_allclose(layer.forward(x), ref.forward(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy.copy()), ref.backward(dy.copy()),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-12, atol=1e-12)
