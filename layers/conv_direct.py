@@ -151,8 +151,8 @@ def winograd(layer, x, phase="forward"):
     return (c if phase == "forward" else o) >= AUTO_WINO_CHANNELS
 
 
-def _wino_weights(layer, key, dtype, flip):
-    """``layer``'s Winograd weights U[xi][i][outpad] in its workspace ``key``: the forward's
+def _wino_weights(layer, dtype, flip):
+    """``layer``'s Winograd weights U[xi][i][outpad] in a scratch buffer: the forward's
     (i over C, out over O), or with ``flip`` the transposed convolution's (i over O, out over
     C, the kernel flipped); computed by the workers over ranges of i."""
     lib = library(dtype)
@@ -161,7 +161,7 @@ def _wino_weights(layer, key, dtype, flip):
     nin, nout, so, si = (o, c, 9, 9 * c) if flip else (c, o, 9 * c, 9)
     lanes = ckernels.ALIGN // np.dtype(dtype).itemsize
     outpad = -(-nout // lanes) * lanes
-    u = ckernels.aligned(layer, key, 16 * nin * outpad, dtype)
+    u = ckernels.scratch(16 * nin * outpad, dtype)
 
     def work(start, stop, worker):
         lib.conv_wino_weights(ckernels.pointer(w), *[_c_long(v) for v in (
@@ -171,13 +171,12 @@ def _wino_weights(layer, key, dtype, flip):
     return u
 
 
-def _vectors(layer, key, w, dtype):
-    """``w`` (..., m) copied into ``layer``'s aligned workspace ``key`` with its last axis
-    padded with zeros to whole 64-byte vectors (the kernels load m's values a vector at a
-    time)."""
+def _vectors(w, dtype):
+    """``w`` (..., m) copied into an aligned scratch buffer with its last axis padded with
+    zeros to whole 64-byte vectors (the kernels load m's values a vector at a time)."""
     lanes = ckernels.ALIGN // np.dtype(dtype).itemsize
     shape = w.shape[:-1] + (-(-w.shape[-1] // lanes) * lanes,)
-    out = ckernels.aligned(layer, key, int(np.prod(shape)), dtype).reshape(shape)
+    out = ckernels.scratch(int(np.prod(shape)), dtype).reshape(shape)
     out[..., w.shape[-1]:] = 0
     out[..., :w.shape[-1]] = w
     return out
@@ -202,21 +201,20 @@ def forward(layer, x, y):
     size, dims = _sizes(lib, x, layer)[0], _dims(x.shape, layer)
     (xd, xn, xc), yd = planes(x), layout.rows(y)
     if winograd(layer, x):
-        u = _wino_weights(layer, "winograd U", x.dtype, 0)
+        u = _wino_weights(layer, x.dtype, 0)
         dims = dims[:5] + dims[7:]                  # n, c, h, w, o, p: k = 3, s = 1
 
         def work(start, stop, worker):
-            ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
+            ws = ckernels.scratch(size, x.dtype)
             lib.conv_forward_wino(ckernels.pointer(xd), xn, xc, ckernels.pointer(u),
                                   ckernels.pointer(b), ckernels.pointer(yd), *dims,
                                   _c_long(start), _c_long(stop), ckernels.pointer(ws))
     else:
-        wt = _vectors(layer, "direct Wt", layer.params["W"].reshape(layer.out_ch, layer.in_ch,
-                                                                    -1).transpose(1, 2, 0),
-                      x.dtype)
+        wt = _vectors(layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1)
+                      .transpose(1, 2, 0), x.dtype)
 
         def work(start, stop, worker):
-            ws = ckernels.aligned(layer, ("direct", worker), size, x.dtype)
+            ws = ckernels.scratch(size, x.dtype)
             lib.conv_forward(ckernels.pointer(xd), xn, xc, ckernels.pointer(wt),
                              ckernels.pointer(b), ckernels.pointer(yd), *dims, _c_long(start),
                              _c_long(stop), ckernels.pointer(ws))
@@ -229,10 +227,10 @@ def backward(layer, x, dy, dx):
     None; dy and dx channel-major, x as in ``forward``."""
     lib = library(x.dtype)
     o, c, k = layer.out_ch, layer.in_ch, layer.k
-    wf = _vectors(layer, "direct Wf", layer.params["W"].reshape(o, c, -1)[:, :, ::-1]
-                  .transpose(0, 2, 1), x.dtype)
-    uf = _wino_weights(layer, "winograd Uf", x.dtype, 1) \
+    uf = _wino_weights(layer, x.dtype, 1) \
         if dx is not None and winograd(layer, x, "input") else None
+    wf = _vectors(layer.params["W"].reshape(o, c, -1)[:, :, ::-1].transpose(0, 2, 1),
+                  x.dtype) if dx is not None and uf is None else None
     _, per_sample, besides = _sizes(lib, x, layer)
     m = max(1, layer.direct_chunk_bytes // max(1, per_sample * x.dtype.itemsize))
     dims = _dims(x.shape, layer)
@@ -242,7 +240,7 @@ def backward(layer, x, dy, dx):
 
     def work(start, stop, worker):
         mm = min(m, stop - start)
-        ws = ckernels.aligned(layer, ("direct", worker), mm * per_sample + besides, x.dtype)
+        ws = ckernels.scratch(mm * per_sample + besides, x.dtype)
         dw = layer.grads["W"] if worker == 0 else \
             layer.workspace(("dW", worker), layer.grads["W"].shape, x.dtype, np)
         lib.conv_backward(ckernels.pointer(xd), xn, xc, ckernels.pointer(dyr),

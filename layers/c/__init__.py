@@ -128,12 +128,14 @@ def status(dtype=np.float32):
     return f"C kernels ({', '.join(built)}); NumPy for the rest: " + "; ".join(missing)
 
 
-def aligned(layer, key, size, dtype):
-    """Layer ``layer``'s workspace ``key`` of ``size`` elements, starting on an ``ALIGN``-byte
-    boundary (a view into a slightly larger buffer)."""
+def scratch(size, dtype):
+    """A fresh buffer of ``size`` elements starting on an ``ALIGN``-byte boundary (a view into a
+    slightly larger one), not kept past the call that uses it: layers that run one after the
+    other then share one peak instead of each holding its own, and with freed memory kept
+    (``core/memory.py``) the heap hands the same pages back without faulting them in again."""
     dtype = np.dtype(dtype)
     pad = ALIGN // dtype.itemsize
-    buf = layer.workspace(key, (size + pad,), dtype, np)
+    buf = np.empty(size + pad, dtype)
     start = (-buf.ctypes.data % ALIGN) // dtype.itemsize
     return buf[start:start + size]
 

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from layers import c as ckernels
-from layers.base import Layer
 
 
 @pytest.fixture
@@ -62,7 +61,10 @@ def test_no_compiler(fresh, monkeypatch):
     assert "no C compiler" in ckernels.status()
 
 
-def test_aligned_workspace():
+def test_scratch_is_aligned():
     for dtype in (np.float32, np.float64):
-        a = ckernels.aligned(Layer(), "w", 1001, dtype)
-        assert a.size == 1001 and a.dtype == dtype and a.ctypes.data % ckernels.ALIGN == 0
+        a, b = ckernels.scratch(1001, dtype), ckernels.scratch(1001, dtype)
+        for buf in (a, b):
+            assert buf.size == 1001 and buf.dtype == dtype
+            assert buf.ctypes.data % ckernels.ALIGN == 0
+        assert not np.shares_memory(a, b)          # fresh each call

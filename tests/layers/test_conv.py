@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from layers import parallel
+from layers import conv_direct, parallel
 from layers.conv import Conv2D
 from layers.conv_cpu import col2im, im2col
 from layers.window import conv_out_size
@@ -369,7 +369,9 @@ def test_two_workers_match_one(shape, bias, two_workers):
     np.testing.assert_allclose(y1, conv_loops(x, layer.params["W"], layer.params.get("b"), s, p),
                                rtol=1e-12, atol=1e-12)
     worker_keys = {key[1] for key in layer._work if isinstance(key, tuple)}
-    if layer.pointwise:          # no scratch: worker 0 writes dW itself, the others partials
+    if conv_direct.takes(layer, x, "backward"):     # its buffers are scratch, not kept
+        assert (("dW", 1) in layer._work) == (n > 1)  # but worker 1 sums its own dW
+    elif layer.pointwise:        # no scratch: worker 0 writes dW itself, the others partials
         assert worker_keys == ({1} if n > 1 else set())
     else:
         assert worker_keys == ({0, 1} if n > 1 else {0})

@@ -64,6 +64,30 @@ def built():
         assert conv_direct.library(dtype) is not None, ckernels.status(dtype)
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """(name, arguments) of every call into the convolution's C library from here on: which
+    kernels a pass ran."""
+    seen, real = [], conv_direct.library
+
+    class Spy:
+        def __init__(self, lib):
+            self.lib = lib
+
+        def __getattr__(self, name):
+            def call(*args):
+                seen.append((name, args))
+                return getattr(self.lib, name)(*args)
+            return call
+
+    monkeypatch.setattr(conv_direct, "library", lambda dtype: Spy(real(dtype)))
+    return seen
+
+
+def called(calls, name):
+    return [args for what, args in calls if what == name]
+
+
 def direct(c, o, k, s, p, dtype, **kwargs):
     layer = make(c, o, k, s, p, dtype, **kwargs)
     layer.direct = "always"
@@ -78,7 +102,7 @@ def dy_for(layer, x, seed):
 
 
 @pytest.mark.parametrize("shape", SHAPES + MORE)
-def test_forward_matches_loops(shape):
+def test_forward_matches_loops(shape, calls):
     n, c, h, w, o, k, s, p = shape
     x = np.random.default_rng(20).standard_normal((n, c, h, w))
     layer = direct(c, o, k, s, p, np.float64)
@@ -87,7 +111,7 @@ def test_forward_matches_loops(shape):
     y = layer.forward(x)
     np.testing.assert_allclose(y, conv_loops(x, layer.params["W"], layer.params["b"], s, p),
                                rtol=1e-12, atol=1e-12)
-    assert ("direct", 0) in layer._work or not taken
+    assert bool(called(calls, "conv_forward") + called(calls, "conv_forward_wino")) == taken
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, Conv2D.direct_chunk_bytes])
@@ -172,7 +196,7 @@ def test_two_workers_match_one(n, two_workers):
 
 
 @pytest.mark.parametrize("n, c, h, w, o, k, s, p, g", GROUPED)
-def test_grouped(n, c, h, w, o, k, s, p, g):
+def test_grouped(n, c, h, w, o, k, s, p, g, calls):
     """Each group's convolution takes the direct route (its channel block is channel-major)."""
     x = np.random.default_rng(30).standard_normal((n, c, h, w))
     layer = Conv2D(c, o, k, s, p, groups=g).build(np.float64, seed=0)
@@ -182,8 +206,9 @@ def test_grouped(n, c, h, w, o, k, s, p, g):
     ref.direct = "never"
     np.testing.assert_allclose(layer.forward(x), ref.forward(x), rtol=1e-12, atol=1e-12)
     layer.direct = "always"
+    calls.clear()
     layer.forward(x)
-    assert all(("direct", 0) in conv._work for conv in layer.group_convs) == (k > 1 or s > 1)
+    assert len(called(calls, "conv_forward")) == (g if k > 1 or s > 1 else 0)
 
 
 @pytest.mark.parametrize("view", ["C order", "channel range"])
@@ -206,7 +231,7 @@ def test_input_read_in_its_own_layout(view):
     assert conv_direct.planes(x[:, :, :, ::2]) is None       # planes not dense: copied
 
 
-def test_switched_off_per_layer():
+def test_switched_off_per_layer(calls):
     x = np.random.default_rng(32).standard_normal((2, 3, 6, 6))
     layer = make(3, 4, 3, 1, 1, np.float64)
     layer.direct = "always"
@@ -214,7 +239,7 @@ def test_switched_off_per_layer():
     layer.direct = "never"
     assert not conv_direct.takes(layer, x)
     layer.forward(x)
-    assert ("direct", 0) not in layer._work
+    assert not calls
     layer.direct = True
     with pytest.raises(ValueError, match="direct must be one of auto, always, never, got True"):
         layer.forward(x)
@@ -259,10 +284,9 @@ WINOGRAD = [
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
 @pytest.mark.parametrize("shape", WINOGRAD + VECTORS[:2])
-def test_winograd_equals_direct(shape, dtype, tol):
+def test_winograd_equals_direct(shape, dtype, tol, calls):
     """Forward, dx and the gradients by Winograd equal the direct products' to ``tol`` of
-    their largest value (the weights' transforms held in the layer's workspaces show it was
-    taken)."""
+    their largest value (the kernels called show which was taken)."""
     n, c, h, w, o, k, s, p = shape
     x = np.random.default_rng(40).standard_normal((n, c, h, w)).astype(dtype)
     ref, layer = direct(c, o, k, s, p, dtype), direct(c, o, k, s, p, dtype)
@@ -272,8 +296,11 @@ def test_winograd_equals_direct(shape, dtype, tol):
              (layer.backward(dy.copy()), ref.backward(dy.copy()))]
     for got, want in pairs + [(layer.grads[name], ref.grads[name]) for name in ref.grads]:
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
-    assert "winograd U" in layer._work and "winograd Uf" in layer._work
-    assert "winograd U" not in ref._work
+    assert len(called(calls, "conv_forward_wino")) == len(called(calls, "conv_forward")) > 0
+    flips = [args[6].value for args in called(calls, "conv_wino_weights")]
+    assert 0 in flips and 1 in flips                     # the forward's and dx's weights
+    wino_dw = [args[6].value for args in called(calls, "conv_backward")]
+    assert sorted(set(wino_dw)) == [0, 1]                # the reference's dW, and Winograd's
 
 
 @pytest.mark.parametrize("shape", WINOGRAD[:3])
@@ -314,7 +341,7 @@ def test_winograd_auto(c, o, k, s, p, size, forward, dx, dw):
 
 @pytest.mark.parametrize("c, o, size, dx, dw", [(16, 16, 32, False, True),
                                                  (16, 64, 8, True, False)])
-def test_winograd_for_one_of_dx_and_dw(c, o, size, dx, dw):
+def test_winograd_for_one_of_dx_and_dw(c, o, size, dx, dw, calls):
     """auto's mixes, dW by Winograd with dx by the direct products and the reverse, against
     the direct route."""
     x = np.random.default_rng(43).standard_normal((2, c, size, size))
@@ -323,6 +350,9 @@ def test_winograd_for_one_of_dx_and_dw(c, o, size, dx, dw):
     assert [conv_direct.winograd(layer, x, phase) for phase in ("input", "weights")] == [dx, dw]
     dy = dy_for(ref, x, 44)
     np.testing.assert_allclose(layer.forward(x), ref.forward(x), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.backward(dy.copy()), ref.backward(dy.copy()),
-                               rtol=1e-12, atol=1e-12)
+    want = ref.backward(dy.copy())
+    calls.clear()
+    np.testing.assert_allclose(layer.backward(dy.copy()), want, rtol=1e-12, atol=1e-12)
+    (args,) = called(calls, "conv_backward")
+    assert (args[5] is not None, args[6].value) == (dx, dw)     # uf, wino_dw
     np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-12, atol=1e-12)
