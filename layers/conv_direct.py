@@ -58,7 +58,8 @@ the broadcast tiles reach the GEMMs' rate without col; Winograd takes 3x3 layers
 channels and more past both (bench/README.md).
 
 Activations are channel-major (``layers/layout.py``) in and out; every worker takes a
-contiguous range of samples (``layers/parallel.py``) with its own workspace.
+contiguous range of samples (``layers/parallel.py``) with its own workspace, scratch taken
+fresh each call (``layers.c.scratch``: kept per layer, vgg16's buffers would add 1.7 GB).
 """
 import numpy as np
 
