@@ -513,17 +513,26 @@ static void wino_input(const Wino *wi, const real *xbuf, long r0, long rows, lon
         }
 }
 
+/* where the outputs of tile tx of a group's tile row `row` start in its samples'
+   positions-major buffers (ysize apart): their offset; *oh, *ow: the first's row and column */
+static long tile_outputs(const Geom *g, const Wino *wi, long row, long tx, long *oh, long *ow)
+{
+    *oh = 2 * (row % wi->th);
+    *ow = 2 * tx;
+    return row / wi->th * g->ysize + (*oh * g->ow + *ow) * g->opad;
+}
+
 /* the outputs of a group's tile rows [r0, r0 + rows) into ybuf (its samples positions-major,
    ysize apart) = A^T m A, m[xi] = the products' M[xi][t] (ms apart per xi), a vector of
    output channels at a time */
 static void wino_output(const Geom *g, const Wino *wi, const real *m, long r0, long rows,
                         long ms, real *ybuf)
 {
-    long opad = g->opad;
+    long opad = g->opad, oh, ow;
     for (long r = 0; r < rows; r++)
         for (long tx = 0; tx < wi->tw; tx++) {
-            long t = r * wi->tw + tx, oh = 2 * ((r0 + r) % wi->th), ow = 2 * tx;
-            real *yi = ybuf + (r0 + r) / wi->th * g->ysize;
+            long t = r * wi->tw + tx;
+            real *yt = ybuf + tile_outputs(g, wi, r0 + r, tx, &oh, &ow);
             for (long o = 0; o < opad; o += VL) {
                 const real *mt = m + t * opad + o;
                 vr s[2][4], y[2][2];
@@ -539,7 +548,7 @@ static void wino_output(const Geom *g, const Wino *wi, const real *m, long r0, l
                 }
                 for (int a = 0; a < 2 && oh + a < g->oh; a++)
                     for (int b = 0; b < 2 && ow + b < g->ow; b++)
-                        st(yi + ((oh + a) * g->ow + ow + b) * opad + o, y[a][b]);
+                        st(yt + (a * g->ow + b) * opad + o, y[a][b]);
             }
         }
 }
@@ -745,12 +754,12 @@ static void weight_grad(const Geom *g, const real *xbuf, const real *dyt, long m
 static void wino_dy(const Geom *g, const Wino *wi, const real *dyt, long r0, long rows,
                     long ms, real *dm)
 {
-    long opad = g->opad;
+    long opad = g->opad, oh, ow;
     for (long r = 0; r < rows; r++)
         for (long tx = 0; tx < wi->tw; tx++) {
-            long t = r * wi->tw + tx, oh = 2 * ((r0 + r) % wi->th), ow = 2 * tx;
+            long t = r * wi->tw + tx;
+            const real *d = dyt + tile_outputs(g, wi, r0 + r, tx, &oh, &ow);
             int down = oh + 1 < g->oh, across = ow + 1 < g->ow;
-            const real *d = dyt + (r0 + r) / wi->th * g->ysize + (oh * g->ow + ow) * opad;
             for (long o = 0; o < opad; o += VL) {
                 vr y[2][2], z[4][2];
                 y[0][0] = ld(d + o);
