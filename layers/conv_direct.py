@@ -202,23 +202,17 @@ def forward(layer, x, y):
     size, dims = _sizes(lib, x, layer)[0], _dims(x.shape, layer)
     (xd, xn, xc), yd = planes(x), layout.rows(y)
     if winograd(layer, x):
-        u = _wino_weights(layer, x.dtype, 0)
+        kernel, weights = lib.conv_forward_wino, _wino_weights(layer, x.dtype, 0)
         dims = dims[:5] + dims[7:]                  # n, c, h, w, o, p: k = 3, s = 1
-
-        def work(start, stop, worker):
-            ws = ckernels.scratch(size, x.dtype)
-            lib.conv_forward_wino(ckernels.pointer(xd), xn, xc, ckernels.pointer(u),
-                                  ckernels.pointer(b), ckernels.pointer(yd), *dims,
-                                  _c_long(start), _c_long(stop), ckernels.pointer(ws))
     else:
-        wt = _vectors(layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1)
-                      .transpose(1, 2, 0), x.dtype)
+        kernel, weights = lib.conv_forward, _vectors(
+            layer.params["W"].reshape(layer.out_ch, layer.in_ch, -1).transpose(1, 2, 0),
+            x.dtype)
 
-        def work(start, stop, worker):
-            ws = ckernels.scratch(size, x.dtype)
-            lib.conv_forward(ckernels.pointer(xd), xn, xc, ckernels.pointer(wt),
-                             ckernels.pointer(b), ckernels.pointer(yd), *dims, _c_long(start),
-                             _c_long(stop), ckernels.pointer(ws))
+    def work(start, stop, worker):
+        ws = ckernels.scratch(size, x.dtype)
+        kernel(ckernels.pointer(xd), xn, xc, ckernels.pointer(weights), ckernels.pointer(b),
+               ckernels.pointer(yd), *dims, _c_long(start), _c_long(stop), ckernels.pointer(ws))
 
     parallel.split_work(np, x.shape[0], work)
 

@@ -445,7 +445,8 @@ static void wino_geometry(const Geom *g, long least, Wino *wi)
     wi->gp.pw = 2 * wi->tw + 2;
     wi->gp.ph = 2 * wi->th + 2;
     wi->gp.plane = wi->gp.cplane = wi->gp.ph * wi->gp.pw;
-    wi->gp.xsize = (g->c * wi->gp.cplane + VL - 1) / VL * VL;
+    /* + VL: wino_input's vector loads reach one element past a row (a lane it drops) */
+    wi->gp.xsize = (g->c * wi->gp.cplane + 2 * VL - 1) / VL * VL;
     wi->m = (least + wi->th * wi->tw - 1) / (wi->th * wi->tw);
     long row = 16 * wi->tw * (g->c + g->opad) * (long)sizeof(real);
     long rows = WINO_BAND_BYTES / row, fewest = (least + wi->tw - 1) / wi->tw;
@@ -456,9 +457,10 @@ static void wino_geometry(const Geom *g, long least, Wino *wi)
     wi->msize = g1.ysize;
 }
 
-/* the 4x4 input blocks' transform, B^T d B, for n tiles a row apart across (d: the blocks'
-   top row, out: their tiles in V, vs apart per xi); T a real or a vector of VL tiles, read
-   by LD(p) at p, every other column (the blocks' columns j from p + j) */
+/* the 4x4 input blocks' transform, B^T d B, of one tile (T real) or of VL tiles side by side
+   (T a vector): d the first block's top left corner (rows pw apart), LD(d + j) the blocks'
+   column j (every other value from there for a vector), out their place in V (vs apart per
+   xi) */
 #define WINO_IN(T, LD, ST)                                                                 \
     do {                                                                                   \
         T dd[4][4], t[4][4];                                                               \
