@@ -267,11 +267,11 @@ def test_auto_bounds(c, o, k, s, size, forward, backward):
 
 
 # 3x3 stride-1 shapes for Winograd's F(2x2, 3x3) (conv.c: wino_*): odd outputs (partial
-# tiles down and across), pads 0 and 2 (the transposed convolution's 2 and 0), groups of
-# samples (small images: 16 or more samples for a band of 128 tiles, 64 for dW's 512); rows of
-# 20 tiles (the input transform's vectors of 16 or 8 tiles and a tail) and 75 of them in bands
-# (forward 12 or 24 rows, dW 26); 1,600 channels that span two chunks of the products' input
-# channels, forward and for dx.
+# tiles down and across), pads 0 and 2 (the transposed convolution's 2 and 0), small images
+# whose groups take both samples of the batch into one band (groups of 4-32 samples for the
+# forward's 128 tiles, 16-128 for dW's 512); rows of 20 tiles (the input transform's vectors of
+# 16 or 8 tiles and a tail) and 75 of them in bands (forward 12 or 24 rows, dW 26); 1,600
+# channels that span two chunks of the products' input channels, forward and for dx.
 WINOGRAD = [
     (2, 5, 9, 9, 13, 3, 1, 1),
     (1, 40, 6, 13, 40, 3, 1, 2),
