@@ -126,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--torch", action="store_true", help="PyTorch's Conv2d too")
     parser.add_argument("--peak", action="store_true", help="one core's FMA GFLOP/s first")
+    parser.add_argument("--malloc-defaults", action="store_true",
+                        help="leave glibc's defaults (freed memory goes back to the kernel)")
     parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_worker:
@@ -136,7 +138,7 @@ def main(argv=None):
         raise SystemExit(f"--shapes: unknown {', '.join(unknown)}; known: {', '.join(SHAPES)}")
     if args.peak:
         print(f"FMA peak, one core: {peak()} GFLOP/s")
-    print(f"ours: {keep_freed()}")
+    print(f"ours: {keep_freed(not args.malloc_defaults)}")
     parallel.set_workers(args.threads)
     twin = subprocess.Popen([sys.executable, __file__, "--torch-worker", "--threads",
                              str(args.threads), "--rounds", str(args.rounds)],

@@ -50,7 +50,8 @@ products take 36 for its 4 outputs (2.25x fewer). The transforms cost about (C +
 against the products' C * O, hence the channel bounds of "auto". Small images go in groups of
 samples so that a band holds at least 128 tiles (512 for dW's sums). In float32 the results
 differ from the direct products' by rounding, about 1e-6 of the largest output (tests compare
-the two).
+the two); an infinite input gives NaN in its tiles (inf - inf in the transforms) where the
+direct sums give an infinity.
 
 Why: the im2col route's GEMMs are (O, k*k*C) @ (k*k*C, positions); with O and C of 16-64
 (CIFAR ResNets) OpenBLAS spends more on packing col than on the products, and on larger layers
@@ -110,14 +111,20 @@ AUTO_WINO_DW_WIDTH = 32
 MODES = ("auto", "always", "never")
 
 
+def _check_modes(layer):
+    """ValueError unless ``layer.direct`` and ``layer.winograd`` are both ``MODES``."""
+    for name in ("direct", "winograd"):
+        if getattr(layer, name) not in MODES:
+            raise ValueError(f"{layer.name}: {name} must be one of {', '.join(MODES)}, "
+                             f"got {getattr(layer, name)!r}")
+
+
 def takes(layer, x, phase="forward"):
     """Whether ``layer`` takes this route for ``phase`` ("forward" or "backward") on input
     ``x``: a kernel other than 1x1 stride 1, of side <= 16, with the C library built for x's
     dtype, and ``layer.direct``: "always", or "auto" within the bounds above (in backward, for
     a strided layer that needs dx, within ``AUTO_SCATTER_WEIGHTS`` too)."""
-    if layer.direct not in MODES:
-        raise ValueError(f"{layer.name}: direct must be one of {', '.join(MODES)}, "
-                         f"got {layer.direct!r}")
+    _check_modes(layer)
     if layer.direct == "never" or layer.pointwise or layer.k > 16 or \
             library(x.dtype) is None:
         return False
@@ -137,9 +144,7 @@ def winograd(layer, x, phase="forward"):
     "always", or "auto" with at least ``AUTO_WINO_CHANNELS`` channels summed over (C forward,
     O for dx); for dW, at least ``AUTO_WINO_DW_CHANNELS`` on both sides, or output rows of at
     least ``AUTO_WINO_DW_WIDTH``."""
-    if layer.winograd not in MODES:
-        raise ValueError(f"{layer.name}: winograd must be one of {', '.join(MODES)}, "
-                         f"got {layer.winograd!r}")
+    _check_modes(layer)
     if layer.winograd == "never" or layer.k != 3 or layer.stride != 1 or layer.pad > 2 or \
             phase == "input" and not layer.needs_input_grad:
         return False

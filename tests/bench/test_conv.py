@@ -13,7 +13,7 @@ def test_flops_count_two_per_multiply_add():
 
 def test_a_row_per_shape_with_every_route(capsys):
     conv.main(["--shapes", "r20s3", "--routes", "always,never", "--rounds", "1",
-               "--threads", "1"])
+               "--threads", "1", "--malloc-defaults"])
     _, header, row = capsys.readouterr().out.strip().splitlines()
     assert header.split()[:5] == ["layer", "always", "fwd", "always", "bwd"]
     name, *rates = row.split()
@@ -22,13 +22,14 @@ def test_a_row_per_shape_with_every_route(capsys):
 
 def test_winograd_modes_after_a_colon(capsys):
     conv.main(["--shapes", "r20s3", "--routes", "always:never,always:always", "--rounds", "1",
-               "--threads", "1"])
+               "--threads", "1", "--malloc-defaults"])
     _, header, row = capsys.readouterr().out.strip().splitlines()
     assert header.split()[:5] == ["layer", "always:never", "fwd", "always:never", "bwd"]
     assert len(row.split()) == 5
     with pytest.raises(ValueError, match="winograd must be one of auto, always, never, got "
                                          "'sometimes'"):
-        conv.main(["--shapes", "r20s3", "--routes", "always:sometimes", "--rounds", "1"])
+        conv.main(["--shapes", "r20s3", "--routes", "always:sometimes", "--rounds", "1",
+                   "--malloc-defaults"])
 
 
 def test_unknown_shapes_are_named():

@@ -1,4 +1,6 @@
 """Building and loading the layers' C kernels (layers/c)."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,15 @@ def test_built_once_into_the_cache(fresh):
     assert len(list(fresh.iterdir())) == 2                         # no temporary files left
     assert ckernels.status().startswith(
         "C kernels (direct convolution, BatchNorm, MaxPool's backward), built by ")
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="no clang here")
+@pytest.mark.parametrize("name", sorted(ckernels.KERNELS))
+def test_every_kernel_builds_with_clang(fresh, monkeypatch, name):
+    """CC=clang (macOS's cc): no GCC-only builtin (conv.c's shuffles have both spellings)."""
+    monkeypatch.setenv("CC", "clang")
+    for dtype in (np.float32, np.float64):
+        assert ckernels.library(name, dtype) is not None, ckernels.status(dtype)
 
 
 def test_switched_off(fresh, monkeypatch):

@@ -243,6 +243,9 @@ def test_switched_off_per_layer(calls):
     layer.direct = True
     with pytest.raises(ValueError, match="direct must be one of auto, always, never, got True"):
         layer.forward(x)
+    layer.direct, layer.winograd = "never", "on"     # refused even where it would not be used
+    with pytest.raises(ValueError, match="winograd must be one of auto, always, never, got 'on'"):
+        layer.forward(x)
 
 
 @pytest.mark.parametrize("c, o, k, s, size, forward, backward", [
@@ -269,12 +272,14 @@ def test_auto_bounds(c, o, k, s, size, forward, backward):
 # 3x3 stride-1 shapes for Winograd's F(2x2, 3x3) (conv.c: wino_*): odd outputs (partial
 # tiles down and across), pads 0 and 2 (the transposed convolution's 2 and 0), small images
 # whose groups take both samples of the batch into one band (groups of 4-32 samples for the
-# forward's 128 tiles, 16-128 for dW's 512); rows of 20 tiles (the input transform's vectors of
-# 16 or 8 tiles and a tail) and 75 of them in bands (forward 12 or 24 rows, dW 26); 1,600
-# channels that span two chunks of the products' input channels, forward and for dx.
+# forward's 128 tiles, 16-128 for dW's 512) and 20 samples in groups of 4 (forward) and of 16
+# and 4 (dW); rows of 20 tiles (the input transform's vectors of 16 or 8 tiles and a tail) and
+# 75 of them in bands (forward 12 rows in float64, the last 3 short, or 25 in float32; dW 26);
+# 1,600 channels that span two chunks of the products' input channels, forward and for dx.
 WINOGRAD = [
     (2, 5, 9, 9, 13, 3, 1, 1),
     (1, 40, 6, 13, 40, 3, 1, 2),
+    (20, 8, 6, 13, 8, 3, 1, 2),
     (2, 33, 7, 8, 17, 3, 1, 0),
     (1, 16, 150, 40, 16, 3, 1, 1),
     (1, 1600, 3, 3, 8, 3, 1, 1),
@@ -301,6 +306,22 @@ def test_winograd_equals_direct(shape, dtype, tol, calls):
     assert 0 in flips and 1 in flips                     # the forward's and dx's weights
     wino_dw = [args[6].value for args in called(calls, "conv_backward")]
     assert sorted(set(wino_dw)) == [0, 1]                # the reference's dW, and Winograd's
+
+
+def test_winograd_two_workers_match_one(two_workers):
+    """Winograd with the samples split over 2 threads (groups of 4 and a short one, dW's
+    partials, the weights' transforms over ranges of channels): equal to one worker."""
+    x = np.random.default_rng(45).standard_normal((13, 8, 6, 13))
+    layer = direct(8, 8, 3, 1, 2, np.float64)
+    layer.winograd = "always"
+    dy = dy_for(layer, x, 46)
+    results = []
+    for workers in (1, 2):
+        parallel.set_workers(workers)
+        y, dx = layer.forward(x), layer.backward(dy.copy())
+        results.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", WINOGRAD[:3])
