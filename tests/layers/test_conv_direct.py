@@ -179,12 +179,17 @@ def two_workers():
     parallel.set_workers(1)
 
 
-@pytest.mark.parametrize("n", [1, 5, 8])
-def test_two_workers_match_one(n, two_workers):
+@pytest.mark.parametrize("n, c, h, w, o, p, winograd", [
+    (1, 6, 9, 9, 10, 1, "never"), (5, 6, 9, 9, 10, 1, "never"), (8, 6, 9, 9, 10, 1, "never"),
+    (13, 8, 6, 13, 8, 2, "always"),
+])
+def test_two_workers_match_one(n, c, h, w, o, p, winograd, two_workers):
     """Samples split over 2 threads (ranges of 3 and 2, or one worker for one sample), the dW
-    partials summed: equal to one worker."""
-    x = np.random.default_rng(28).standard_normal((n, 6, 9, 9))
-    layer = direct(6, 10, 3, 1, 1, np.float64)
+    partials summed: equal to one worker. By Winograd too: groups of 4 samples and a short
+    one, the weights' transforms over ranges of channels."""
+    x = np.random.default_rng(28).standard_normal((n, c, h, w))
+    layer = direct(c, o, 3, 1, p, np.float64)
+    layer.winograd = winograd
     dy = dy_for(layer, x, 29)
     results = []
     for workers in (1, 2):
@@ -306,22 +311,6 @@ def test_winograd_equals_direct(shape, dtype, tol, calls):
     assert 0 in flips and 1 in flips                     # the forward's and dx's weights
     wino_dw = [args[6].value for args in called(calls, "conv_backward")]
     assert sorted(set(wino_dw)) == [0, 1]                # the reference's dW, and Winograd's
-
-
-def test_winograd_two_workers_match_one(two_workers):
-    """Winograd with the samples split over 2 threads (groups of 4 and a short one, dW's
-    partials, the weights' transforms over ranges of channels): equal to one worker."""
-    x = np.random.default_rng(45).standard_normal((13, 8, 6, 13))
-    layer = direct(8, 8, 3, 1, 2, np.float64)
-    layer.winograd = "always"
-    dy = dy_for(layer, x, 46)
-    results = []
-    for workers in (1, 2):
-        parallel.set_workers(workers)
-        y, dx = layer.forward(x), layer.backward(dy.copy())
-        results.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", WINOGRAD[:3])
