@@ -7,13 +7,14 @@
     python bench/conv.py --routes always:never,always:always   # direct products or Winograd
 
 Routes are ``Conv2D.direct`` modes: ``always`` (the direct C kernels), ``never`` (im2col and
-GEMMs), ``auto``, each optionally with a ``Conv2D.winograd`` mode after a colon (``always:never``:
-the direct products only; without one, ``auto``). Every round runs each route once, alternating, on ``--threads`` worker
-threads; a figure is the median over ``--rounds`` rounds. With ``--torch``, PyTorch's Conv2d
-(oneDNN, the same threads) runs the same shape in a process of its own with glibc keeping freed
-memory (``step.py``'s TORCH_ENV), right after ours; ours keeps freed memory too, as the engine
-does (``core/memory.py``). ``--peak`` builds and runs fma_peak.c:
-one core's float32 FMA rate, the ceiling of any kernel here.
+GEMMs), ``auto``, each optionally with a ``Conv2D.winograd`` mode after a colon
+(``always:never``: the direct products only; without one, ``auto``). Every round runs each
+route once, alternating, on ``--threads`` worker threads; a figure is the median over
+``--rounds`` rounds. With ``--torch``, PyTorch's Conv2d (oneDNN, the same threads) runs the same
+shape in a process of its own with glibc keeping freed memory (``step.py``'s TORCH_ENV), right
+after ours; ours keeps freed memory too, as the engine does (``core/memory.py``;
+``--malloc-defaults`` leaves glibc's defaults). ``--peak`` builds and runs fma_peak.c: one
+core's float32 FMA rate, the ceiling of any kernel here.
 
 FLOPs: 2 per multiply-add of the forward as the convolution defines it; the backward counts
 twice that (dW and dx). A route by Winograd's F(2x2, 3x3) counts the same, though its products

@@ -20,7 +20,6 @@ the returned line says so.
 import ctypes
 import os
 import platform
-import resource
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4          # glibc's malloc.h
 ENVIRONMENT = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
@@ -56,4 +55,5 @@ def peak_rss():
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    import resource                    # POSIX only; /proc answered on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

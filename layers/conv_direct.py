@@ -27,8 +27,9 @@ Backward, with dY[q, o] = dy positions-major:
 dW's tiles hold 1 or 2 vectors of output channels by up to 8 input channels by up to 3 taps
 that share a plane (consecutive there), at most 24 accumulators, and run over the positions of
 m samples (``Conv2D.direct_chunk_bytes`` bounds their planes and dY; a large sample in bands
-of rows as above), each worker into its own partial; the partials are added in worker order. The strided dx's scatter keeps vectors
-along positions (8 channels by 3 vectors of positions per tile).
+of rows as above), each worker into its own partial; the partials are added in worker order.
+The strided dx's scatter keeps vectors along positions (8 channels by 3 vectors of positions
+per tile).
 
 A 3x3 stride-1 layer with pad <= 2 may go by Winograd's F(2x2, 3x3) (Lavin and Gray 2016;
 ``Conv2D.winograd``, ``winograd`` below): the output in 2x2 tiles t, tile (ty, tx) from the 4x4
