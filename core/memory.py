@@ -50,10 +50,10 @@ def peak_rss():
     else ru_maxrss (kilobytes on Linux)."""
     try:
         with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource                    # POSIX only; /proc answered on Linux
+            peaks = [line for line in status if line.startswith("VmHWM:")]
+    except OSError:                    # no /proc: not Linux
+        peaks = []
+    if peaks:
+        return int(peaks[0].split()[1]) * 1024
+    import resource                    # POSIX only
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
